@@ -1,0 +1,45 @@
+"""One exception family for the whole package.
+
+The CLI turns any ``PspDeployError`` into a one-line message and a non-zero exit code;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class PspDeployError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class CheckpointError(PspDeployError):
+    """A checkpoint file is unreadable, unsafe, or does not match the architecture."""
+
+
+class BundleError(PspDeployError):
+    """A bundle (manifest + model files) is missing, corrupt or inconsistent."""
+
+
+class InputError(PspDeployError):
+    """Input data has the wrong name, shape, dtype or value range."""
+
+
+class ImageDecodeError(InputError):
+    """An image file could not be decoded."""
+
+
+class NoFaceError(InputError):
+    """No face was found in a photo."""
+
+
+class BackendUnavailableError(PspDeployError):
+    """A backend (TensorRT, OpenVINO, CUDA) cannot be used on this machine."""
+
+
+class ExportError(PspDeployError):
+    """Exporting a graph failed, or the exported graph does not match the reference."""
+
+
+class EngineError(PspDeployError):
+    """Building or loading an engine failed, or an engine does not match this machine."""
+
+
+class CalibrationError(PspDeployError):
+    """Calibration data or a precision conversion is unusable."""
