@@ -53,3 +53,32 @@ def small_psp(small_ckpt):
     from psp_deploy.models import load_psp
 
     return load_psp(small_ckpt)
+
+
+BUNDLES = {
+    # name: (checkpoint config, export options)
+    "rgb-grouped3": ("rgb", dict(modconv="grouped", batch=3, verify=True)),
+    "rgb-scaled": ("rgb", dict(modconv="scaled", verify=False)),
+    "sketch-scaled": ("sketch", dict(modconv="scaled", verify=False)),
+    "segmentation-scaled": ("segmentation", dict(modconv="scaled", verify=False)),
+}
+
+
+@pytest.fixture(scope="session")
+def bundles(synthetic, tmp_path_factory):
+    """bundles(name) → (Bundle, parity results), exported once per session."""
+    from psp_deploy.export import export_net
+
+    cache: dict[str, tuple] = {}
+    folder = tmp_path_factory.mktemp("bundles")
+
+    def get(name: str):
+        if name not in cache:
+            ckpt_name, options = BUNDLES[name]
+            net, path = synthetic(ckpt_name)
+            cache[name] = export_net(
+                net, folder / name, source={"checkpoint": path.name, "sha256": "synthetic"}, **options
+            )
+        return cache[name]
+
+    return get

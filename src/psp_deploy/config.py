@@ -64,7 +64,7 @@ class PspConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PspConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PspConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known - {"n_styles", "input_kind"}
         if unknown:
@@ -78,7 +78,10 @@ class PspConfig:
 def channels_for(resolution: int, channel_multiplier: int) -> int:
     """Feature channels of the StyleGAN2 generator at one resolution (rosinality's table)."""
     table = {
-        4: 512, 8: 512, 16: 512, 32: 512,
+        4: 512,
+        8: 512,
+        16: 512,
+        32: 512,
         64: 256 * channel_multiplier,
         128: 128 * channel_multiplier,
         256: 64 * channel_multiplier,

@@ -106,7 +106,9 @@ def test_old_latent_avg_vector_broadcasts(raw_small, tmp_path):
 
 
 def test_e4e_extra_top_level_keys_are_ignored(raw_small, tmp_path):
-    extras = dict(global_step=5, best_val_loss=0.3, optimizer={"state": {}}, discriminator_state_dict={"w": torch.ones(2)})
+    extras = dict(
+        global_step=5, best_val_loss=0.3, optimizer={"state": {}}, discriminator_state_dict={"w": torch.ones(2)}
+    )
     torch.save(dict(raw_small, **extras), tmp_path / "extras.pt")
     assert load_psp(tmp_path / "extras.pt").config.output_size == 64
 

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from psp_deploy.models.encoders import AdaptiveAvgPoolMatrix
-from psp_deploy.models.layers import EqualLinear, FusedLeakyReLU, PixelNorm, make_kernel, upfirdn2d
-from psp_deploy.models.modconv import ModulatedConv2d, set_modconv_form
+from psp_deploy.models.forms import set_forms
+from psp_deploy.models.layers import Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, make_kernel, upfirdn2d
+from psp_deploy.models.modconv import ModulatedConv2d
 from psp_deploy.models.psp import pool_to_256
 
 
@@ -136,14 +137,27 @@ def test_scaled_form_equals_grouped_form(upsample, demodulate, k):
     x, w = torch.randn(3, 8, 6, 6, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
     with torch.no_grad():
         grouped = conv(x, w)
-        set_modconv_form(conv, "scaled")
+        set_forms(conv, modconv="scaled")
         scaled = conv(x, w)
     torch.testing.assert_close(scaled, grouped, atol=1e-10, rtol=1e-10)
 
 
-def test_unknown_modconv_form_is_refused():
+def test_unknown_forms_are_refused():
     with pytest.raises(ValueError, match="grouped"):
-        set_modconv_form(ModulatedConv2d(2, 2, 3, 4), "fused")
+        set_forms(ModulatedConv2d(2, 2, 3, 4), modconv="fused")
+    with pytest.raises(ValueError, match="depthwise"):
+        set_forms(ModulatedConv2d(2, 2, 3, 4), fir="fft")
+
+
+@pytest.mark.parametrize("module", [Blur([1, 3, 3, 1], pad=(1, 1), upsample_factor=2), Upsample([1, 3, 3, 1])])
+def test_depthwise_fir_forms_equal_reference_upfirdn2d(module):
+    module = module.double()
+    with torch.no_grad():
+        module.kernel.copy_(torch.arange(16, dtype=torch.float64).reshape(4, 4))  # asymmetric: catches flips
+    x = torch.randn(2, 5, 7, 7, dtype=torch.float64)
+    reference = module(x)
+    set_forms(module, fir="depthwise")
+    torch.testing.assert_close(module(x), reference, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("size", [64, 128, 256, 512, 1024])

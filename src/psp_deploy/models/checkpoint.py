@@ -32,11 +32,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: refused to load, the file asks to run code or build objects "
-                              f"a checkpoint never needs ({_first_line(err)})") from err
+        raise CheckpointError(
+            f"{path}: refused to load, the file asks to run code or build objects "
+            f"a checkpoint never needs ({_first_line(err)})"
+        ) from err
     except Exception as err:  # noqa: BLE001 - garbage bytes can fail anywhere inside the unpickler
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated): "
-                              f"{_first_line(err)}") from err
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated): {_first_line(err)}"
+        ) from err
     return _normalise(path, ckpt)
 
 
@@ -135,15 +138,19 @@ def _latent_avg(config: PspConfig, latent_avg: torch.Tensor | None) -> torch.Ten
     rows = 1 if config.learn_in_w else config.n_styles
     ok = latent_avg.shape in (torch.Size([STYLE_DIM]), torch.Size([1, STYLE_DIM]), torch.Size([rows, STYLE_DIM]))
     if not ok:
-        raise CheckpointError(f"latent_avg has shape {list(latent_avg.shape)}; expected [{rows}, {STYLE_DIM}], "
-                              f"[1, {STYLE_DIM}] or [{STYLE_DIM}]")
+        raise CheckpointError(
+            f"latent_avg has shape {list(latent_avg.shape)}; expected [{rows}, {STYLE_DIM}], "
+            f"[1, {STYLE_DIM}] or [{STYLE_DIM}]"
+        )
     return latent_avg.float().reshape(-1, STYLE_DIM)
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> None:
     """load_state_dict(strict=True) with one error that lists every mismatch by key and shape."""
     expected = module.state_dict()
-    problems = [f"missing key {prefix}{k} (expected shape {list(v.shape)})" for k, v in expected.items() if k not in state]
+    problems = [
+        f"missing key {prefix}{k} (expected shape {list(v.shape)})" for k, v in expected.items() if k not in state
+    ]
     problems += [f"unexpected key {prefix}{k}" for k in state if k not in expected]
     problems += [
         f"{prefix}{k}: expected shape {list(v.shape)}, found {list(state[k].shape)}"

@@ -87,20 +87,40 @@ class EqualLinear(nn.Module):
         return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
 
 
+FIR_FORMS = ("reference", "depthwise")
+
+
+def _depthwise(kernel: torch.Tensor, channels: int) -> torch.Tensor:
+    return kernel[None, None].expand(channels, 1, -1, -1)
+
+
 class Blur(nn.Module):
-    """FIR low-pass filter (no resampling) with the given padding."""
+    """FIR low-pass filter (no resampling) with the given padding.
+
+    ``form`` "reference" runs upfirdn2d as the official code does; "depthwise" is the
+    same filter as one depthwise convolution, the form graphs and engines prefer.
+    """
 
     def __init__(self, taps: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
         super().__init__()
         self.register_buffer("kernel", make_kernel(taps) * upsample_factor**2)
         self.pad = pad
+        self.form = "reference"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel, pad=self.pad)
+        if self.form == "reference":
+            return upfirdn2d(x, self.kernel, pad=self.pad)
+        p0, p1 = self.pad
+        weight = _depthwise(torch.flip(self.kernel, [0, 1]), x.shape[1])
+        return F.conv2d(F.pad(x, [p0, p1, p0, p1]), weight, groups=x.shape[1])
 
 
 class Upsample(nn.Module):
-    """2× upsampling by zero insertion and FIR filtering (the ToRGB skip path)."""
+    """2× upsampling by zero insertion and FIR filtering (the ToRGB skip path).
+
+    The "depthwise" form is a stride-2 depthwise transposed convolution: with the
+    official padding (2, 1) and a 4-tap kernel it computes exactly the same sums.
+    """
 
     def __init__(self, taps: Sequence[float], factor: int = 2) -> None:
         super().__init__()
@@ -108,9 +128,15 @@ class Upsample(nn.Module):
         self.register_buffer("kernel", make_kernel(taps) * factor**2)
         p = self.kernel.shape[0] - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+        self.form = "reference"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+        if self.form == "reference":
+            return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+        # out[o] = Σ_i x[i]·k[o + (kh − 1 − pad0) − up·i]; conv_transpose pads by kh − 1 − pad0
+        crop = self.kernel.shape[0] - 1 - self.pad[0]
+        weight = _depthwise(self.kernel, x.shape[1])
+        return F.conv_transpose2d(x, weight, stride=self.factor, padding=crop, groups=x.shape[1])
 
 
 class ConstantInput(nn.Module):

@@ -82,12 +82,3 @@ class ModulatedConv2d(nn.Module):
         """rsqrt(Σ_{i,kh,kw} (scale·W[o,i]·s[b,i])² + eps) as [B, out], from static weights."""
         energy = (self.scale * self.weight[0]).pow(2).sum([2, 3])  # [out, in]
         return torch.rsqrt(style.pow(2) @ energy.t() + DEMOD_EPS)
-
-
-def set_modconv_form(module: nn.Module, form: str) -> None:
-    """Switch every modulated conv under ``module`` to ``form`` (grouped or scaled)."""
-    if form not in MODCONV_FORMS:
-        raise ValueError(f"modconv form must be one of {MODCONV_FORMS}, got {form!r}")
-    for m in module.modules():
-        if isinstance(m, ModulatedConv2d):
-            m.form = form

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import ENCODER_INPUT_SIZE, PspConfig
 from .encoders import GradualStyleBlock
-from .layers import NoiseInjection, FusedLeakyReLU
+from .layers import FusedLeakyReLU, NoiseInjection
 from .psp import Psp
 
 CODE_DELTA_STD = 0.5  # spread of encoded codes around latent_avg, in units of w's own spread

@@ -1,0 +1,248 @@
+"""The bundle: a directory with manifest.json, ONNX graphs, latent_avg.npy and engines.
+
+The manifest is the contract between stages and with users in other languages
+(docs/bundle.md). Torch-free: the runtime reads bundles through this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ENCODER_INPUT_SIZE, POOLED_SIZE, STYLE_DIM, PspConfig
+from .errors import BundleError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+LATENT_AVG_FILE = "latent_avg.npy"
+GRAPHS = ("encoder", "mapping", "synthesis")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+BATCH = "batch"  # the symbolic dimension of dynamic-batch graphs
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: a dimension is an int, or "batch" when dynamic."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(d["name"], tuple(d["shape"]), d.get("dtype", "float32"))
+
+
+@dataclass
+class ModelRecord:
+    """One model file of the bundle at one precision."""
+
+    file: str
+    sha256: str
+    precision: str
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. FP16 decisions, calibration
+    external_data: str | None = None  # weights file beside graphs over 2 GB
+    external_data_sha256: str | None = None
+
+    @property
+    def batch(self) -> int | None:
+        """The fixed batch size, or None when the batch dimension is dynamic."""
+        first = self.inputs[0].shape[0]
+        return None if first == BATCH else int(first)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelRecord:
+        return cls(
+            file=d["file"],
+            sha256=d["sha256"],
+            precision=d["precision"],
+            opset=int(d["opset"]),
+            inputs=[TensorSpec.from_dict(t) for t in d["inputs"]],
+            outputs=[TensorSpec.from_dict(t) for t in d["outputs"]],
+            notes=d.get("notes", {}),
+            external_data=d.get("external_data"),
+            external_data_sha256=d.get("external_data_sha256"),
+        )
+
+
+@dataclass
+class EngineRecord:
+    """A compiled engine (TensorRT plan, OpenVINO cache, ORT optimized model) for one graph."""
+
+    backend: str
+    graph: str
+    precision: str
+    file: str
+    sha256: str
+    details: dict[str, Any] = field(default_factory=dict)  # versions, device, profiles
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EngineRecord:
+        return cls(d["backend"], d["graph"], d["precision"], d["file"], d["sha256"], d.get("details", {}))
+
+
+def preprocess_spec(config: PspConfig) -> dict[str, Any]:
+    """How an image becomes the encoder input, stated so another language can redo it."""
+    spec: dict[str, Any] = {
+        "kind": config.input_kind,
+        "size": ENCODER_INPUT_SIZE,
+        "layout": "NCHW",
+        "resize": "bilinear",
+        "channels": config.input_nc,
+    }
+    if config.input_kind == "rgb":
+        spec.update(channel_order="RGB", formula="x = (pixel / 255 - 0.5) / 0.5", mean=[0.5] * 3, std=[0.5] * 3)
+    elif config.input_kind == "sketch":
+        spec.update(
+            formula="x = gray / 255 (no normalisation); gray = 0.299 R + 0.587 G + 0.114 B", mean=[0.0], std=[1.0]
+        )
+    else:
+        spec.update(formula=f"x[c] = (label == c) for c in 0..{config.label_nc - 1} (one-hot)", classes=config.label_nc)
+    return spec
+
+
+POSTPROCESS = {
+    "outputs": {"image": "full resolution", "image_256": f"{POOLED_SIZE}x{POOLED_SIZE} average-pooled"},
+    "formula": "pixel = uint8(trunc(clip((x + 1) / 2, 0, 1) * 255))",
+    "layout": "NCHW",
+    "channel_order": "RGB",
+}
+
+
+@dataclass
+class Manifest:
+    config: PspConfig
+    source: dict[str, Any]
+    modconv: dict[str, Any]
+    models: dict[str, dict[str, ModelRecord]]
+    producer: dict[str, Any] = field(default_factory=dict)
+    engines: list[EngineRecord] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "producer": self.producer,
+            "source": self.source,
+            "config": {**self.config.to_dict(), "n_styles": self.config.n_styles, "input_kind": self.config.input_kind},
+            "preprocess": preprocess_spec(self.config),
+            "postprocess": POSTPROCESS,
+            "modconv": self.modconv,
+            "latent_avg": {"file": LATENT_AVG_FILE, "shape": [self.config.n_styles, STYLE_DIM], "dtype": "float32"},
+            "models": {g: {p: _record_dict(r) for p, r in by_p.items()} for g, by_p in self.models.items()},
+            "engines": [asdict(e) for e in self.engines],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema_version {version!r} is not supported (this psp-deploy reads {SCHEMA_VERSION})"
+            )
+        try:
+            return cls(
+                config=PspConfig.from_dict(d["config"]),
+                source=d["source"],
+                modconv=d["modconv"],
+                models={g: {p: ModelRecord.from_dict(r) for p, r in by_p.items()} for g, by_p in d["models"].items()},
+                producer=d.get("producer", {}),
+                engines=[EngineRecord.from_dict(e) for e in d.get("engines", [])],
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"manifest is malformed: {type(err).__name__} {err}") from err
+
+
+def _record_dict(record: ModelRecord) -> dict[str, Any]:
+    d = asdict(record)
+    for key in ("inputs", "outputs"):
+        d[key] = [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in getattr(record, key)]
+    return d
+
+
+class Bundle:
+    """A bundle directory, read and checked: files present, hashes and shapes as recorded."""
+
+    def __init__(self, root: str | Path, manifest: Manifest) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, root: str | Path) -> Bundle:
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise BundleError(f"{root}: not a bundle (no {MANIFEST}); make one with `psp-deploy export`")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise BundleError(f"{path}: unreadable manifest: {err}") from err
+        return cls(root, Manifest.from_dict(data))
+
+    @property
+    def config(self) -> PspConfig:
+        return self.manifest.config
+
+    def record(self, graph: str, precision: str = "fp32") -> ModelRecord:
+        by_precision = self.manifest.models.get(graph)
+        if not by_precision:
+            raise BundleError(f"{self.root}: the bundle has no {graph} graph")
+        if precision not in by_precision:
+            have = ", ".join(sorted(by_precision))
+            hint = " (make it with `psp-deploy calibrate`)" if precision in ("fp16", "int8") else ""
+            raise BundleError(f"{self.root}: no {precision} {graph} graph; available: {have}{hint}")
+        return by_precision[precision]
+
+    def verified_path(self, file: str, sha256: str) -> Path:
+        """The path of a bundle file after checking it exists and has the recorded hash."""
+        path = self.root / file
+        if not path.is_file():
+            raise BundleError(f"{self.root}: {file} is listed in the manifest but missing")
+        if sha256_file(path) != sha256:
+            raise BundleError(f"{path}: contents do not match the manifest's sha256 (edited or corrupt file)")
+        return path
+
+    def model_path(self, graph: str, precision: str = "fp32") -> Path:
+        record = self.record(graph, precision)
+        if record.external_data:
+            self.verified_path(record.external_data, record.external_data_sha256 or "")
+        return self.verified_path(record.file, record.sha256)
+
+    def latent_avg(self) -> np.ndarray:
+        path = self.root / LATENT_AVG_FILE
+        try:
+            value = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise BundleError(f"{path}: unreadable latent_avg: {err}") from err
+        expected = (self.config.n_styles, STYLE_DIM)
+        if value.shape != expected or value.dtype != np.float32:
+            raise BundleError(
+                f"{path}: latent_avg is {value.dtype}{list(value.shape)}, expected float32{list(expected)}"
+            )
+        return value
+
+    def save_manifest(self) -> None:
+        write_json_atomic(self.root / MANIFEST, self.manifest.to_dict())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,56 @@
+"""The checks every exported graph must pass before it enters a bundle."""
+
+from __future__ import annotations
+
+import onnx
+
+from ..errors import ExportError
+from .oplist import TENSORRT_ONNX_OPS
+
+SMALL_INITIALIZER = 4096  # elements; larger ones are weights, never shape arithmetic
+
+
+def unsupported_ops(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in model.graph.node} - TENSORRT_ONNX_OPS
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its weights turned into typed inputs: the same shapes to infer, no bytes.
+
+    Strict shape inference on a full 1 GB model spends seconds copying weights between
+    Python and C++; weights never take part in shape arithmetic, so their types suffice.
+    """
+    g = model.graph
+    big = [
+        t for t in g.initializer if onnx.helper.tensor_dtype_to_np_dtype(t.data_type) and _numel(t) > SMALL_INITIALIZER
+    ]
+    big_names = {t.name for t in big}
+    weight_inputs = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big]
+    graph = onnx.helper.make_graph(
+        list(g.node),
+        g.name,
+        list(g.input) + weight_inputs,
+        list(g.output),
+        initializer=[t for t in g.initializer if t.name not in big_names],
+    )
+    return onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+
+
+def _numel(tensor: onnx.TensorProto) -> int:
+    n = 1
+    for d in tensor.dims:
+        n *= d
+    return n
+
+
+def check_graph(model: onnx.ModelProto, name: str) -> None:
+    """The TensorRT op list, onnx.checker and strict shape inference."""
+    bad = unsupported_ops(model)
+    if bad:
+        raise ExportError(f"{name} graph uses ops TensorRT's ONNX parser does not support: {sorted(bad)}")
+    skeleton = _skeleton(model)
+    try:
+        onnx.checker.check_model(skeleton, full_check=False)
+        onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise ExportError(f"{name} graph is not valid ONNX: {err}") from err

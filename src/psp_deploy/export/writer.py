@@ -1,0 +1,188 @@
+"""checkpoint → bundle directory: export, clean, check, verify, write the manifest.
+
+Everything is written to a staging directory beside the target and renamed into place
+at the end, so an interrupted export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from google.protobuf.message import EncodeError
+
+from .. import __version__
+from ..bundle import LATENT_AVG_FILE, Bundle, Manifest, ModelRecord, sha256_file
+from ..errors import ExportError
+from ..models.checkpoint import build_psp, read_checkpoint
+from ..models.forms import set_forms
+from ..models.modconv import MODCONV_FORMS
+from ..models.psp import Psp
+from .checks import check_graph
+from .graphs import GraphSpec, graph_specs
+from .parity import ParityResult, check_parity
+from .to_onnx import export_graph
+
+OPSETS = (18, 19, 20, 21)
+Progress = Callable[[str], None]
+
+
+def _validate(batch: int, modconv: str, opset: int) -> None:
+    if modconv not in MODCONV_FORMS:
+        raise ExportError(f"--modconv must be one of {', '.join(MODCONV_FORMS)}, got {modconv!r}")
+    if batch < 1:
+        raise ExportError(f"--batch must be at least 1, got {batch}")
+    if opset not in OPSETS:
+        raise ExportError(f"--opset must be one of {OPSETS}, got {opset}")
+
+
+def _check_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ExportError(f"{out_dir} is not empty; pass --force to replace it")
+
+
+def _prepare_target(out_dir: Path, force: bool) -> Path:
+    _check_target(out_dir, force)
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save one file, or the graph plus one external-data file when it would pass 2 GB."""
+    try:
+        path.write_bytes(model.SerializeToString())
+        return [path]
+    except (ValueError, EncodeError):  # protobuf refuses messages over 2 GB
+        path.unlink(missing_ok=True)
+    data = path.with_name(path.name + ".data")
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    return [path, data]
+
+
+def _write_graph(spec: GraphSpec, staging: Path, opset: int) -> ModelRecord:
+    model = export_graph(spec, opset)
+    check_graph(model, spec.name)
+    files = save_graph(model, staging / f"{spec.name}.onnx")
+    return ModelRecord(
+        file=files[0].name,
+        sha256=sha256_file(files[0]),
+        precision="fp32",
+        opset=opset,
+        inputs=list(spec.inputs),
+        outputs=list(spec.outputs),
+        external_data=files[1].name if len(files) > 1 else None,
+        external_data_sha256=sha256_file(files[1]) if len(files) > 1 else None,
+    )
+
+
+def parity_batches(spec: GraphSpec) -> list[int]:
+    """Batches the post-export check runs: the fixed one, else a small and an odd one."""
+    if spec.batch is not None:
+        return [spec.batch]
+    return [1] if spec.name == "encoder" else [1, 3]
+
+
+def export_net(
+    net: Psp,
+    out_dir: str | Path,
+    *,
+    source: dict,
+    batch: int = 1,
+    modconv: str = "grouped",
+    opset: int = 18,
+    verify: bool = True,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Bundle, list[ParityResult]]:
+    """Export an in-memory network (see ``export_bundle``)."""
+    _validate(batch, modconv, opset)
+    say = progress or (lambda _msg: None)
+    out_dir = Path(out_dir)
+    staging = _prepare_target(out_dir, force)
+    try:
+        set_forms(net, modconv=modconv, fir="depthwise")
+        specs = graph_specs(net, batch if modconv == "grouped" else None)
+        records, results = {}, []
+        for spec in specs:
+            say(f"exporting {spec.name}")
+            records[spec.name] = {"fp32": _write_graph(spec, staging, opset)}
+            if verify:
+                say(f"checking {spec.name} against torch")
+                path = staging / records[spec.name]["fp32"].file
+                results += [check_parity(spec, path, b) for b in parity_batches(spec)]
+        np.save(staging / LATENT_AVG_FILE, net.latent_avg.numpy().astype(np.float32))
+        manifest = Manifest(
+            config=net.config,
+            source=source,
+            modconv={"form": modconv, "batch": batch if modconv == "grouped" else None},
+            models=records,
+            producer={
+                "name": "psp-deploy",
+                "version": __version__,
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
+        )
+        Bundle(staging, manifest).save_manifest()
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        set_forms(net, modconv="grouped", fir="reference")
+    return Bundle.open(out_dir), results
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    batch: int = 1,
+    modconv: str = "grouped",
+    opset: int = 18,
+    verify: bool = True,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Bundle, list[ParityResult]]:
+    """Export an official checkpoint to a bundle: encoder, mapping and synthesis graphs.
+
+    ``modconv="grouped"`` runs each modulated conv as one grouped Conv with group = batch
+    (a fixed-batch synthesis graph); ``"scaled"`` keeps weights static and the batch
+    dynamic. With ``verify`` every graph is checked against the torch reference.
+    """
+    _validate(batch, modconv, opset)
+    _check_target(Path(out_dir), force)
+    (progress or (lambda _m: None))("loading checkpoint")
+    checkpoint = Path(checkpoint)
+    net = build_psp(read_checkpoint(checkpoint))
+    source = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint)}
+    return export_net(
+        net,
+        out_dir,
+        source=source,
+        batch=batch,
+        modconv=modconv,
+        opset=opset,
+        verify=verify,
+        force=force,
+        progress=progress,
+    )

@@ -1,0 +1,154 @@
+"""Exported graphs: parity with the torch reference, the op list, the bundle contract."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from psp_deploy.bundle import sha256_file
+from psp_deploy.errors import ExportError
+from psp_deploy.export import export_bundle, writer
+from psp_deploy.export.checks import check_graph, unsupported_ops
+from psp_deploy.export.graphs import graph_specs
+from psp_deploy.export.oplist import TENSORRT_ONNX_OPS
+from psp_deploy.export.parity import TOLERANCE, check_parity, compare, ort_session
+from psp_deploy.export.to_onnx import export_graph
+
+
+def test_grouped_bundle_matches_torch_at_its_batch(bundles):
+    bundle, results = bundles("rgb-grouped3")
+    by_graph = {(r.graph, r.batch): r for r in results}
+    assert set(by_graph) == {("encoder", 1), ("mapping", 1), ("mapping", 3), ("synthesis", 3)}
+    for r in results:
+        assert r.worst <= TOLERANCE, r
+    assert bundle.record("synthesis").batch == 3
+    assert bundle.record("encoder").batch is None
+
+
+def test_grouped_conv_groups_equal_the_batch(bundles):
+    bundle, _ = bundles("rgb-grouped3")
+    model = onnx.load(bundle.model_path("synthesis"))
+    groups = {
+        a.i
+        for n in model.graph.node
+        if n.op_type in ("Conv", "ConvTranspose")
+        for a in n.attribute
+        if a.name == "group"
+    }
+    assert 3 in groups  # modulated convs: one grouped conv, group = batch
+
+
+def test_scaled_synthesis_runs_any_batch(bundles, synthetic):
+    bundle, _ = bundles("rgb-scaled")
+    net, _ = synthetic("rgb")
+    spec = graph_specs(net, None)[2]
+    session = ort_session(bundle.model_path("synthesis"))
+    for batch in (1, 2, 5):
+        result = compare(spec, session, batch, seed=batch)
+        assert result.worst <= TOLERANCE, result
+
+
+def test_grouped_graph_refuses_another_batch(bundles):
+    bundle, _ = bundles("rgb-grouped3")
+    session = ort.InferenceSession(str(bundle.model_path("synthesis")), providers=["CPUExecutionProvider"])
+    codes = np.zeros((2, bundle.config.n_styles, 512), np.float32)
+    with pytest.raises(Exception, match=r"index: 0 Got: 2 Expected: 3"):
+        session.run(None, {"codes": codes})
+
+
+@pytest.mark.parametrize("name", ["rgb-grouped3", "rgb-scaled"])
+def test_every_op_is_in_the_tensorrt_list(bundles, name):
+    bundle, _ = bundles(name)
+    for graph in ("encoder", "mapping", "synthesis"):
+        model = onnx.load(bundle.model_path(graph))
+        assert unsupported_ops(model) == set(), graph
+        assert {"Conv", "Gemm"} & {n.op_type for n in model.graph.node}
+
+
+def test_op_list_check_refuses_unknown_ops():
+    node = onnx.helper.make_node("NonZero", ["x"], ["y"])
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [1, None])],
+    )
+    with pytest.raises(ExportError, match=r"does not support: \['NonZero'\]"):
+        check_graph(onnx.helper.make_model(graph), "toy")
+    assert "NonZero" not in TENSORRT_ONNX_OPS
+
+
+def test_manifest_describes_the_bundle(bundles, synthetic):
+    bundle, _ = bundles("rgb-grouped3")
+    net, _ = synthetic("rgb")
+    data = json.loads((bundle.root / "manifest.json").read_text())
+    assert data["schema_version"] == 1
+    assert data["config"]["n_styles"] == 10 and data["config"]["output_size"] == 64
+    assert data["modconv"] == {"form": "grouped", "batch": 3}
+    assert data["preprocess"]["kind"] == "rgb" and data["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    synthesis = data["models"]["synthesis"]["fp32"]
+    assert synthesis["inputs"] == [{"name": "codes", "shape": [3, 10, 512], "dtype": "float32"}]
+    assert [o["name"] for o in synthesis["outputs"]] == ["image", "image_256"]
+    assert data["models"]["encoder"]["fp32"]["inputs"][0]["shape"] == ["batch", 3, 256, 256]
+    for graph in ("encoder", "mapping", "synthesis"):
+        record = data["models"][graph]["fp32"]
+        assert sha256_file(bundle.root / record["file"]) == record["sha256"]
+        assert record["opset"] == 18
+    np.testing.assert_array_equal(bundle.latent_avg(), net.latent_avg.numpy())
+
+
+def test_parity_failure_is_loud(bundles, synthetic):
+    bundle, _ = bundles("rgb-scaled")
+    net, _ = synthetic("rgb")
+    spec = graph_specs(net, None)[1]
+    with pytest.raises(ExportError, match=r"mapping graph does not match the torch reference at batch 2"):
+        check_parity(spec, bundle.model_path("mapping"), 2, tolerance=1e-12)
+
+
+def test_refuses_non_empty_output_without_force(small_ckpt, tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty; pass --force"):
+        export_bundle(small_ckpt, out)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_interrupted_export_leaves_nothing(small_ckpt, tmp_path, monkeypatch):
+    def interrupted(*_args, **_kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "export_graph", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(small_ckpt, tmp_path / "bundle")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(modconv="fused"), "--modconv must be one of grouped, scaled"),
+        (dict(batch=0), "--batch must be at least 1"),
+        (dict(opset=11), "--opset must be one of"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(small_ckpt, tmp_path, kwargs, message):
+    with pytest.raises(ExportError, match=message):
+        export_bundle(small_ckpt, tmp_path / "b", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["e4e", "w-plus"])
+def test_other_encoder_types_export_with_parity(synthetic, tmp_path, name):
+    net, _ = synthetic(name)
+    spec = graph_specs(net, None)[0]
+    path = tmp_path / "encoder.onnx"
+    model = export_graph(spec, 18)
+    check_graph(model, "encoder")
+    path.write_bytes(model.SerializeToString())
+    result = check_parity(spec, path, 2)
+    assert result.worst <= TOLERANCE
+    # every head keeps the same contract: codes [B, n_styles, 512]
+    out = ort_session(path).run(None, {"image": spec.sample(1)[0].numpy()})[0]
+    assert out.shape == (1, 10, 512)
