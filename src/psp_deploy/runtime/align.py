@@ -1,0 +1,199 @@
+"""FFHQ face alignment: the official pSp/FFHQ crop, computed with OpenCV.
+
+Geometry and constants follow the official procedure (scripts/align_all_parallel.py):
+the oriented square from the eye and mouth landmarks, shrink, crop, reflect padding
+blended toward a blur and the median colour, then one warp to the output size. Speed
+comes from detecting faces on a downscaled copy, OpenCV resizes and blurs instead of
+PIL/scipy, and a single affine warp.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import BackendUnavailableError, InputError, NoFaceError
+
+FACE_POLICIES = ("largest", "best", "last")
+PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+ALIGN_EXTRA_HINT = "install the align extra: pip install 'psp-deploy[align]' (dlib-bin, face_recognition_models)"
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    image: np.ndarray  # [S, S, 3] uint8 RGB
+    landmarks: np.ndarray  # [68, 2] float64, in the input photo's pixel coordinates
+    quad: np.ndarray  # [4, 2] corners (top-left, bottom-left, bottom-right, top-right) in the photo
+    box: tuple[int, int, int, int]  # detector box: left, top, right, bottom
+    faces_found: int
+
+
+def predictor_path() -> Path:
+    """The 68-point model inside the face_recognition_models package, found without importing it
+    (its __init__ needs pkg_resources, which new setuptools no longer ships)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendUnavailableError(f"face alignment needs the 68-point landmark model; {ALIGN_EXTRA_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / PREDICTOR_FILE
+    if not path.is_file():
+        raise BackendUnavailableError(f"{path} is missing; reinstall face_recognition_models")
+    return path
+
+
+def ffhq_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
+    """The official oriented crop square from 68 landmarks: (quad [4, 2], side length)."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    eye_left, eye_right = lm[36:42].mean(0), lm[42:48].mean(0)
+    eye_avg = (eye_left + eye_right) * 0.5
+    eye_to_eye = eye_right - eye_left
+    mouth_avg = (lm[48] + lm[54]) * 0.5
+    eye_to_mouth = mouth_avg - eye_avg
+    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
+    x /= np.hypot(*x)
+    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    y = np.flipud(x) * [-1, 1]
+    c = eye_avg + eye_to_mouth * 0.1
+    quad = np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
+    return quad, float(np.hypot(*x) * 2)
+
+
+def _shrink(img: np.ndarray, quad: np.ndarray, qsize: float, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    shrink = int(np.floor(qsize / size * 0.5))
+    if shrink <= 1:
+        return img, quad, qsize
+    h, w = img.shape[:2]
+    rsize = (int(np.rint(w / shrink)), int(np.rint(h / shrink)))
+    return cv2.resize(img, rsize, interpolation=cv2.INTER_AREA), quad / shrink, qsize / shrink
+
+
+def _crop(img: np.ndarray, quad: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
+    h, w = img.shape[:2]
+    left, top = int(np.floor(quad[:, 0].min())) - border, int(np.floor(quad[:, 1].min())) - border
+    right, bottom = int(np.ceil(quad[:, 0].max())) + border, int(np.ceil(quad[:, 1].max())) + border
+    left, top, right, bottom = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
+    if right - left < w or bottom - top < h:
+        return img[top:bottom, left:right], quad - [left, top]
+    return img, quad
+
+
+def _pad_amounts(img: np.ndarray, quad: np.ndarray, border: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    return np.array(
+        [
+            max(-int(np.floor(quad[:, 0].min())) + border, 0),
+            max(-int(np.floor(quad[:, 1].min())) + border, 0),
+            max(int(np.ceil(quad[:, 0].max())) - w + border, 0),
+            max(int(np.ceil(quad[:, 1].max())) - h + border, 0),
+        ]
+    )
+
+
+def _pad(img: np.ndarray, pad: np.ndarray, qsize: float) -> np.ndarray:
+    """Reflect-pad, then fade the padding toward a blur and the median colour (official blend)."""
+    left, top, right, bottom = (int(p) for p in pad)
+    out = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_REFLECT_101).astype(np.float32)
+    h, w = out.shape[:2]
+    xs, ys = np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)[:, None]
+    mask = np.maximum(
+        1.0 - np.minimum(xs / left, (w - 1 - xs) / right), 1.0 - np.minimum(ys / top, (h - 1 - ys) / bottom)
+    )[..., None]
+    sigma = qsize * 0.02
+    radius = int(4.0 * sigma + 0.5)  # scipy.ndimage's default truncation at 4 sigma
+    blurred = cv2.GaussianBlur(out, (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_REFLECT)
+    out += (blurred - out) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+    out += (np.median(out, axis=(0, 1)) - out) * np.clip(mask, 0.0, 1.0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _quad_warp(img: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
+    """Sample the quad into size×size: output pixel centres (x+½)/size map bilinearly onto the
+    quad, as PIL's QUAD transform does with the official +0.5 offset."""
+    top_left, bottom_left, top_right = quad[0], quad[1], quad[3]
+    ax, ay = (top_right - top_left) / size, (bottom_left - top_left) / size
+    origin = top_left + 0.5 * (ax + ay)
+    matrix = np.array([[ax[0], ay[0], origin[0]], [ax[1], ay[1], origin[1]]])
+    return cv2.warpAffine(
+        img, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT
+    )
+
+
+def warp_face(rgb: np.ndarray, quad: np.ndarray, qsize: float, size: int = 256) -> np.ndarray:
+    """The official shrink → crop → pad → quad transform, from a photo and its quad."""
+    img, quad, qsize = _shrink(rgb, np.asarray(quad, np.float64), qsize, size)
+    border = max(int(np.rint(qsize * 0.1)), 3)
+    img, quad = _crop(img, quad, border)
+    pad = _pad_amounts(img, quad, border)
+    if pad.max() > border - 4:
+        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        img = _pad(img, pad, qsize)
+        quad = quad + pad[:2]
+    return _quad_warp(img, quad, size)
+
+
+class FaceAligner:
+    """dlib detection + 68 landmarks, then the FFHQ crop. Safe to share between threads.
+
+    ``face`` picks among several detections: "largest" box (ties: higher score), "best"
+    detector score, or "last" as the official script does. ``detect_size`` caps the
+    longer side of the copy the detector sees (then upsampled once, as officially).
+    """
+
+    def __init__(self, output_size: int = 256, face: str = "largest", detect_size: int = 640) -> None:
+        if face not in FACE_POLICIES:
+            raise InputError(f"face policy must be one of {', '.join(FACE_POLICIES)}, got {face!r}")
+        try:
+            import dlib
+        except ImportError as err:
+            raise BackendUnavailableError(f"face alignment needs dlib; {ALIGN_EXTRA_HINT}") from err
+        self.output_size, self.face, self.detect_size = output_size, face, detect_size
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(predictor_path()))
+        self._rectangle = dlib.rectangle
+        self._lock = threading.Lock()  # dlib's detector keeps scratch state
+
+    def detect(self, rgb: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
+        """Face boxes (left, top, right, bottom) in photo coordinates with detector scores."""
+        scale = min(1.0, self.detect_size / max(rgb.shape[:2]))
+        small = rgb if scale == 1.0 else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        with self._lock:
+            rects, scores, _ = self._detector.run(small, 1, 0.0)
+        return [
+            ((round(r.left() / scale), round(r.top() / scale), round(r.right() / scale), round(r.bottom() / scale)), s)
+            for r, s in zip(rects, scores, strict=True)
+        ]
+
+    def _pick(self, faces: list[tuple[tuple[int, int, int, int], float]]) -> tuple[int, int, int, int]:
+        if self.face == "last":
+            return faces[-1][0]
+        if self.face == "best":
+            return max(faces, key=lambda f: f[1])[0]
+        return max(faces, key=lambda f: ((f[0][2] - f[0][0]) * (f[0][3] - f[0][1]), f[1]))[0]
+
+    def landmarks(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        with self._lock:
+            shape = self._predictor(rgb, self._rectangle(*box))
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+    def align(self, rgb: np.ndarray) -> AlignedFace:
+        """Photo (uint8 RGB [H, W, 3]) → the aligned face; NoFaceError when there is none."""
+        rgb = check_rgb(rgb)
+        faces = self.detect(rgb)
+        if not faces:
+            raise NoFaceError("no face found in the photo")
+        box = self._pick(faces)
+        landmarks = self.landmarks(rgb, box)
+        quad, qsize = ffhq_quad(landmarks)
+        image = warp_face(rgb, quad, qsize, self.output_size)
+        return AlignedFace(image, landmarks, quad, box, len(faces))
+
+
+def check_rgb(rgb: np.ndarray) -> np.ndarray:
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise InputError(f"expected a uint8 RGB image [H, W, 3], got {array.dtype} {list(array.shape)}")
+    return np.ascontiguousarray(array)

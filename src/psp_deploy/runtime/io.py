@@ -1,0 +1,103 @@
+"""The one image reader (and writer) of the runtime.
+
+Reads JPEG, PNG, WebP, BMP and TIFF through Pillow; applies EXIF orientation; turns
+grayscale, palette, RGBA (composited on white) and 16-bit images into 8-bit RGB (or
+8-bit gray); refuses decompression bombs; and reports any failure as ImageDecodeError
+naming the file and the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageDecodeError
+
+MAX_PIXELS = 100_000_000  # ~ a 10000×10000 photo; far beyond any camera's single frame
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer and float modes → 8-bit L, scaling rather than clipping."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        data = np.asarray(img, dtype=np.uint32)
+        bits = 16 if img.mode.startswith("I;16") or data.max(initial=0) < 65536 else 32
+        return Image.fromarray((data >> (bits - 8)).astype(np.uint8), "L")
+    if img.mode == "F":
+        data = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        scale = 255.0 if data.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(data * scale, 0, 255).astype(np.uint8), "L")
+    return img
+
+
+def _composite(img: Image.Image) -> Image.Image:
+    """Transparent pixels become white: a face on a transparent background reads naturally."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Read an image file as uint8 [H, W, 3] (mode "RGB") or [H, W] (mode "L")."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.format not in FORMATS:
+                    raise ImageDecodeError(f"{path}: unsupported image format {img.format}")
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageDecodeError(
+                        f"{path}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
+                        "(a decompression bomb or a panorama; downscale it first)"
+                    )
+                img.load()
+                img = _to_8bit(ImageOps.exif_transpose(img))
+                img = _composite(img).convert(mode)
+                return np.array(img)
+    except ImageDecodeError:
+        raise
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{path}: not an image (or a format Pillow cannot identify)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageDecodeError(f"{path}: cannot decode image: {err}") from None
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A file that appears at ``path`` complete or not at all (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_image_atomic(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an image in the format its suffix names (PNG by default), atomically."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    with atomic_file(path) as f:
+        Image.fromarray(rgb).save(f, format=fmt)
+
+
+def write_npy_atomic(path: str | Path, array: np.ndarray) -> None:
+    with atomic_file(path) as f:
+        np.save(f, array, allow_pickle=False)

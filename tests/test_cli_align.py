@@ -1,0 +1,65 @@
+"""`psp-deploy align` over a folder with good, corrupt, faceless and non-image files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+from typer.testing import CliRunner
+
+from psp_deploy.cli import app
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    root = tmp_path / "photos"
+    (root / "trip").mkdir(parents=True)
+    Image.fromarray(data.astronaut()).save(root / "astronaut.png")
+    Image.fromarray(data.astronaut()[:, ::-1]).save(root / "trip" / "mirror.jpg", quality=95)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    Image.fromarray(np.full((200, 300, 3), 128, np.uint8)).save(root / "wall.png")
+    (root / "notes.txt").write_text("not an image, not picked up from a folder")
+    return root
+
+
+def test_align_folder_reports_every_failure_and_resumes(photos, tmp_path):
+    out = tmp_path / "aligned"
+    result = CliRunner().invoke(app, ["align", str(photos), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["astronaut.png", "trip/mirror.png"]
+    assert Image.open(out / "astronaut.png").size == (256, 256)
+    failures = {source_name(f["input"]): f["error"] for f in json.loads((out / "failures.json").read_text())}
+    assert failures == {"broken.jpg": "ImageDecodeError", "wall.png": "NoFaceError"}
+    assert "2 done, 0 skipped" in result.output and "2 failed" in result.output
+
+    before = (out / "astronaut.png").stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["align", str(photos), "-o", str(out)])
+    assert "0 done, 2 skipped" in again.output and (out / "astronaut.png").stat().st_mtime_ns == before
+
+    (photos / "broken.jpg").unlink()
+    (photos / "wall.png").unlink()
+    clean = CliRunner().invoke(app, ["align", str(photos), "-o", str(out), "--overwrite"])
+    assert clean.exit_code == 0 and not (out / "failures.json").exists()
+    assert (out / "astronaut.png").stat().st_mtime_ns != before
+
+
+def source_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def test_align_glob_and_missing_input(photos, tmp_path):
+    result = CliRunner().invoke(app, ["align", str(photos / "*.png"), "-o", str(tmp_path / "o"), "--face", "best"])
+    assert result.exit_code == 1  # wall.png has no face
+    assert (tmp_path / "o" / "astronaut.png").exists()
+    missing = CliRunner().invoke(app, ["align", str(tmp_path / "nope"), "-o", str(tmp_path / "o2")])
+    assert missing.exit_code == 2 and "no such file, folder or matching pattern" in missing.output
+
+
+def test_align_refuses_colliding_names(photos, tmp_path):
+    shutil.copy(photos / "astronaut.png", photos / "trip" / "astronaut.png")
+    result = CliRunner().invoke(
+        app, ["align", str(photos / "astronaut.png"), str(photos / "trip" / "astronaut.png"), "-o", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "would write the same output" in result.output
