@@ -13,7 +13,6 @@ def _configs():
 
     return {
         "rgb": PspConfig(**SMALL),
-        "rgb-128": PspConfig(output_size=128, channel_multiplier=1),
         "sketch": PspConfig(task="celebs_sketch_to_face", input_nc=1, label_nc=1, **SMALL),
         "segmentation": PspConfig(task="celebs_seg_to_face", input_nc=19, label_nc=19, **SMALL),
         "e4e": PspConfig(encoder_type="Encoder4Editing", **SMALL),
@@ -57,8 +56,7 @@ def small_psp(small_ckpt):
 
 BUNDLES = {
     # name: (checkpoint config, export options)
-    "rgb-grouped3": ("rgb", dict(modconv="grouped", batch=3, verify=True)),
-    "rgb-scaled": ("rgb", dict(modconv="scaled", verify=False)),
+    "rgb-scaled": ("rgb", dict(modconv="scaled", verify=True)),
     "sketch-scaled": ("sketch", dict(modconv="scaled", verify=False)),
     "segmentation-scaled": ("segmentation", dict(modconv="scaled", verify=False)),
 }
@@ -80,5 +78,37 @@ def bundles(synthetic, tmp_path_factory):
                 net, folder / name, source={"checkpoint": path.name, "sha256": "synthetic"}, **options
             )
         return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def grouped_synthesis(synthetic, tmp_path_factory):
+    """grouped_synthesis(batch) → (ONNX path, GraphSpec, ModelRecord) of the small RGB model's
+    synthesis graph in grouped form: a bundle's graph without the cost of a whole bundle."""
+    from psp_deploy.bundle import ModelRecord
+    from psp_deploy.export.checks import check_graph
+    from psp_deploy.export.graphs import graph_specs
+    from psp_deploy.export.to_onnx import export_graph
+    from psp_deploy.models.forms import set_forms
+
+    cache: dict[int, tuple] = {}
+    folder = tmp_path_factory.mktemp("grouped")
+
+    def get(batch: int):
+        if batch not in cache:
+            net, _ = synthetic("rgb")
+            set_forms(net, modconv="grouped", fir="depthwise")
+            try:
+                spec = graph_specs(net, batch)[2]
+                model = export_graph(spec, 18)
+            finally:
+                set_forms(net, modconv="grouped", fir="reference")
+            check_graph(model, "synthesis")
+            path = folder / f"synthesis_b{batch}.onnx"
+            path.write_bytes(model.SerializeToString())
+            record = ModelRecord(path.name, "", "fp32", 18, list(spec.inputs), list(spec.outputs))
+            cache[batch] = (path, spec, record)
+        return cache[batch]
 
     return get

@@ -17,19 +17,20 @@ from psp_deploy.export.parity import TOLERANCE, check_parity, compare, ort_sessi
 from psp_deploy.export.to_onnx import export_graph
 
 
-def test_grouped_bundle_matches_torch_at_its_batch(bundles):
-    bundle, results = bundles("rgb-grouped3")
+def test_scaled_bundle_matches_torch(bundles):
+    bundle, results = bundles("rgb-scaled")
     by_graph = {(r.graph, r.batch): r for r in results}
-    assert set(by_graph) == {("encoder", 1), ("mapping", 1), ("mapping", 3), ("synthesis", 3)}
+    assert set(by_graph) == {("encoder", 1), ("mapping", 1), ("mapping", 3), ("synthesis", 1), ("synthesis", 3)}
     for r in results:
         assert r.worst <= TOLERANCE, r
-    assert bundle.record("synthesis").batch == 3
-    assert bundle.record("encoder").batch is None
+    assert bundle.record("synthesis").batch is None and bundle.record("encoder").batch is None
 
 
-def test_grouped_conv_groups_equal_the_batch(bundles):
-    bundle, _ = bundles("rgb-grouped3")
-    model = onnx.load(bundle.model_path("synthesis"))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_grouped_synthesis_matches_torch(grouped_synthesis, batch):
+    path, spec, _ = grouped_synthesis(batch)
+    assert check_parity(spec, path, batch).worst <= TOLERANCE
+    model = onnx.load(path)
     groups = {
         a.i
         for n in model.graph.node
@@ -37,7 +38,8 @@ def test_grouped_conv_groups_equal_the_batch(bundles):
         for a in n.attribute
         if a.name == "group"
     }
-    assert 3 in groups  # modulated convs: one grouped conv, group = batch
+    assert batch in groups  # the modulated convs: ONE grouped conv each, group = batch
+    assert unsupported_ops(model) == set()
 
 
 def test_scaled_synthesis_runs_any_batch(bundles, synthetic):
@@ -50,17 +52,15 @@ def test_scaled_synthesis_runs_any_batch(bundles, synthetic):
         assert result.worst <= TOLERANCE, result
 
 
-def test_grouped_graph_refuses_another_batch(bundles):
-    bundle, _ = bundles("rgb-grouped3")
-    session = ort.InferenceSession(str(bundle.model_path("synthesis")), providers=["CPUExecutionProvider"])
-    codes = np.zeros((2, bundle.config.n_styles, 512), np.float32)
+def test_grouped_graph_refuses_another_batch(grouped_synthesis):
+    path, spec, _ = grouped_synthesis(3)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match=r"index: 0 Got: 2 Expected: 3"):
-        session.run(None, {"codes": codes})
+        session.run(None, {"codes": np.zeros((2, 10, 512), np.float32)})
 
 
-@pytest.mark.parametrize("name", ["rgb-grouped3", "rgb-scaled"])
-def test_every_op_is_in_the_tensorrt_list(bundles, name):
-    bundle, _ = bundles(name)
+def test_every_op_is_in_the_tensorrt_list(bundles):
+    bundle, _ = bundles("rgb-scaled")
     for graph in ("encoder", "mapping", "synthesis"):
         model = onnx.load(bundle.model_path(graph))
         assert unsupported_ops(model) == set(), graph
@@ -81,15 +81,15 @@ def test_op_list_check_refuses_unknown_ops():
 
 
 def test_manifest_describes_the_bundle(bundles, synthetic):
-    bundle, _ = bundles("rgb-grouped3")
+    bundle, _ = bundles("rgb-scaled")
     net, _ = synthetic("rgb")
     data = json.loads((bundle.root / "manifest.json").read_text())
     assert data["schema_version"] == 1
     assert data["config"]["n_styles"] == 10 and data["config"]["output_size"] == 64
-    assert data["modconv"] == {"form": "grouped", "batch": 3}
+    assert data["modconv"] == {"form": "scaled", "batch": None}
     assert data["preprocess"]["kind"] == "rgb" and data["preprocess"]["mean"] == [0.5, 0.5, 0.5]
     synthesis = data["models"]["synthesis"]["fp32"]
-    assert synthesis["inputs"] == [{"name": "codes", "shape": [3, 10, 512], "dtype": "float32"}]
+    assert synthesis["inputs"] == [{"name": "codes", "shape": ["batch", 10, 512], "dtype": "float32"}]
     assert [o["name"] for o in synthesis["outputs"]] == ["image", "image_256"]
     assert data["models"]["encoder"]["fp32"]["inputs"][0]["shape"] == ["batch", 3, 256, 256]
     for graph in ("encoder", "mapping", "synthesis"):

@@ -138,6 +138,8 @@ class BatchRunner(Generic[T, R]):
                 self.on_advance(1)
 
     def run(self, items: Sequence[Item]) -> Summary:
+        for stale in self.out_dir.rglob(".*.partial"):  # temp files of a run that was killed
+            stale.unlink(missing_ok=True)
         summary = Summary()
         todo = self.pending(items, summary)
         self.on_advance(len(summary.skipped))

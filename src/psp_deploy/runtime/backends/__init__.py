@@ -1,0 +1,35 @@
+"""Runtime backends, chosen by name and imported lazily: a missing one costs nothing until used."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ...bundle import ModelRecord
+from ...errors import BackendUnavailableError
+from .base import Backend, check_feeds
+
+BACKENDS = {
+    "onnxruntime": ("psp_deploy.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "tensorrt": ("psp_deploy.runtime.backends.tensorrt", "TensorRTBackend"),
+    "openvino": ("psp_deploy.runtime.backends.openvino", "OpenVINOBackend"),
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    module_name, class_name = BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise BackendUnavailableError(f"the {name} backend is not available here: {err}") from err
+    return getattr(module, class_name)
+
+
+def open_backend(name: str, path: Path, record: ModelRecord, graph: str, **options: Any) -> Backend:
+    return backend_class(name)(path, record, graph, **options)
+
+
+__all__ = ["BACKENDS", "Backend", "backend_class", "check_feeds", "open_backend"]

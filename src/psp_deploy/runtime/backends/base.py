@@ -1,0 +1,88 @@
+"""The backend interface: a session over one model file.
+
+The base class owns the life cycle (context manager, close) and the one input check
+every backend shares, so all refuse bad input with the same message; a backend
+implements only ``_infer``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...bundle import BATCH, Bundle, ModelRecord, TensorSpec
+from ...errors import BundleError, InputError
+
+
+def check_feeds(feeds: Mapping[str, np.ndarray], specs: list[TensorSpec], graph: str) -> dict[str, np.ndarray]:
+    """Names, dtypes and shapes against the declared inputs; one message naming tensor and expectation."""
+    names = [s.name for s in specs]
+    if set(feeds) != set(names):
+        raise InputError(f"{graph}: expected inputs {names}, got {sorted(feeds)}")
+    checked = {}
+    for spec in specs:
+        value = np.asarray(feeds[spec.name])
+        if value.dtype != np.dtype(spec.dtype):
+            raise InputError(f"{graph} input '{spec.name}': expected dtype {spec.dtype}, got {value.dtype}")
+        if value.ndim != len(spec.shape):
+            raise InputError(
+                f"{graph} input '{spec.name}': expected {len(spec.shape)} dimensions {list(spec.shape)}, "
+                f"got shape {list(value.shape)}"
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, value.shape, strict=True)):
+            if want != BATCH and want != got:
+                what = "batch size" if axis == 0 else f"dimension {axis}"
+                raise InputError(
+                    f"{graph} input '{spec.name}': expected {what} {want} (shape {list(spec.shape)}), "
+                    f"got shape {list(value.shape)}"
+                )
+        checked[spec.name] = np.ascontiguousarray(value)
+    return checked
+
+
+class Backend(ABC):
+    """One model file, ready to run. ``thread_safe`` says whether ``infer`` may be called concurrently."""
+
+    name = "base"
+    thread_safe = True
+
+    def __init__(self, path: Path, record: ModelRecord, graph: str) -> None:
+        self.path, self.record, self.graph = path, record, graph
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, graph: str, precision: str, **options: Any) -> Backend:
+        """Open the bundle's ONNX graph at ``precision`` (hash-checked); engine backends override this."""
+        return cls(bundle.model_path(graph, precision), bundle.record(graph, precision), graph, **options)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.record.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.record.outputs
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._infer(check_feeds(feeds, self.inputs, self.graph))
+
+    @abstractmethod
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing that needs releasing
+        """Release what the backend holds (device memory, sessions)."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+    def _check_io(self, actual: dict[str, list[str]], io: str) -> None:
+        """The model file's own I/O names must be the manifest's: a mismatched manifest is refused."""
+        declared = [t.name for t in getattr(self.record, io)]
+        if actual[io] != declared:
+            raise BundleError(f"{self.path.name}: the model's {io} {actual[io]} do not match the manifest's {declared}")

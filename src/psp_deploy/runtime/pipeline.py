@@ -1,0 +1,213 @@
+"""The deployed pipeline: photo → aligned face → W+ codes → (style mixing) → image. No torch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..config import STYLE_DIM
+from ..errors import InputError
+from .align import AlignedFace, FaceAligner
+from .backends import Backend, backend_class
+from .preprocess import preprocess, to_uint8
+
+DEFAULT_MAX_BATCH = 8
+
+
+@dataclass
+class Result:
+    images: np.ndarray  # [N, R, R, 3] uint8 (R = output size, or 256 with resize)
+    codes: np.ndarray  # [N, n_styles, 512] float32, as synthesized (after any mixing)
+    aligned: list[AlignedFace | None]  # per input; None when not aligned
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def parse_latent_mask(text: str, n_styles: int) -> list[int]:
+    """'8-17' or '0,1,8-17' → sorted indices, each checked against n_styles."""
+    indices: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            indices.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise InputError(f"latent mask {text!r}: use indices and ranges such as '8-17' or '0,2,8-17'") from None
+    return check_latent_mask(sorted(indices), n_styles)
+
+
+def check_latent_mask(mask: Sequence[int], n_styles: int) -> list[int]:
+    bad = [i for i in mask if not 0 <= int(i) < n_styles]
+    if bad or not mask:
+        raise InputError(f"latent mask must name style indices in 0..{n_styles - 1}, got {list(mask)}")
+    return [int(i) for i in mask]
+
+
+def run_batched(
+    fn: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, fixed: int | None, max_batch: int
+) -> list[np.ndarray]:
+    """Run ``fn`` over ``x`` in chunks. A fixed-batch graph gets full batches: the last partial one
+    is padded with copies of its last row and the padding trimmed from the outputs."""
+    size = fixed or max_batch
+    pieces: list[list[np.ndarray]] = []
+    for start in range(0, len(x), size):
+        chunk = x[start : start + size]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        pieces.append([out[:n] for out in fn(chunk)])
+    return [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
+
+
+class Pipeline:
+    def __init__(
+        self, bundle: Bundle, backends: dict[str, Backend], *, max_batch: int = DEFAULT_MAX_BATCH, face: str = "largest"
+    ) -> None:
+        self.bundle, self.config = bundle, bundle.config
+        self.encoder, self.mapping_net, self.synthesis_net = (
+            backends["encoder"],
+            backends["mapping"],
+            backends["synthesis"],
+        )
+        self.max_batch, self.face = max_batch, face
+        self._aligner: FaceAligner | None = None
+        self._aligner_lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        face: str = "largest",
+        **options: Any,
+    ) -> Pipeline:
+        """Open a bundle with one backend and precision; extra options go to the backend
+        (onnxruntime: device="cpu"|"cuda", threads=N). The mapping graph is tiny and stays
+        FP32 when the bundle has no graph for it at ``precision``."""
+        bundle = Bundle.open(path)
+        cls_ = backend_class(backend)
+        backends = {}
+        for graph in ("encoder", "mapping", "synthesis"):
+            p = precision if graph != "mapping" or precision in bundle.manifest.models["mapping"] else "fp32"
+            backends[graph] = cls_.from_bundle(bundle, graph, p, **options)
+        return cls(bundle, backends, max_batch=max_batch, face=face)
+
+    @property
+    def aligner(self) -> FaceAligner:
+        with self._aligner_lock:
+            if self._aligner is None:
+                self._aligner = FaceAligner(face=self.face)
+            return self._aligner
+
+    def wants_alignment(self, align: bool | None) -> bool:
+        """None means: align photos (RGB tasks), never sketches or label maps."""
+        photo = self.config.input_kind == "rgb"
+        if align and not photo:
+            raise InputError(f"{self.config.input_kind} inputs cannot be face-aligned; pass align=False (--no-align)")
+        return photo and align is not False
+
+    def prepare(self, image: np.ndarray, align: bool | None = None) -> tuple[np.ndarray, AlignedFace | None]:
+        """One input image → encoder tensor [C, 256, 256] (and the aligned face, if aligned)."""
+        face = self.aligner.align(image) if self.wants_alignment(align) else None
+        return preprocess(face.image if face else image, self.config), face
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """[N, C, 256, 256] float32 → W+ codes [N, n_styles, 512] (latent_avg included)."""
+        run = lambda chunk: [self.encoder.infer({"image": chunk})["codes"]]  # noqa: E731
+        return run_batched(run, np.asarray(x, np.float32), self.encoder.record.batch, self.max_batch)[0]
+
+    def mapping(self, z: np.ndarray) -> np.ndarray:
+        """z [N, 512] → w [N, 512]."""
+        run = lambda chunk: [self.mapping_net.infer({"z": chunk})["w"]]  # noqa: E731
+        return run_batched(run, np.asarray(z, np.float32).reshape(-1, STYLE_DIM), None, self.max_batch)[0]
+
+    def synthesize(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """W+ codes → (image [N, 3, R, R], image_256 [N, 3, 256, 256]), floats in about [−1, 1]."""
+
+        def run(chunk: np.ndarray) -> list[np.ndarray]:
+            out = self.synthesis_net.infer({"codes": chunk})
+            return [out["image"], out["image_256"]]
+
+        image, pooled = run_batched(run, np.asarray(codes, np.float32), self.synthesis_net.record.batch, self.max_batch)
+        return image, pooled
+
+    def style_latent(self, seed: int | None) -> np.ndarray:
+        """w of a random z ~ N(0, 1) (seeded), repeated over the styles: [1, n_styles, 512]."""
+        z = np.random.default_rng(seed).standard_normal((1, STYLE_DIM)).astype(np.float32)
+        return np.repeat(self.mapping(z)[:, None, :], self.config.n_styles, axis=1)
+
+    def mix(self, codes: np.ndarray, latent_mask: Sequence[int], inject: np.ndarray, alpha: float | None) -> np.ndarray:
+        """Official mixing: codes[:, i] = α·inject[:, i] + (1 − α)·codes[:, i] for i in the mask
+        (α None: replace). ``inject`` is w [512], [N, 512] or W+ [N or 1, n_styles, 512]."""
+        mask = check_latent_mask(latent_mask, self.config.n_styles)
+        inject = np.asarray(inject, np.float32)
+        if inject.ndim == 1:
+            inject = inject[None]
+        if inject.ndim == 2:
+            inject = np.repeat(inject[:, None, :], self.config.n_styles, axis=1)
+        if inject.shape[1:] != (self.config.n_styles, STYLE_DIM) or inject.shape[0] not in (1, len(codes)):
+            raise InputError(
+                f"inject must be w [512], [N, 512] or W+ [N, {self.config.n_styles}, 512]; got {list(inject.shape)}"
+            )
+        mixed = codes.copy()
+        target = np.broadcast_to(inject, codes.shape)
+        mixed[:, mask] = target[:, mask] if alpha is None else alpha * target[:, mask] + (1 - alpha) * codes[:, mask]
+        return mixed
+
+    def run(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray,
+        *,
+        align: bool | None = None,
+        resize: bool = False,
+        latent_mask: Sequence[int] | None = None,
+        mix_alpha: float | None = None,
+        seed: int | None = None,
+        inject: np.ndarray | None = None,
+    ) -> Result:
+        """Images (uint8 photos, sketches or label maps) → synthesized faces.
+
+        ``align`` None aligns photos and never sketches or label maps. With ``latent_mask``
+        the masked styles come from ``inject`` (w or W+ codes; map a z with ``mapping``) or,
+        without it, from mapping(z) with z drawn from ``seed``.
+        """
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+            images = [images]  # one image; a batch is a list or an [N, H, W, C] array
+        if len(images) == 0:
+            raise InputError("no images given")
+        prepared = [self.prepare(image, align) for image in images]
+        timings["prepare"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        codes = self.encode(np.stack([x for x, _ in prepared]))
+        timings["encode"] = time.perf_counter() - clock
+        if latent_mask is not None:
+            clock = time.perf_counter()
+            codes = self.mix(codes, latent_mask, self.style_latent(seed) if inject is None else inject, mix_alpha)
+            timings["mix"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        image, pooled = self.synthesize(codes)
+        timings["synthesize"] = time.perf_counter() - clock
+        return Result(to_uint8(pooled if resize else image), codes, [face for _, face in prepared], timings)
+
+    def close(self) -> None:
+        for backend in (self.encoder, self.mapping_net, self.synthesis_net):
+            backend.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["Pipeline", "Result", "parse_latent_mask"]

@@ -1,0 +1,70 @@
+"""Input image → encoder tensor, per task, as the official inference transforms do.
+
+RGB tasks: resize to 256 (PIL bilinear, as torchvision's Resize on PIL images),
+[0, 1], normalise with mean 0.5 / std 0.5. Sketch: grayscale, resize, [0, 1], no
+normalisation. Segmentation: a label map (class per pixel), resized as the official
+code does (bilinear on the 8-bit map), one-hot over label_nc channels. Super-resolution
+inputs are low-resolution faces and are upsampled to 256 by the same resize.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ..config import ENCODER_INPUT_SIZE, PspConfig
+from ..errors import InputError
+
+SIZE = ENCODER_INPUT_SIZE
+
+
+def _resized(array: np.ndarray) -> np.ndarray:
+    if array.shape[:2] == (SIZE, SIZE):
+        return array
+    return np.asarray(Image.fromarray(array).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """PIL's 'L' conversion (ITU-R 601-2 luma), which the official loader applies to sketches."""
+    return np.asarray(Image.fromarray(rgb).convert("L"))
+
+
+def preprocess_rgb(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"expected a uint8 RGB image [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
+    x = _resized(rgb).astype(np.float32) / 255.0
+    return ((x - 0.5) / 0.5).transpose(2, 0, 1)
+
+
+def preprocess_sketch(image: np.ndarray) -> np.ndarray:
+    gray = to_gray(image) if image.ndim == 3 else image
+    if gray.dtype != np.uint8 or gray.ndim != 2:
+        raise InputError(f"expected a uint8 sketch [H, W] or [H, W, 3], got {image.dtype} {list(image.shape)}")
+    return (_resized(gray).astype(np.float32) / 255.0)[None]
+
+
+def preprocess_labels(labels: np.ndarray, label_nc: int) -> np.ndarray:
+    if labels.ndim == 3:
+        labels = to_gray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"expected an integer label map [H, W], got {labels.dtype} {list(labels.shape)}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= label_nc:
+        raise InputError(f"label values must lie in [0, {label_nc - 1}], found {labels.min()}..{labels.max()}")
+    resized = _resized(labels.astype(np.uint8))
+    return (resized[None] == np.arange(label_nc, dtype=np.uint8)[:, None, None]).astype(np.float32)
+
+
+def preprocess(image: np.ndarray, config: PspConfig) -> np.ndarray:
+    """One image → [C, 256, 256] float32 for the encoder of ``config``."""
+    image = np.asarray(image)
+    if config.input_kind == "rgb":
+        return preprocess_rgb(image)
+    if config.input_kind == "sketch":
+        return preprocess_sketch(image)
+    return preprocess_labels(image, config.label_nc)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[N, 3, H, W] in [−1, 1] → [N, H, W, 3] uint8, truncating as the official tensor2im does."""
+    scaled = np.clip((images + 1.0) / 2.0, 0.0, 1.0) * 255.0
+    return scaled.astype(np.uint8).transpose(0, 2, 3, 1)

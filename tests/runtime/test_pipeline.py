@@ -1,0 +1,236 @@
+"""The Pipeline against the torch reference, per task; mixing, batching, threads, bad bundles."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from psp_deploy.errors import BundleError, InputError
+from psp_deploy.runtime import Pipeline, parse_latent_mask
+from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from psp_deploy.runtime.preprocess import preprocess, to_uint8
+
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def rgb_pipeline(bundles):
+    return Pipeline.from_bundle(bundles("rgb-scaled")[0].root)
+
+
+def reference(net, x, **kwargs):
+    with torch.no_grad():
+        return net(torch.from_numpy(x), **kwargs).numpy()
+
+
+def sketch_of(rgb):
+    gray = rgb.mean(axis=2)
+    edges = np.abs(np.diff(gray, axis=0, prepend=0)) + np.abs(np.diff(gray, axis=1, prepend=0))
+    return (255 - np.clip(edges * 4, 0, 255)).astype(np.uint8)
+
+
+def label_map(seed=0):
+    rng = np.random.default_rng(seed)
+    return np.kron(rng.integers(0, 19, (8, 8)), np.ones((40, 40), np.int64))  # 320×320, blocky classes
+
+
+def test_rgb_pipeline_matches_torch(rgb_pipeline, synthetic, astronaut):
+    net, _ = synthetic("rgb")
+    x, face = rgb_pipeline.prepare(astronaut)
+    assert face is not None and face.image.shape == (256, 256, 3)
+    codes = rgb_pipeline.encode(x[None])
+    image, pooled = rgb_pipeline.synthesize(codes)
+    with torch.no_grad():
+        ref_codes = net.encode(torch.from_numpy(x[None])).numpy()
+    assert np.abs(codes - ref_codes).max() <= TOL
+    assert np.abs(image - reference(net, x[None])).max() <= TOL
+    assert np.abs(pooled - reference(net, x[None], resize=True)).max() <= TOL
+
+
+@pytest.mark.parametrize("task,image", [("sketch", "sketch"), ("segmentation", "labels")])
+def test_label_tasks_match_torch(bundles, synthetic, astronaut, task, image):
+    pipeline = Pipeline.from_bundle(bundles(f"{task}-scaled")[0].root)
+    net, _ = synthetic(task)
+    inp = sketch_of(astronaut) if image == "sketch" else label_map()
+    result = pipeline.run(inp)  # never aligned: sketches and label maps are not photos
+    x = preprocess(inp, net.config)[None]
+    expected = reference(net, x)
+    assert result.aligned == [None]
+    assert np.abs(pipeline.synthesize(result.codes)[0] - expected).max() <= TOL
+    assert np.abs(result.images.astype(int) - to_uint8(expected).astype(int)).max() <= 1
+    with pytest.raises(InputError, match="cannot be face-aligned"):
+        pipeline.run(inp, align=True)
+
+
+def test_preprocessing_by_hand(synthetic):
+    rgb = np.zeros((256, 256, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = 255, 51
+    x = preprocess(rgb, synthetic("rgb")[0].config)
+    assert x.shape == (3, 256, 256) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 0, 0], [1.0, -0.6, -1.0], atol=1e-6)  # (v/255 − 0.5)/0.5
+    sketch = preprocess(np.full((256, 256), 51, np.uint8), synthetic("sketch")[0].config)
+    np.testing.assert_allclose(sketch[0, 0, 0], 0.2, atol=1e-6)  # v/255, not normalised
+    labels = np.zeros((256, 256), np.int64)
+    labels[0, 0] = 7
+    onehot = preprocess(labels, synthetic("segmentation")[0].config)
+    assert onehot.shape == (19, 256, 256) and onehot[7, 0, 0] == 1 and onehot[0, 0, 0] == 0
+    assert onehot.sum(axis=0).min() == onehot.sum(axis=0).max() == 1
+    with pytest.raises(InputError, match=r"label values must lie in \[0, 18\]"):
+        preprocess(np.full((4, 4), 19), synthetic("segmentation")[0].config)
+
+
+def test_uint8_conversion_truncates_like_official():
+    x = np.array([-2.0, -1.0, 0.0, 0.999, 1.0, 3.0], np.float32).reshape(1, 1, 1, 6).repeat(3, axis=1)
+    assert to_uint8(x)[0, 0, :, 0].tolist() == [0, 0, 127, 254, 255, 255]
+
+
+def test_style_mixing_with_given_z_matches_torch(rgb_pipeline, synthetic, astronaut):
+    net, _ = synthetic("rgb")
+    x = rgb_pipeline.prepare(astronaut)[0][None]
+    z = np.random.default_rng(3).standard_normal((1, 512)).astype(np.float32)
+    w = rgb_pipeline.mapping(z)
+    mask = parse_latent_mask("5-9", 10)
+    mixed = rgb_pipeline.mix(rgb_pipeline.encode(x), mask, w, 0.7)
+    with torch.no_grad():
+        inject = net.mapping(torch.from_numpy(z))[:, None].repeat(1, 10, 1)
+    expected = reference(net, x, latent_mask=mask, inject_latent=inject, alpha=0.7)
+    assert np.abs(rgb_pipeline.synthesize(mixed)[0] - expected).max() <= TOL
+
+
+def test_seeded_mixing_is_reproducible_and_local(rgb_pipeline, astronaut):
+    plain = rgb_pipeline.run(astronaut)
+    a = rgb_pipeline.run(astronaut, latent_mask=[6, 7, 8, 9], seed=5)
+    b = rgb_pipeline.run(astronaut, latent_mask=[6, 7, 8, 9], seed=5)
+    c = rgb_pipeline.run(astronaut, latent_mask=[6, 7, 8, 9], seed=6)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.codes, c.codes)
+    np.testing.assert_array_equal(a.codes[:, :6], plain.codes[:, :6])
+    assert not np.allclose(a.codes[:, 6:], plain.codes[:, 6:])
+
+
+@pytest.mark.parametrize("text,expected", [("8-9", [8, 9]), ("0,2,4-5", [0, 2, 4, 5]), ("3", [3])])
+def test_latent_mask_parsing(text, expected):
+    assert parse_latent_mask(text, 10) == expected
+
+
+@pytest.mark.parametrize("text", ["8-17", "a-b", "", "-1"])
+def test_latent_mask_errors(text):
+    with pytest.raises(InputError, match="latent mask"):
+        parse_latent_mask(text, 10)
+
+
+def test_fixed_batch_pads_and_trims(grouped_synthesis, rgb_pipeline, astronaut):
+    path, _, record = grouped_synthesis(3)
+    grouped = Pipeline(
+        rgb_pipeline.bundle,
+        {
+            "encoder": rgb_pipeline.encoder,
+            "mapping": rgb_pipeline.mapping_net,
+            "synthesis": OnnxRuntimeBackend(path, record, "synthesis"),
+        },
+    )
+    assert grouped.synthesis_net.record.batch == 3
+    x = rgb_pipeline.prepare(astronaut)[0]
+    rng = np.random.default_rng(0)
+    codes = rgb_pipeline.encode(x[None]) + rng.normal(0, 0.3, (4, 10, 512)).astype(np.float32)  # 4 = 3 + 1
+    batched = grouped.synthesize(codes)[0]
+    assert batched.shape == (4, 3, 64, 64)
+    one_by_one = np.concatenate([rgb_pipeline.synthesize(codes[i : i + 1])[0] for i in range(4)])
+    assert np.abs(batched - one_by_one).max() <= 1e-4
+    with pytest.raises(InputError, match=r"synthesis input 'codes': expected batch size 3 \(shape \[3, 10, 512\]\)"):
+        grouped.synthesis_net.infer({"codes": codes[:2]})
+    with pytest.raises(InputError, match="expected dtype float32, got float64"):
+        grouped.synthesis_net.infer({"codes": codes[:3].astype(np.float64)})
+
+
+def test_concurrent_runs_equal_sequential(rgb_pipeline, astronaut):
+    photos = [astronaut, astronaut[:, ::-1].copy(), astronaut[40:, 30:].copy(), astronaut[::-1].copy()[::-1].copy()]
+    sequential = [rgb_pipeline.run(p, latent_mask=[8, 9], seed=i) for i, p in enumerate(photos)]
+    results: dict[int, object] = {}
+
+    def work(i):
+        results[i] = rgb_pipeline.run(photos[i], latent_mask=[8, 9], seed=i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i in range(4):
+        np.testing.assert_array_equal(results[i].images, sequential[i].images)
+        np.testing.assert_array_equal(results[i].codes, sequential[i].codes)
+
+
+@pytest.fixture()
+def bundle_copy(bundles, tmp_path):
+    """A copy of the scaled bundle: big files hard-linked, the ones a test edits copied."""
+    src = bundles("rgb-scaled")[0].root
+    dst = tmp_path / "bundle"
+    shutil.copytree(src, dst, copy_function=os.link)
+    for name in ("manifest.json", "mapping.onnx"):
+        (dst / name).unlink()
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def test_edited_model_file_is_refused(bundle_copy):
+    with open(bundle_copy / "mapping.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match=r"mapping\.onnx: contents do not match the manifest's sha256"):
+        Pipeline.from_bundle(bundle_copy)
+
+
+def _edit_manifest(path, edit):
+    data = json.loads((path / "manifest.json").read_text())
+    edit(data)
+    (path / "manifest.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.update(schema_version=7), "schema_version 7 is not supported"),
+        (lambda d: d["models"]["mapping"]["fp32"]["inputs"][0].update(name="latent"), r"inputs \['z'\] do not match"),
+        (lambda d: [t["shape"].__setitem__(0, 2) for t in d["models"]["mapping"]["fp32"]["inputs"]], "batch dimension"),
+        (lambda d: d["models"].pop("synthesis"), "no synthesis graph"),
+        (lambda d: d["config"].update(output_size=100), "output_size must be one of"),
+    ],
+)
+def test_wrong_manifest_is_refused(bundle_copy, edit, message):
+    _edit_manifest(bundle_copy, edit)
+    with pytest.raises(BundleError, match=message):
+        Pipeline.from_bundle(bundle_copy)
+
+
+def test_missing_precision_says_how_to_make_it(bundles):
+    with pytest.raises(
+        BundleError, match=r"no int8 encoder graph; available: fp32 \(make it with `psp-deploy calibrate`\)"
+    ):
+        Pipeline.from_bundle(bundles("rgb-scaled")[0].root, precision="int8")
+
+
+def test_runtime_imports_and_runs_without_torch(bundles):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "import numpy as np\n"
+        "from psp_deploy.runtime import Pipeline\n"
+        f"p = Pipeline.from_bundle({str(bundles('rgb-scaled')[0].root)!r})\n"
+        "r = p.run(np.full((256, 256, 3), 120, np.uint8), align=False)\n"
+        "assert r.images.shape == (1, 64, 64, 3)\n"
+        "print('ok', [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxscript')])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok ['torch']"  # only the poisoned entry: nothing imported it

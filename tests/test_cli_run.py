@@ -1,0 +1,161 @@
+"""`psp-deploy run`: a folder with good and bad inputs, mixing outputs, kill and resume, Ctrl-C."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+from typer.testing import CliRunner
+
+from psp_deploy.cli import app
+from psp_deploy.runtime.io import read_image
+
+
+@pytest.fixture(scope="module")
+def bundle(bundles):
+    return bundles("rgb-scaled")[0].root
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(data.astronaut()).save(root / "astronaut.png")
+    Image.fromarray(data.astronaut()[:, ::-1]).save(root / "mirror.jpg", quality=95)
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    Image.fromarray(np.full((240, 320, 3), 200, np.uint8)).save(root / "empty_wall.png")
+    (root / "readme.png").write_text("a text file with an image suffix")
+    return root
+
+
+def test_run_processes_good_inputs_and_reports_the_rest(bundle, photos, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(bundle), str(photos), "-o", str(out), "--save-latents"])
+    assert result.exit_code == 1, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "astronaut.npy",
+        "astronaut.png",
+        "failures.json",
+        "mirror.npy",
+        "mirror.png",
+    ]
+    assert read_image(out / "astronaut.png").shape == (64, 64, 3)
+    assert np.load(out / "astronaut.npy").shape == (10, 512)
+    failures = {f["input"].rsplit("/", 1)[-1]: f["error"] for f in json.loads((out / "failures.json").read_text())}
+    assert failures == {
+        "corrupt.jpg": "ImageDecodeError",
+        "empty_wall.png": "NoFaceError",
+        "readme.png": "ImageDecodeError",
+    }
+
+
+def test_run_style_mixing_outputs(bundle, photos, tmp_path):
+    out = tmp_path / "mix"
+    args = [
+        "run",
+        str(bundle),
+        str(photos / "astronaut.png"),
+        "-o",
+        str(out),
+        "--latent-mask",
+        "6-9",
+        "--n-outputs",
+        "2",
+        "--mix-alpha",
+        "0.8",
+        "--resize",
+    ]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    first, second = read_image(out / "astronaut_0.png"), read_image(out / "astronaut_1.png")
+    assert first.shape == (256, 256, 3) and not np.array_equal(first, second)
+    bad = CliRunner().invoke(
+        app, ["run", str(bundle), str(photos / "astronaut.png"), "-o", str(out), "--n-outputs", "2"]
+    )
+    assert bad.exit_code == 2 and "--n-outputs above 1 needs --latent-mask" in bad.output
+    bad = CliRunner().invoke(
+        app, ["run", str(bundle), str(photos / "astronaut.png"), "-o", str(out), "--latent-mask", "4-40"]
+    )
+    assert bad.exit_code == 2 and "latent mask must name style indices in 0..9" in bad.output
+
+
+def _start(bundle, photos, out, *extra):
+    cmd = [
+        sys.executable,
+        "-m",
+        "psp_deploy.cli",
+        "run",
+        str(bundle),
+        str(photos),
+        "-o",
+        str(out),
+        "--batch-size",
+        "1",
+        "--no-align",
+        *extra,
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_outputs(out, count, proc, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and len(list(out.glob("*.png"))) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run produced no output in time")
+
+
+N_FACES = 7
+
+
+@pytest.fixture()
+def many_faces(tmp_path):
+    root = tmp_path / "faces"
+    root.mkdir()
+    face = np.asarray(Image.fromarray(data.astronaut()[20:240, 130:330]).resize((256, 256)))
+    for i in range(N_FACES):
+        Image.fromarray(np.roll(face, 3 * i, axis=1)).save(root / f"face{i:02d}.png")
+    return root
+
+
+def test_killed_run_resumes_with_every_output_complete(bundle, many_faces, tmp_path):
+    out = tmp_path / "out"
+    proc = _start(bundle, many_faces, out)
+    try:
+        _wait_for_outputs(out, 2, proc)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    partial = sorted(p.name for p in out.glob("*.png"))
+    assert 2 <= len(partial) < N_FACES
+
+    resumed = _start(bundle, many_faces, out)
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log
+    assert f"{N_FACES - len(partial)} done, {len(partial)} skipped" in log
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"face{i:02d}.png" for i in range(N_FACES)]  # no duplicates, no leftover temp files
+
+    fresh = tmp_path / "fresh"
+    assert CliRunner().invoke(app, ["run", str(bundle), str(many_faces), "-o", str(fresh), "--no-align"]).exit_code == 0
+    for name in names:  # every output complete and identical to an uninterrupted run's
+        np.testing.assert_array_equal(read_image(out / name), read_image(fresh / name))
+
+
+def test_ctrl_c_stops_after_the_current_batch(bundle, many_faces, tmp_path):
+    out = tmp_path / "out"
+    proc = _start(bundle, many_faces, out)
+    _wait_for_outputs(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log
+    assert "stopped early" in log
+    assert 1 <= len(list(out.glob("*.png"))) < N_FACES
+    assert not list(out.glob(".*"))
+    shutil.rmtree(out)
