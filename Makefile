@@ -1,0 +1,29 @@
+# `make test` and `make demo` set everything up on a fresh machine: .venv is created or
+# refreshed whenever pyproject.toml changes. torch is pinned first so pip takes the CPU
+# wheel on disk (an unpinned torch would pull gigabytes of CUDA libraries).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH := torch==2.13.0
+EXTRAS := export,align,openvino,dev
+
+.PHONY: test demo venv clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/psp-deploy demo
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache
