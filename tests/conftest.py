@@ -22,6 +22,35 @@ def _configs():
 
 
 CONFIG_NAMES = list(_configs())
+# The xdist group (worker) that builds each synthetic checkpoint: every test using one runs there.
+GROUP_OF = {
+    "rgb": "rgb",
+    "sketch": "labels",
+    "segmentation": "labels",
+    "e4e": "encoders",
+    "w": "encoders",
+    "w-plus": "encoders",
+}
+# Fixtures built from the RGB checkpoint: tests using them run on the "rgb" worker.
+RGB_FIXTURES = {"small_ckpt", "small_psp", "raw_small", "bundles", "grouped_synthesis", "rgb_pipeline", "bundle"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Pin each test to the xdist worker (group) that builds the checkpoint it needs.
+
+    A parameter naming a configuration (name=..., task=...) decides; else using an RGB
+    fixture means the "rgb" group. Explicit xdist_group marks win.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        config = next((v for k, v in params.items() if k in ("name", "task") and v in GROUP_OF), None)
+        if config is not None:
+            item.add_marker(pytest.mark.xdist_group(GROUP_OF[config]))
+        elif RGB_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group("rgb"))
 
 
 @pytest.fixture(scope="session")

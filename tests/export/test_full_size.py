@@ -10,6 +10,7 @@ from psp_deploy.runtime import Pipeline
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("full")
 def test_ffhq_encode_1024_exports_and_runs(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "psp_ffhq_encode.pt", output_size=1024)
     bundle, results = export_bundle(checkpoint, tmp_path / "bundle")  # grouped, batch 1, verified

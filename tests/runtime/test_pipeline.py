@@ -12,6 +12,7 @@ import pytest
 import torch
 from skimage import data
 
+from psp_deploy.config import PspConfig
 from psp_deploy.errors import BundleError, InputError
 from psp_deploy.runtime import Pipeline, parse_latent_mask
 from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -74,21 +75,22 @@ def test_label_tasks_match_torch(bundles, synthetic, astronaut, task, image):
         pipeline.run(inp, align=True)
 
 
-def test_preprocessing_by_hand(synthetic):
+def test_preprocessing_by_hand():
     rgb = np.zeros((256, 256, 3), np.uint8)
     rgb[..., 0], rgb[..., 1] = 255, 51
-    x = preprocess(rgb, synthetic("rgb")[0].config)
+    x = preprocess(rgb, PspConfig())
     assert x.shape == (3, 256, 256) and x.dtype == np.float32
     np.testing.assert_allclose(x[:, 0, 0], [1.0, -0.6, -1.0], atol=1e-6)  # (v/255 − 0.5)/0.5
-    sketch = preprocess(np.full((256, 256), 51, np.uint8), synthetic("sketch")[0].config)
+    sketch = preprocess(np.full((256, 256), 51, np.uint8), PspConfig(input_nc=1, label_nc=1))
     np.testing.assert_allclose(sketch[0, 0, 0], 0.2, atol=1e-6)  # v/255, not normalised
     labels = np.zeros((256, 256), np.int64)
     labels[0, 0] = 7
-    onehot = preprocess(labels, synthetic("segmentation")[0].config)
+    segmentation = PspConfig(input_nc=19, label_nc=19)
+    onehot = preprocess(labels, segmentation)
     assert onehot.shape == (19, 256, 256) and onehot[7, 0, 0] == 1 and onehot[0, 0, 0] == 0
     assert onehot.sum(axis=0).min() == onehot.sum(axis=0).max() == 1
     with pytest.raises(InputError, match=r"label values must lie in \[0, 18\]"):
-        preprocess(np.full((4, 4), 19), synthetic("segmentation")[0].config)
+        preprocess(np.full((4, 4), 19), segmentation)
 
 
 def test_uint8_conversion_truncates_like_official():
