@@ -32,7 +32,16 @@ GROUP_OF = {
     "w-plus": "encoders",
 }
 # Fixtures built from the RGB checkpoint: tests using them run on the "rgb" worker.
-RGB_FIXTURES = {"small_ckpt", "small_psp", "raw_small", "bundles", "grouped_synthesis", "rgb_pipeline", "bundle"}
+RGB_FIXTURES = {
+    "small_ckpt",
+    "small_psp",
+    "raw_small",
+    "bundles",
+    "grouped_synthesis",
+    "rgb_pipeline",
+    "bundle",
+    "bundle_copy",
+}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -141,3 +150,19 @@ def grouped_synthesis(synthetic, tmp_path_factory):
         return cache[batch]
 
     return get
+
+
+@pytest.fixture()
+def bundle_copy(bundles, tmp_path):
+    """A private copy of the scaled RGB bundle to modify: big files hard-linked (new files and the
+    manifest, always replaced by rename, never touch the originals), small ones copied."""
+    import os
+    import shutil
+
+    src = bundles("rgb-scaled")[0].root
+    dst = tmp_path / "bundle"
+    shutil.copytree(src, dst, copy_function=os.link)
+    for name in ("manifest.json", "mapping.onnx"):
+        (dst / name).unlink()
+        shutil.copy(src / name, dst / name)
+    return dst

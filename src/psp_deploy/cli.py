@@ -191,11 +191,22 @@ def align(
     raise typer.Exit(summary.exit_code)
 
 
-def _pipeline(bundle: Path, backend: str, precision: str, device: str, threads: int | None, face: str = "largest"):
+def _pipeline(
+    bundle: Path,
+    backend: str,
+    precision: str,
+    device: str,
+    threads: int | None,
+    face: str = "largest",
+    engines: bool = True,
+):
     from .runtime import Pipeline
 
-    options = {"device": device, "threads": threads} if backend == "onnxruntime" else {}
-    return Pipeline.from_bundle(bundle, backend=backend, precision=precision, face=face, **options)
+    options = {"device": device, "threads": threads, "engines": engines} if backend == "onnxruntime" else {}
+    pipeline = Pipeline.from_bundle(bundle, backend=backend, precision=precision, face=face, **options)
+    if set(pipeline.precisions.values()) != {precision}:
+        console.print(f"precision per graph: {pipeline.precisions}", highlight=False)
+    return pipeline
 
 
 @app.command()
@@ -233,6 +244,9 @@ def run(
         int | None, typer.Option(help="Images per batch (default: the bundle's batch, else 4).")
     ] = None,
     face: Annotated[FacePolicy, typer.Option(help="Which face when a photo has several.")] = FacePolicy.largest,
+    engines: Annotated[
+        bool, typer.Option(help="onnxruntime: use optimized models saved by `psp-deploy build`.")
+    ] = True,
     overwrite: Annotated[bool, typer.Option(help="Redo inputs whose outputs already exist.")] = False,
 ) -> None:
     """Run the pipeline on photos: align → encode → (style mixing) → synthesize.
@@ -252,7 +266,7 @@ def run(
         if n_outputs < 1 or (n_outputs > 1 and latent_mask is None):
             raise InputError("--n-outputs above 1 needs --latent-mask (each output mixes in another random style)")
         items = collect_inputs(inputs)
-        pipeline = _pipeline(bundle, backend, precision, device, threads, face.value)
+        pipeline = _pipeline(bundle, backend, precision, device, threads, face.value, engines)
         mask = parse_latent_mask(latent_mask, pipeline.config.n_styles) if latent_mask else None
         styles = [pipeline.style_latent(seed + k) for k in range(n_outputs)] if mask else []
         read_mode = "RGB" if pipeline.config.input_kind == "rgb" else "L"
@@ -292,6 +306,113 @@ def run(
             summary = runner.run(items)
     report(summary, output)
     raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def calibrate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `psp-deploy export`.")],
+    precision: Annotated[str, typer.Option(help="fp16 or int8.")],
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of face photos to calibrate on (aligned as the runtime does).")
+    ] = None,
+    synthetic: Annotated[
+        int | None, typer.Option(help="Or: this many synthetic faces from the bundle's own generator.")
+    ] = None,
+    graphs: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated graphs to convert (default: all for fp16, "
+            "encoder,synthesis for int8); the rest stay FP32."
+        ),
+    ] = None,
+    methods: Annotated[
+        str, typer.Option(help="INT8 calibration methods to try; the most accurate wins.")
+    ] = "minmax,entropy,percentile",
+    rounds: Annotated[int, typer.Option(help="INT8: rounds of keeping the most sensitive nodes in float.")] = 2,
+    holdout: Annotated[float, typer.Option(help="Share of samples held back for the accuracy report.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic samples and the split.")] = 0,
+) -> None:
+    """Make calibrated FP16 or INT8 graphs and an accuracy report against FP32.
+
+    FP16 keeps in FP32 the epsilon-guarded normalisations and any op whose measured range
+    FP16 cannot hold; INT8 writes symmetric Q/DQ graphs (what TensorRT consumes). Writes
+    BUNDLE/<graph>.<precision>.onnx, BUNDLE/reports/<precision>.json and manifest records.
+
+    Example: psp-deploy calibrate bundles/ffhq --precision int8 --images aligned_faces/
+    """
+    from rich.table import Table
+
+    from .calibration import calibrate_bundle
+
+    with handled(), console.status("calibrating") as status:
+        report = calibrate_bundle(
+            bundle,
+            precision,
+            images=images,
+            synthetic=synthetic,
+            seed=seed,
+            holdout=holdout,
+            methods=tuple(m.strip() for m in methods.split(",")),
+            rounds=rounds,
+            graphs=tuple(g.strip() for g in graphs.split(",")) if graphs else None,
+            progress=lambda m: status.update(m),
+        )
+    table = Table(title=f"{precision} vs fp32 on {report.held_back} held-back samples ({report.data})")
+    for column in ("graph", "PSNR dB (mean / min)", "codes cosine (mean / min)", "max abs err", "non-finite"):
+        table.add_column(column)
+    for g in report.graphs:
+        psnr = f"{g.psnr_db:.1f} / {g.psnr_db_min:.1f}" if g.psnr_db is not None else ""
+        cos = f"{g.cosine_mean:.4f} / {g.cosine_min:.4f}" if g.cosine_mean is not None else ""
+        table.add_row(g.name, psnr, cos, f"{g.max_abs_err:.3g}", str(g.nonfinite))
+    console.print(table)
+    for t in report.targets():
+        verdict = "[green]pass[/]" if t["passed"] else f"[red]MISSED by {t['missed_by']:.3g}[/]"
+        console.print(f"  target {t['metric']} ≥/≤ {t['target']}: {t['value']:.4g} {verdict}")
+    console.print(f"report: {bundle / 'reports' / (precision + '.json')}")
+
+
+@app.command()
+def build(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="tensorrt (a plan per graph; needs an NVIDIA GPU) or onnxruntime (saved optimized models: fast start)."
+        ),
+    ] = "tensorrt",
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16 or int8: which graphs to compile (calibrate first).")
+    ] = "fp32",
+    min_batch: Annotated[int, typer.Option(help="TensorRT profile, dynamic-batch graphs: smallest batch.")] = 1,
+    opt_batch: Annotated[int, typer.Option(help="TensorRT profile: the batch to tune for.")] = 1,
+    max_batch: Annotated[int, typer.Option(help="TensorRT profile: largest batch.")] = 8,
+    optimization_level: Annotated[int, typer.Option(help="TensorRT builder optimization level (0-5).")] = 3,
+    version_compatible: Annotated[
+        bool, typer.Option(help="TensorRT: plans that later TensorRT versions can run.")
+    ] = False,
+) -> None:
+    """Compile the bundle's graphs into engines and record them in the manifest.
+
+    TensorRT networks are strongly typed: the precision comes from the graph (FP16 casts,
+    INT8 Q/DQ), so `--precision int8` needs `psp-deploy calibrate --precision int8` first.
+    A timing cache is kept in the bundle. Runtimes refuse engines built for another GPU or
+    TensorRT version.
+    """
+    from .engines import build_engines
+    from .engines.tensorrt import BatchProfile
+
+    with handled(), console.status("building") as status:
+        engines = build_engines(
+            bundle,
+            backend,
+            precision,
+            batch=BatchProfile(min_batch, opt_batch, max_batch),
+            optimization_level=optimization_level,
+            version_compatible=version_compatible,
+            progress=lambda m: status.update(m),
+        )
+    for e in engines:
+        console.print(f"  {e.graph:<9} {e.precision}: {e.file}")
 
 
 @app.command()

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from psp_deploy.bundle import sha256_file
 from psp_deploy.errors import ExportError
@@ -152,3 +153,18 @@ def test_other_encoder_types_export_with_parity(synthetic, tmp_path, name):
     # every head keeps the same contract: codes [B, n_styles, 512]
     out = ort_session(path).run(None, {"image": spec.sample(1)[0].numpy()})[0]
     assert out.shape == (1, 10, 512)
+
+
+def test_epsilons_survive_export(bundles, synthetic):
+    """PixelNorm and demodulation keep their 1e-8: a zero input gives zero, not NaN (as in torch)."""
+    bundle, _ = bundles("rgb-scaled")
+    net, _ = synthetic("rgb")
+    zero = np.zeros((1, 512), np.float32)
+    w = ort_session(bundle.model_path("mapping")).run(None, {"z": zero})[0]
+    with torch.no_grad():
+        expected = net.mapping(torch.from_numpy(zero)).numpy()
+    assert np.isfinite(w).all() and np.abs(w - expected).max() <= TOLERANCE
+    model = onnx.load(bundle.model_path("synthesis"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    roots = [n for n in model.graph.node if n.op_type == "Sqrt"]
+    assert roots and all(producer[n.input[0]].op_type == "Add" for n in roots)  # rsqrt(energy + eps)

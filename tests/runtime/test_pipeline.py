@@ -1,8 +1,6 @@
 """The Pipeline against the torch reference, per task; mixing, batching, threads, bad bundles."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -173,18 +171,6 @@ def test_concurrent_runs_equal_sequential(rgb_pipeline, astronaut):
     for i in range(4):
         np.testing.assert_array_equal(results[i].images, sequential[i].images)
         np.testing.assert_array_equal(results[i].codes, sequential[i].codes)
-
-
-@pytest.fixture()
-def bundle_copy(bundles, tmp_path):
-    """A copy of the scaled bundle: big files hard-linked, the ones a test edits copied."""
-    src = bundles("rgb-scaled")[0].root
-    dst = tmp_path / "bundle"
-    shutil.copytree(src, dst, copy_function=os.link)
-    for name in ("manifest.json", "mapping.onnx"):
-        (dst / name).unlink()
-        shutil.copy(src / name, dst / name)
-    return dst
 
 
 def test_edited_model_file_is_refused(bundle_copy):

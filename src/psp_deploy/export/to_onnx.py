@@ -1,10 +1,12 @@
 """torch module → clean ONNX model, through the torch.export-based (dynamo) exporter.
 
-Clean-up is onnxscript's optimizer (the exporter's own) with no size limit on constant
-folding, so equalized-LR scales and demodulation energies of static weights fold into
-the initializers. onnxslim was measured as the alternative: on the encoder it spent
-5-10 s copying protobuf initializers and removed nothing more that ONNX Runtime or
-TensorRT would not fuse themselves.
+Clean-up is onnxscript's constant folding (the exporter's own machinery) with no size
+limit, so equalized-LR scales and demodulation energies of static weights fold into the
+initializers, followed by dead-code removal. Not its full ``optimize``: that also runs
+rewrite rules, and its "x + 0 → x" rule matches constants within 1e-8 of zero, deleting
+the 1e-8 epsilons of PixelNorm and demodulation (a zero input then gives NaN instead of
+zero; tests guard this). onnxslim was measured too: on the encoder it spent 5-10 s copying
+protobuf initializers and removed nothing ONNX Runtime or TensorRT would not fuse anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import logging
 import warnings
 
 import onnx
+import onnx_ir
+import onnx_ir.passes.common
 import onnxscript.optimizer
 import torch
 
@@ -41,6 +45,17 @@ def _quiet():
             lg.setLevel(level)
 
 
+def clean(model: onnx_ir.Model) -> None:
+    """Fold constants (any size) and drop what no output needs; twice, as folding exposes more.
+    Then every Constant node becomes an initializer: one place for constants, which tools such as
+    the FP16 converter (that keeps an epsilon FP32 only if it is an initializer) handle well."""
+    for _ in range(2):
+        onnxscript.optimizer.fold_constants(model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
+        onnxscript.optimizer.remove_unused_nodes(model)
+        onnxscript.optimizer.remove_unused_functions(model)
+    onnx_ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+
+
 def export_graph(spec: GraphSpec, opset: int) -> onnx.ModelProto:
     """Export one graph; its batch dimension is dynamic unless the spec fixes it."""
     batch = spec.batch or EXPORT_SAMPLE_BATCH
@@ -60,7 +75,7 @@ def export_graph(spec: GraphSpec, opset: int) -> onnx.ModelProto:
                 optimize=False,
                 verbose=False,
             )
-            onnxscript.optimizer.optimize(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
+            clean(program.model)
             model = program.model_proto
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; all mean the same to a user
         raise ExportError(f"exporting the {spec.name} graph failed: {type(err).__name__}: {str(err)[:500]}") from err

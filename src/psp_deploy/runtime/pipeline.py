@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import Bundle
+from ..bundle import GRAPHS, Bundle
 from ..config import STYLE_DIM
 from ..errors import InputError
 from .align import AlignedFace, FaceAligner
@@ -90,15 +90,23 @@ class Pipeline:
         **options: Any,
     ) -> Pipeline:
         """Open a bundle with one backend and precision; extra options go to the backend
-        (onnxruntime: device="cpu"|"cuda", threads=N). The mapping graph is tiny and stays
-        FP32 when the bundle has no graph for it at ``precision``."""
+        (onnxruntime: device="cpu"|"cuda", threads=N).
+
+        Graphs calibrated at ``precision`` run at it; graphs the calibration left out (its
+        --graphs) run in FP32, as ``precisions`` shows. A precision no graph has is an error."""
         bundle = Bundle.open(path)
         cls_ = backend_class(backend)
-        backends = {}
-        for graph in ("encoder", "mapping", "synthesis"):
-            p = precision if graph != "mapping" or precision in bundle.manifest.models["mapping"] else "fp32"
-            backends[graph] = cls_.from_bundle(bundle, graph, p, **options)
+        chosen = {g: precision if precision in bundle.manifest.models.get(g, {}) else "fp32" for g in GRAPHS}
+        if precision not in chosen.values():
+            bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
+        backends = {graph: cls_.from_bundle(bundle, graph, p, **options) for graph, p in chosen.items()}
         return cls(bundle, backends, max_batch=max_batch, face=face)
+
+    @property
+    def precisions(self) -> dict[str, str]:
+        """The precision each graph runs at."""
+        nets = (self.encoder, self.mapping_net, self.synthesis_net)
+        return {graph: net.record.precision for graph, net in zip(GRAPHS, nets, strict=True)}
 
     @property
     def aligner(self) -> FaceAligner:

@@ -7,20 +7,44 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ...bundle import BATCH, ModelRecord
-from ...errors import BackendUnavailableError, BundleError
+from ...bundle import BATCH, Bundle, EngineRecord, ModelRecord
+from ...errors import BackendUnavailableError, BundleError, EngineError
+from ...machine import cpu_info
 from .base import Backend
 
 DEVICES = ("cpu", "cuda")
 
 
-def session_options(threads: int | None, optimized_path: Path | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None, preoptimized: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
+    if preoptimized:  # an engine built by `psp-deploy build --backend onnxruntime`: optimizing again is waste
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return options
+
+
+def machine_key() -> dict[str, object]:
+    """What a saved optimized model depends on: the ONNX Runtime version and the CPU's ISA."""
+    return {"onnxruntime": ort.__version__, "cpu_flags": cpu_info()["flags"]}
+
+
+def find_engine(bundle: Bundle, graph: str, precision: str) -> EngineRecord | None:
+    """The bundle's optimized model for this graph, if built; refused if built for another machine."""
+    engine = next(
+        (e for e in bundle.manifest.engines if (e.backend, e.graph, e.precision) == ("onnxruntime", graph, precision)),
+        None,
+    )
+    if engine is None:
+        return None
+    key = machine_key()
+    built = {k: engine.details.get(k) for k in key}
+    if built != key:
+        raise EngineError(
+            f"{engine.file} was optimized for {built}, this machine is {key}; rebuild it with "
+            "`psp-deploy build --backend onnxruntime`, or pass --no-engines"
+        )
+    return engine
 
 
 def providers_for(device: str) -> list[str]:
@@ -42,11 +66,30 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     thread_safe = True
 
-    def __init__(self, path: Path, record: ModelRecord, graph: str, *, device: str = "cpu", threads: int | None = None):
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, graph: str, precision: str, *, engines: bool = True, **options: object):
+        """The ONNX graph, or its saved optimized model when one was built for this machine."""
+        engine = find_engine(bundle, graph, precision) if engines and options.get("device", "cpu") == "cpu" else None
+        if engine is None:
+            return super().from_bundle(bundle, graph, precision, **options)
+        path = bundle.verified_path(engine.file, engine.sha256)
+        return cls(path, bundle.record(graph, precision), graph, preoptimized=True, **options)
+
+    def __init__(
+        self,
+        path: Path,
+        record: ModelRecord,
+        graph: str,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        preoptimized: bool = False,
+    ):
         super().__init__(path, record, graph)
         self.device = device
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device))
+            options = session_options(threads, preoptimized)
+            self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as err:
             raise BundleError(f"{path}: ONNX Runtime cannot load it: {err}") from err
         actual = {

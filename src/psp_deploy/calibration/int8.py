@@ -1,0 +1,140 @@
+"""INT8 Q/DQ graphs with onnxruntime.quantization, in the form TensorRT consumes.
+
+Symmetric per-channel INT8 weights and symmetric per-tensor INT8 activations (zero
+points 0, as TensorRT requires), Q/DQ only around Conv, ConvTranspose, Gemm and MatMul.
+The calibration method is picked by measured accuracy; nodes whose quantized outputs
+match the float ones worst (per-tensor SQNR) are kept in float, one round at a time,
+while that improves the held-back error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import CalibrationError
+from .data import FeedReader
+
+QUANTIZED_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
+METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class Int8Attempt:
+    method: str
+    excluded: list[str]
+    score: float  # held-back quality: higher is better (dB or cosine, as the caller measures)
+    path: Path
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if name not in table:
+        raise CalibrationError(f"unknown calibration method {name!r}; choose from {', '.join(METHODS)}")
+    return table[name]
+
+
+def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], method: str, exclude: list[str]) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        quantize_static(
+            str(src),
+            str(dst),
+            FeedReader(feeds),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=_method(method),
+            nodes_to_exclude=exclude,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "CalibMovingAverage": method == "minmax",
+            },
+        )
+    return dst
+
+
+def node_sqnr(float_path: Path, qdq_path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per quantized node: the worst SQNR (dB) of its inputs' quantization (before vs after
+    Q/DQ, both inside the quantized graph) on ``feeds``: low means its inputs quantize badly."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        augmented = Path(tmp) / "qdq.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):
+            modify_model_output_intermediate_tensors(str(qdq_path), str(augmented))
+            matching = create_activation_matching(collect_activations(str(augmented), FeedReader(feeds)))
+    errors = {t: compute_signal_to_quantization_noice_ratio(m["pre_qdq"], m["post_qdq"]) for t, m in matching.items()}
+    scores: dict[str, float] = {}
+    for node in onnx.load(float_path, load_external_data=False).graph.node:
+        if node.op_type in QUANTIZED_OPS:
+            local = [errors[t] for t in node.input if t in errors]
+            if local:
+                scores[node.name] = float(min(local))
+    return scores
+
+
+def calibrate_int8(
+    src: Path,
+    dst: Path,
+    calib: list[dict[str, np.ndarray]],
+    score: Callable[[Path], float],
+    *,
+    methods: tuple[str, ...] = METHODS,
+    rounds: int = 2,
+    per_round: int = 2,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> tuple[Int8Attempt, list[Int8Attempt]]:
+    """Pick the best method by ``score`` on held-back data, then exclude the worst nodes while it helps."""
+    work = Path(tempfile.mkdtemp(prefix="int8-", dir=dst.parent))
+    tried: list[Int8Attempt] = []
+    try:
+        for method in methods:
+            progress(f"int8 {src.stem}: {method} calibration")
+            path = quantize(src, work / f"{method}.onnx", calib, method, [])
+            tried.append(Int8Attempt(method, [], score(path), path))
+        best = max(tried, key=lambda a: a.score)
+        for r in range(rounds):
+            progress(f"int8 {src.stem}: sensitivity round {r + 1}")
+            sqnr = node_sqnr(src, best.path, calib[:2])
+            worst = [n for n, _ in sorted(sqnr.items(), key=lambda kv: kv[1]) if n not in best.excluded][:per_round]
+            if not worst:
+                break
+            excluded = best.excluded + worst
+            path = quantize(src, work / f"{best.method}-x{len(excluded)}.onnx", calib, best.method, excluded)
+            attempt = Int8Attempt(best.method, excluded, score(path), path)
+            tried.append(attempt)
+            if attempt.score <= best.score:
+                break
+            best = attempt
+        best.path.replace(dst)
+        best.path = dst
+        return best, tried
+    finally:
+        for leftover in work.glob("*"):
+            leftover.unlink()
+        work.rmdir()

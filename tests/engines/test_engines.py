@@ -1,0 +1,134 @@
+"""Engines: ONNX Runtime optimized models (here), TensorRT plans and CUDA memory (where a GPU is)."""
+
+import json
+
+import numpy as np
+import pytest
+from skimage import data
+
+from psp_deploy.bundle import Bundle, EngineRecord, ModelRecord, TensorSpec
+from psp_deploy.engines import build_engines
+from psp_deploy.engines.tensorrt import BatchProfile, profile_shapes
+from psp_deploy.errors import BackendUnavailableError, BundleError, EngineError
+from psp_deploy.runtime import Pipeline
+from psp_deploy.runtime.backends.tensorrt import check_engine_matches_machine, find_engine
+
+
+def _tensorrt_missing() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+
+        from psp_deploy.runtime.backends.cuda_memory import device_properties
+
+        device_properties()
+    except Exception as err:  # noqa: BLE001 - any reason means: no TensorRT here
+        return f"TensorRT with a CUDA GPU is not available on this machine ({type(err).__name__}: {err})"
+    return None
+
+
+def _cuda_missing() -> str | None:
+    try:
+        from psp_deploy.runtime.backends.cuda_memory import device_properties
+
+        device_properties()
+    except Exception as err:  # noqa: BLE001
+        return f"no CUDA device reachable through cuda-python here ({type(err).__name__}: {err})"
+    return None
+
+
+def test_onnxruntime_engines_load_and_match(bundle_copy, bundles):
+    engines = build_engines(bundle_copy, "onnxruntime")
+    assert [e.graph for e in engines] == ["encoder", "mapping", "synthesis"]
+    assert all(e.details["onnxruntime"] and "cpu_flags" in e.details for e in engines)
+    photo = data.astronaut()
+    with Pipeline.from_bundle(bundle_copy) as fast, Pipeline.from_bundle(bundles("rgb-scaled")[0].root) as plain:
+        assert fast.encoder.path.parent.name == "onnxruntime"  # the saved optimized model
+        a, b = fast.run(photo), plain.run(photo)
+    assert np.abs(a.codes - b.codes).max() < 1e-4
+    assert np.abs(a.images.astype(int) - b.images.astype(int)).max() <= 1
+
+
+def test_onnxruntime_engine_for_another_cpu_is_refused(bundle_copy):
+    build_engines(bundle_copy, "onnxruntime")
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["engines"][0]["details"]["cpu_flags"] = ["avx512f", "amx_tile"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="was optimized for .* rebuild it .* or pass --no-engines"):
+        Pipeline.from_bundle(bundle_copy)
+    with Pipeline.from_bundle(bundle_copy, engines=False) as pipeline:  # the plain graphs still work
+        assert pipeline.encoder.path.name == "encoder.onnx"
+
+
+def test_profile_shapes_follow_the_batch_axis():
+    dynamic = ModelRecord("e.onnx", "", "fp32", 18, [TensorSpec("image", ("batch", 3, 256, 256))], [])
+    fixed = ModelRecord("s.onnx", "", "fp32", 18, [TensorSpec("codes", (4, 18, 512))], [])
+    assert profile_shapes(dynamic, BatchProfile(1, 4, 16)) == [
+        {"input": "image", "min": [1, 3, 256, 256], "opt": [4, 3, 256, 256], "max": [16, 3, 256, 256]}
+    ]
+    assert profile_shapes(fixed, BatchProfile(1, 4, 16))[0]["max"] == [4, 18, 512]
+    with pytest.raises(EngineError, match="1 ≤ min ≤ opt ≤ max"):
+        BatchProfile(2, 1, 8)
+
+
+def test_tensorrt_plans_must_match_the_machine():
+    device = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    engine = EngineRecord(
+        "tensorrt", "synthesis", "fp16", "engines/tensorrt/synthesis.fp16.plan", "", {"tensorrt": "10.13.0", **device}
+    )
+    check_engine_matches_machine(engine, "10.13.0", device)  # matches: no error
+    with pytest.raises(EngineError, match="built with TensorRT 10.13.0, this is 10.14.1"):
+        check_engine_matches_machine(engine, "10.14.1", device)
+    with pytest.raises(EngineError, match=r"built for NVIDIA H100 80GB HBM3 \(sm 9.0\).* NVIDIA L4 \(sm 8.9\)"):
+        check_engine_matches_machine(engine, "10.13.0", {"gpu": "NVIDIA L4", "compute_capability": "8.9"})
+    engine.details["version_compatible"] = True
+    check_engine_matches_machine(engine, "10.14.1", device)  # version-compatible plans run on later TensorRT
+
+
+def test_missing_tensorrt_engine_says_how_to_build_it(bundles):
+    bundle = Bundle.open(bundles("rgb-scaled")[0].root)
+    with pytest.raises(
+        BundleError,
+        match=r"no tensorrt int8 engine for the encoder graph; build it with "
+        r"`psp-deploy build .* --backend tensorrt --precision int8`",
+    ):
+        find_engine(bundle, "tensorrt", "encoder", "int8")
+
+
+@pytest.mark.skipif(_tensorrt_missing() is None, reason="TensorRT is installed here: the real build test runs")
+def test_tensorrt_backend_says_why_it_is_unavailable(bundles):
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed here|no CUDA device"):
+        Pipeline.from_bundle(bundles("rgb-scaled")[0].root, backend="tensorrt")
+
+
+@pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
+def test_tensorrt_plans_build_and_match_onnxruntime(bundle_copy):
+    build_engines(bundle_copy, "tensorrt", "fp32", batch=BatchProfile(1, 2, 4))
+    photo = data.astronaut()
+    with Pipeline.from_bundle(bundle_copy, backend="tensorrt") as trt, Pipeline.from_bundle(bundle_copy) as ort:
+        a, b = trt.run(photo), ort.run(photo)
+        codes = np.repeat(b.codes, 3, axis=0)
+        np.testing.assert_allclose(trt.synthesize(codes)[0], ort.synthesize(codes)[0], atol=1e-2)
+    assert np.abs(a.codes - b.codes).max() < 1e-2
+
+
+@pytest.mark.skipif(_cuda_missing() is not None, reason=str(_cuda_missing()))
+def test_cuda_memory_round_trip_reuse_and_no_leak():
+    from psp_deploy.runtime.backends.cuda_memory import CudaMemory, check, cudart
+
+    memory = CudaMemory()
+    rt = memory.rt
+    x = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    buf = memory.upload("x", x)
+    out = memory.buffer("y", x.shape, x.dtype)
+    kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+    check(rt.cudaMemcpyAsync(out.device, buf.device, buf.nbytes, kind, memory.stream))
+    memory.enqueue_download(out)
+    memory.synchronize()
+    np.testing.assert_array_equal(out.host, x)
+    address = buf.device
+    free_before = check(cudart().cudaMemGetInfo())[0]
+    for i in range(500):
+        assert memory.upload("x", x + i).device == address  # same shape: the same buffer, reused
+    memory.synchronize()
+    assert check(cudart().cudaMemGetInfo())[0] >= free_before - (1 << 20)
+    memory.close()
