@@ -96,17 +96,16 @@ class Pipeline:
         --graphs) run in FP32, as ``precisions`` shows. A precision no graph has is an error."""
         bundle = Bundle.open(path)
         cls_ = backend_class(backend)
-        chosen = {g: precision if precision in bundle.manifest.models.get(g, {}) else "fp32" for g in GRAPHS}
-        if precision not in chosen.values():
+        backends = {graph: cls_.from_bundle(bundle, graph, precision, **options) for graph in GRAPHS}
+        if precision not in {b.precision for b in backends.values()}:
             bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
-        backends = {graph: cls_.from_bundle(bundle, graph, p, **options) for graph, p in chosen.items()}
         return cls(bundle, backends, max_batch=max_batch, face=face)
 
     @property
     def precisions(self) -> dict[str, str]:
         """The precision each graph runs at."""
         nets = (self.encoder, self.mapping_net, self.synthesis_net)
-        return {graph: net.record.precision for graph, net in zip(GRAPHS, nets, strict=True)}
+        return {graph: net.precision for graph, net in zip(GRAPHS, nets, strict=True)}
 
     @property
     def aligner(self) -> FaceAligner:

@@ -18,6 +18,11 @@ from ...bundle import BATCH, Bundle, ModelRecord, TensorSpec
 from ...errors import BundleError, InputError
 
 
+def graph_precision(bundle: Bundle, graph: str, precision: str) -> str:
+    """``precision`` if the bundle has this graph at it, else FP32 (a graph calibration skipped)."""
+    return precision if precision in bundle.manifest.models.get(graph, {}) else "fp32"
+
+
 def check_feeds(feeds: Mapping[str, np.ndarray], specs: list[TensorSpec], graph: str) -> dict[str, np.ndarray]:
     """Names, dtypes and shapes against the declared inputs; one message naming tensor and expectation."""
     names = [s.name for s in specs]
@@ -52,10 +57,13 @@ class Backend(ABC):
 
     def __init__(self, path: Path, record: ModelRecord, graph: str) -> None:
         self.path, self.record, self.graph = path, record, graph
+        self.precision = record.precision
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, graph: str, precision: str, **options: Any) -> Backend:
-        """Open the bundle's ONNX graph at ``precision`` (hash-checked); engine backends override this."""
+        """Open the bundle's ONNX graph at ``precision`` (hash-checked), or its FP32 graph when
+        calibration left this graph out; engine backends override this."""
+        precision = graph_precision(bundle, graph, precision)
         return cls(bundle.model_path(graph, precision), bundle.record(graph, precision), graph, **options)
 
     @property

@@ -10,7 +10,7 @@ import onnxruntime as ort
 from ...bundle import BATCH, Bundle, EngineRecord, ModelRecord
 from ...errors import BackendUnavailableError, BundleError, EngineError
 from ...machine import cpu_info
-from .base import Backend
+from .base import Backend, graph_precision
 
 DEVICES = ("cpu", "cuda")
 
@@ -69,6 +69,7 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def from_bundle(cls, bundle: Bundle, graph: str, precision: str, *, engines: bool = True, **options: object):
         """The ONNX graph, or its saved optimized model when one was built for this machine."""
+        precision = graph_precision(bundle, graph, precision)
         engine = find_engine(bundle, graph, precision) if engines and options.get("device", "cpu") == "cpu" else None
         if engine is None:
             return super().from_bundle(bundle, graph, precision, **options)

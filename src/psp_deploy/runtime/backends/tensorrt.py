@@ -15,7 +15,7 @@ import numpy as np
 
 from ...bundle import Bundle, EngineRecord, ModelRecord
 from ...errors import BackendUnavailableError, BundleError, EngineError
-from .base import Backend
+from .base import Backend, graph_precision
 from .cuda_memory import CudaMemory, check, device_properties
 
 
@@ -64,10 +64,13 @@ class TensorRTBackend(Backend):
     @classmethod
     def from_bundle(cls, bundle: Bundle, graph: str, precision: str, **options: Any) -> TensorRTBackend:
         trt = import_tensorrt()
+        precision = graph_precision(bundle, graph, precision)
         engine = find_engine(bundle, "tensorrt", graph, precision)
         check_engine_matches_machine(engine, trt.__version__, device_properties())
         path = bundle.verified_path(engine.file, engine.sha256)
-        return cls(path, bundle.record(graph, "fp32"), graph, **options)
+        backend = cls(path, bundle.record(graph, "fp32"), graph, **options)
+        backend.precision = precision
+        return backend
 
     def __init__(self, path: Path, record: ModelRecord, graph: str, *, cuda_graph: bool = False) -> None:
         super().__init__(path, record, graph)

@@ -1,0 +1,133 @@
+"""OpenVINO backend (CPU): compiles the bundle's ONNX graphs directly, caches compiled blobs.
+
+Precision is always explicit. OpenVINO's CPU plugin picks bf16 by itself on AMX machines;
+here "fp32" pins f32, "bf16" asks for bf16 and refuses a CPU without native BF16
+(avx512_bf16 / amx_bf16) unless forced, and "int8" runs the Q/DQ graphs made by
+`psp-deploy calibrate --precision int8`.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...bundle import Bundle, ModelRecord
+from ...errors import BackendUnavailableError, BundleError
+from ...machine import cpu_info, has_native_bf16
+from .base import Backend
+
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+HINTS = ("latency", "throughput")
+CACHE_DIR = Path("engines") / "openvino" / "cache"
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as err:
+        raise BackendUnavailableError("OpenVINO is not installed: pip install 'psp-deploy[openvino]'") from err
+    return openvino
+
+
+def check_bf16(force: bool) -> None:
+    if not has_native_bf16() and not force:
+        raise BackendUnavailableError(
+            f"this CPU ({cpu_info()['model']}) has no native BF16 (avx512_bf16 or amx_bf16): OpenVINO would emulate "
+            "it, slower than fp32. Use --precision fp32 or int8, or force bf16 with --force-bf16"
+        )
+
+
+class OpenVINOBackend(Backend):
+    """A compiled model plus a pool of infer requests: concurrent calls each take their own."""
+
+    name = "openvino"
+    thread_safe = True
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, graph: str, precision: str, **options: Any) -> OpenVINOBackend:
+        if precision not in PRECISIONS:
+            raise BackendUnavailableError(
+                f"openvino precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+            )
+        # bf16 is an inference precision applied to the FP32 graph; int8 and fp16 are graphs of their own
+        graph_precision = "fp32" if precision == "bf16" else precision
+        if graph_precision not in bundle.manifest.models.get(graph, {}):
+            graph_precision, precision = "fp32", "fp32"
+        path = bundle.model_path(graph, graph_precision)
+        cache = bundle.root / CACHE_DIR
+        return cls(path, bundle.record(graph, graph_precision), graph, precision=precision, cache_dir=cache, **options)
+
+    def __init__(
+        self,
+        path: Path,
+        record: ModelRecord,
+        graph: str,
+        *,
+        precision: str = "fp32",
+        hint: str = "latency",
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+        force_bf16: bool = False,
+    ) -> None:
+        super().__init__(path, record, graph)
+        ov = import_openvino()
+        if hint not in HINTS:
+            raise BackendUnavailableError(f"performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
+        if precision == "bf16":
+            check_bf16(force_bf16)
+        self.precision = precision
+        self.config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": hint.upper(),
+        }
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            self.config["CACHE_DIR"] = str(cache_dir)
+        try:
+            self.compiled = core.compile_model(str(path), "CPU", self.config)
+        except RuntimeError as err:
+            raise BundleError(f"{path}: OpenVINO cannot compile it: {str(err).splitlines()[0]}") from err
+        names = lambda ports: [p.get_any_name() for p in ports]  # noqa: E731
+        self._check_io({"inputs": names(self.compiled.inputs), "outputs": names(self.compiled.outputs)}, "inputs")
+        self._check_io({"inputs": names(self.compiled.inputs), "outputs": names(self.compiled.outputs)}, "outputs")
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _request(self) -> Any:
+        with self._lock:
+            return self._idle.pop() if self._idle else self.compiled.create_infer_request()
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = self._request()
+        try:
+            request.infer(feeds)
+            return {o.name: request.get_tensor(o.name).data.copy() for o in self.outputs}
+        finally:
+            with self._lock:
+                self._idle.append(request)
+
+    def infer_many(self, batches: list[dict[str, np.ndarray]], jobs: int = 0) -> list[dict[str, np.ndarray]]:
+        """Throughput mode: run many feeds at once on OpenVINO's asynchronous request queue."""
+        ov = import_openvino()
+        queue = ov.AsyncInferQueue(self.compiled, jobs)
+        results: list[dict[str, np.ndarray] | None] = [None] * len(batches)
+
+        def done(request: Any, index: int) -> None:
+            results[index] = {o.name: request.get_tensor(o.name).data.copy() for o in self.outputs}
+
+        queue.set_callback(done)
+        for index, feeds in enumerate(batches):
+            queue.start_async(self.check(feeds), userdata=index)
+        queue.wait_all()
+        return results  # type: ignore[return-value]
+
+    def check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .base import check_feeds
+
+        return check_feeds(feeds, self.inputs, self.graph)
