@@ -41,7 +41,7 @@ app = typer.Typer(
     "ONNX bundle → calibrated FP16/INT8 graphs and engines → a lean runtime (photo → aligned face → "
     "W+ codes → image).",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -163,7 +163,7 @@ def align(
 ) -> None:
     """Align faces the FFHQ way (dlib landmarks → oriented crop), as pSp models expect.
 
-    Writes OUTPUT/<name>.png per photo, keeping sub-folders. Photos with no face and
+    Writes OUTPUT/NAME.png per photo, keeping sub-folders. Photos with no face and
     unreadable files are listed in OUTPUT/failures.json; exit code 1 if any failed.
     """
     from .runtime.align import FaceAligner
@@ -191,18 +191,27 @@ def align(
     raise typer.Exit(summary.exit_code)
 
 
-def _pipeline(
-    bundle: Path,
+def backend_options(
     backend: str,
-    precision: str,
-    device: str,
-    threads: int | None,
-    face: str = "largest",
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
     engines: bool = True,
-):
+    force_bf16: bool = False,
+    hint: str = "latency",
+) -> dict:
+    """The options each backend takes, from the CLI's common flags."""
+    if backend == "onnxruntime":
+        return {"device": device, "threads": threads, "engines": engines}
+    if backend == "openvino":
+        return {"threads": threads, "force_bf16": force_bf16, "hint": hint}
+    return {}
+
+
+def _pipeline(bundle: Path, backend: str, precision: str, face: str = "largest", **flags):
     from .runtime import Pipeline
 
-    options = {"device": device, "threads": threads, "engines": engines} if backend == "onnxruntime" else {}
+    options = backend_options(backend, **flags)
     pipeline = Pipeline.from_bundle(bundle, backend=backend, precision=precision, face=face, **options)
     if set(pipeline.precisions.values()) != {precision}:
         console.print(f"precision per graph: {pipeline.precisions}", highlight=False)
@@ -215,8 +224,14 @@ def run(
     inputs: Annotated[list[str], typer.Argument(help="Photos (or sketches / label maps), folders or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the outputs.")],
     backend: Annotated[str, typer.Option(help="onnxruntime, tensorrt or openvino.")] = "onnxruntime",
-    precision: Annotated[str, typer.Option(help="fp32, fp16, int8 (graphs made by `psp-deploy calibrate`).")] = "fp32",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32; fp16, int8 (graphs made by `psp-deploy calibrate`); bf16 (openvino, native BF16 CPUs)."
+        ),
+    ] = "fp32",
     device: Annotated[str, typer.Option(help="onnxruntime device: cpu or cuda.")] = "cpu",
+    force_bf16: Annotated[bool, typer.Option(help="openvino: allow bf16 on a CPU without native BF16.")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads per graph (default: all cores).")] = None,
     align: Annotated[
         bool | None,
@@ -239,7 +254,7 @@ def run(
     ] = None,
     n_outputs: Annotated[int, typer.Option(help="Mixed outputs per input, each with its own random style.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the injected styles: output k uses z from seed + k.")] = 0,
-    save_latents: Annotated[bool, typer.Option(help="Also write each input's W+ codes as <name>.npy.")] = False,
+    save_latents: Annotated[bool, typer.Option(help="Also write each input's W+ codes as NAME.npy.")] = False,
     batch_size: Annotated[
         int | None, typer.Option(help="Images per batch (default: the bundle's batch, else 4).")
     ] = None,
@@ -251,7 +266,7 @@ def run(
 ) -> None:
     """Run the pipeline on photos: align → encode → (style mixing) → synthesize.
 
-    Writes OUTPUT/<name>.png (with --n-outputs K: <name>_0.png … <name>_K-1.png), keeping
+    Writes OUTPUT/NAME.png (with --n-outputs K: NAME_0.png … NAME_K-1.png), keeping
     sub-folders. Reruns skip finished inputs; Ctrl-C stops after the current batch.
     Failures (unreadable files, no face) go to OUTPUT/failures.json; exit code 1 if any.
 
@@ -266,7 +281,16 @@ def run(
         if n_outputs < 1 or (n_outputs > 1 and latent_mask is None):
             raise InputError("--n-outputs above 1 needs --latent-mask (each output mixes in another random style)")
         items = collect_inputs(inputs)
-        pipeline = _pipeline(bundle, backend, precision, device, threads, face.value, engines)
+        pipeline = _pipeline(
+            bundle,
+            backend,
+            precision,
+            face.value,
+            device=device,
+            threads=threads,
+            engines=engines,
+            force_bf16=force_bf16,
+        )
         mask = parse_latent_mask(latent_mask, pipeline.config.n_styles) if latent_mask else None
         styles = [pipeline.style_latent(seed + k) for k in range(n_outputs)] if mask else []
         read_mode = "RGB" if pipeline.config.input_kind == "rgb" else "L"
@@ -311,7 +335,15 @@ def run(
 @app.command()
 def calibrate(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `psp-deploy export`.")],
-    precision: Annotated[str, typer.Option(help="fp16 or int8.")],
+    precision: Annotated[str, typer.Option(help="fp16 or int8 (onnxruntime); bf16 or int8 (openvino).")],
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Whose accuracy to measure: onnxruntime (writes FP16/INT8 graphs) or openvino (its bf16 "
+            "on the FP32 graphs, or the INT8 graphs)."
+        ),
+    ] = "onnxruntime",
+    force_bf16: Annotated[bool, typer.Option(help="openvino: measure bf16 even without native BF16.")] = False,
     images: Annotated[
         Path | None, typer.Option(help="Folder of face photos to calibrate on (aligned as the runtime does).")
     ] = None,
@@ -336,7 +368,7 @@ def calibrate(
 
     FP16 keeps in FP32 the epsilon-guarded normalisations and any op whose measured range
     FP16 cannot hold; INT8 writes symmetric Q/DQ graphs (what TensorRT consumes). Writes
-    BUNDLE/<graph>.<precision>.onnx, BUNDLE/reports/<precision>.json and manifest records.
+    BUNDLE/GRAPH.PRECISION.onnx, BUNDLE/reports/PRECISION.json and manifest records.
 
     Example: psp-deploy calibrate bundles/ffhq --precision int8 --images aligned_faces/
     """
@@ -348,6 +380,8 @@ def calibrate(
         report = calibrate_bundle(
             bundle,
             precision,
+            backend=backend,
+            force_bf16=force_bf16,
             images=images,
             synthetic=synthetic,
             seed=seed,
@@ -377,12 +411,12 @@ def build(
     backend: Annotated[
         str,
         typer.Option(
-            help="tensorrt (a plan per graph; needs an NVIDIA GPU) or onnxruntime (saved optimized models: fast start)."
+            help="tensorrt (a plan per graph; needs an NVIDIA GPU), onnxruntime (saved optimized models: fast "
+            "start) or openvino (compiled blobs cached in the bundle)."
         ),
     ] = "tensorrt",
-    precision: Annotated[
-        str, typer.Option(help="fp32, fp16 or int8: which graphs to compile (calibrate first).")
-    ] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (calibrate first); openvino also bf16.")] = "fp32",
+    force_bf16: Annotated[bool, typer.Option(help="openvino: compile bf16 on a CPU without native BF16.")] = False,
     min_batch: Annotated[int, typer.Option(help="TensorRT profile, dynamic-batch graphs: smallest batch.")] = 1,
     opt_batch: Annotated[int, typer.Option(help="TensorRT profile: the batch to tune for.")] = 1,
     max_batch: Annotated[int, typer.Option(help="TensorRT profile: largest batch.")] = 8,
@@ -409,6 +443,7 @@ def build(
             batch=BatchProfile(min_batch, opt_batch, max_batch),
             optimization_level=optimization_level,
             version_compatible=version_compatible,
+            force_bf16=force_bf16,
             progress=lambda m: status.update(m),
         )
     for e in engines:

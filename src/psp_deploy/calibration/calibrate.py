@@ -24,13 +24,17 @@ from .int8 import METHODS, calibrate_int8
 from .ranges import capture_ranges
 from .report import AccuracyReport, code_accuracy, cosines, image_accuracy, psnr_db, vector_accuracy
 
-PRECISIONS = ("fp16", "int8")
+BACKENDS = {"onnxruntime": ("fp16", "int8"), "openvino": ("bf16", "int8")}
 OUTPUT = {"encoder": "codes", "mapping": "w", "synthesis": "image"}
 INPUT = {"encoder": "image", "mapping": "z", "synthesis": "codes"}
 ACCUMULATION_NOTE = (
     "FP16 accuracy is measured by running the FP16 graph in ONNX Runtime on the CPU, where FP16 kernels compute "
     "in FP32 and round to FP16 between ops; TensorRT's FP16 kernels may also accumulate in FP16, so expect the "
     "same or slightly lower PSNR there."
+)
+BF16_NOTE = (
+    "BF16 is OpenVINO's inference precision applied to the FP32 graphs (weights and activations rounded to "
+    "bfloat16, 8 mantissa bits; accumulation in FP32), measured on this CPU's native BF16 units."
 )
 INT8_NOTE = (
     "INT8 uses symmetric Q/DQ (zero points 0), per-channel weights, Conv/ConvTranspose/Gemm/MatMul only: the "
@@ -55,6 +59,24 @@ class GraphRunner:
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)]) if n < self.batch else chunk
             out.append(self.session.run([OUTPUT[self.graph]], {INPUT[self.graph]: padded})[0][:n])
         return np.concatenate(out)
+
+
+class OpenVINORunner:
+    """The candidate graph on OpenVINO at a precision (bf16 or int8), same calling convention."""
+
+    def __init__(self, bundle: Bundle, graph: str, precision: str, force_bf16: bool) -> None:
+        from ..runtime.backends.openvino import OpenVINOBackend
+
+        self.backend = OpenVINOBackend.from_bundle(bundle, graph, precision, force_bf16=force_bf16)
+        self.graph, self.batch = graph, bundle.record(graph).batch or 1
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        run = lambda chunk: self.backend.infer({INPUT[self.graph]: chunk})[OUTPUT[self.graph]]  # noqa: E731
+        return np.concatenate([run(c) for c in _chunks(samples, self.batch)])
+
+
+def _chunks(samples: np.ndarray, batch: int) -> list[np.ndarray]:
+    return [samples[i : i + batch] for i in range(0, len(samples), batch)]
 
 
 def _samples(data: CalibrationSet, graph: str, held: bool) -> np.ndarray:
@@ -109,52 +131,35 @@ def make_int8(
     }
 
 
-def evaluate(bundle: Bundle, data: CalibrationSet, paths: dict[str, Path]) -> list:
-    """Held-back accuracy of every new graph, and of encoder → synthesis end to end (a graph not
-    converted runs in FP32 on both sides)."""
-    fp32 = {g: bundle.model_path(g) for g in ("encoder", "mapping", "synthesis")}
-    test = {**fp32, **paths}
-    run = lambda g, p, x: GraphRunner(p, g, bundle.record(g).batch)(x)  # noqa: E731
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def evaluate(bundle: Bundle, data: CalibrationSet, candidates: dict[str, Runner]) -> list:
+    """Held-back accuracy of every candidate graph against FP32 (ONNX Runtime), and of encoder →
+    synthesis end to end (a graph without a candidate runs FP32 on both sides)."""
+    fp32 = {
+        g: GraphRunner(bundle.model_path(g), g, bundle.record(g).batch) for g in ("encoder", "mapping", "synthesis")
+    }
+    test = {**fp32, **candidates}
     held_images, held_codes = _samples(data, "encoder", True), _samples(data, "synthesis", True)
-    codes32, codes_p = run("encoder", fp32["encoder"], held_images), run("encoder", test["encoder"], held_images)
+    codes32, codes_p = fp32["encoder"](held_images), test["encoder"](held_images)
     results = []
-    if "encoder" in paths:
+    if "encoder" in candidates:
         results.append(code_accuracy(codes32, codes_p, bundle.latent_avg()))
-    if "synthesis" in paths:
-        reference = run("synthesis", fp32["synthesis"], held_codes)
-        results.append(image_accuracy("synthesis", reference, run("synthesis", paths["synthesis"], held_codes)))
-    if "mapping" in paths:
+    if "synthesis" in candidates:
+        results.append(image_accuracy("synthesis", fp32["synthesis"](held_codes), test["synthesis"](held_codes)))
+    if "mapping" in candidates:
         z = _samples(data, "mapping", True)
-        results.append(
-            vector_accuracy("mapping", run("mapping", fp32["mapping"], z), run("mapping", paths["mapping"], z))
-        )
-    reference = run("synthesis", fp32["synthesis"], codes32)
-    results.append(image_accuracy("end-to-end", reference, run("synthesis", test["synthesis"], codes_p)))
+        results.append(vector_accuracy("mapping", fp32["mapping"](z), test["mapping"](z)))
+    results.append(image_accuracy("end-to-end", fp32["synthesis"](codes32), test["synthesis"](codes_p)))
     return results
 
 
-def calibrate_bundle(
-    bundle_dir: str | Path,
-    precision: str,
-    *,
-    images: Path | None = None,
-    synthetic: int | None = None,
-    seed: int = 0,
-    holdout: float = 0.25,
-    methods: tuple[str, ...] = METHODS,
-    graphs: tuple[str, ...] | None = None,
-    rounds: int = 2,
-    progress: Callable[[str], None] | None = None,
-) -> AccuracyReport:
-    """Write ``<graph>.<precision>.onnx`` into the bundle, record them, and report accuracy vs FP32.
-
-    ``graphs`` defaults to all of them for FP16 and to encoder and synthesis for INT8 (the
-    mapping network is tiny); graphs left out keep running in FP32. INT8 tries each of
-    ``methods`` and then up to ``rounds`` rounds of keeping the most sensitive nodes in float.
-    """
-    say = progress or (lambda _m: None)
-    if precision not in PRECISIONS:
-        raise CalibrationError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+def _checked(bundle_dir: str | Path, precision: str, backend: str, graphs: tuple[str, ...] | None):
+    if backend not in BACKENDS:
+        raise CalibrationError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in BACKENDS[backend]:
+        raise CalibrationError(f"{backend} precision must be one of {', '.join(BACKENDS[backend])}, got {precision!r}")
     graphs = graphs or (("encoder", "mapping", "synthesis") if precision == "fp16" else ("encoder", "synthesis"))
     unknown = set(graphs) - set(OUTPUT)
     if unknown:
@@ -165,6 +170,87 @@ def calibrate_bundle(
             "INT8 synthesis needs static weights: export the bundle with --modconv scaled "
             "(or calibrate --graphs encoder)"
         )
+    return bundle, graphs
+
+
+def _make_graphs(
+    bundle: Bundle,
+    data: CalibrationSet,
+    precision: str,
+    graphs: tuple[str, ...],
+    backend: str,
+    methods: tuple[str, ...],
+    rounds: int,
+    say: Callable[[str], None],
+) -> dict[str, dict]:
+    """Write the graphs at ``precision`` (OpenVINO reuses INT8 graphs already calibrated)."""
+    decisions = {}
+    for graph in graphs:
+        if backend == "openvino" and precision in bundle.manifest.models[graph]:
+            continue
+        say(f"{precision} {graph}")
+        samples = _samples(data, graph, False)
+        if precision == "fp16":
+            decisions[graph] = make_fp16(bundle, graph, samples)
+        else:
+            decisions[graph] = make_int8(bundle, graph, samples, methods, rounds, say)
+    return decisions
+
+
+def _candidate(bundle: Bundle, graph: str, precision: str, backend: str, force_bf16: bool) -> Runner:
+    if backend == "openvino":
+        return OpenVINORunner(bundle, graph, precision, force_bf16)
+    return GraphRunner(target_path(bundle, graph, precision), graph, bundle.record(graph).batch)
+
+
+def _record(bundle: Bundle, report: AccuracyReport, decisions: dict[str, dict], backend: str) -> None:
+    name = report.precision if backend == "onnxruntime" else f"{backend}-{report.precision}"
+    report_file = Path("reports") / f"{name}.json"
+    (bundle.root / "reports").mkdir(exist_ok=True)
+    report.save(bundle.root / report_file)
+    for graph, decision in decisions.items():
+        base, path = bundle.record(graph), target_path(bundle, graph, report.precision)
+        bundle.manifest.models[graph][report.precision] = ModelRecord(
+            path.name,
+            sha256_file(path),
+            report.precision,
+            base.opset,
+            base.inputs,
+            base.outputs,
+            notes={**decision, "report": str(report_file), "passed": report.passed},
+        )
+    bundle.save_manifest()
+
+
+def calibrate_bundle(
+    bundle_dir: str | Path,
+    precision: str,
+    *,
+    backend: str = "onnxruntime",
+    images: Path | None = None,
+    synthetic: int | None = None,
+    seed: int = 0,
+    holdout: float = 0.25,
+    methods: tuple[str, ...] = METHODS,
+    graphs: tuple[str, ...] | None = None,
+    rounds: int = 2,
+    force_bf16: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> AccuracyReport:
+    """Write ``<graph>.<precision>.onnx`` into the bundle, record them, and report accuracy vs FP32.
+
+    ``graphs`` defaults to all of them for FP16 and to encoder and synthesis for INT8 (the
+    mapping network is tiny); graphs left out keep running in FP32. INT8 tries each of
+    ``methods`` and then up to ``rounds`` rounds of keeping the most sensitive nodes in float.
+    With ``backend="openvino"`` the accuracy is OpenVINO's: bf16 (its inference precision on
+    the FP32 graphs, nothing written) or int8 (the Q/DQ graphs, made here if missing).
+    """
+    say = progress or (lambda _m: None)
+    bundle, graphs = _checked(bundle_dir, precision, backend, graphs)
+    if precision == "bf16":
+        from ..runtime.backends.openvino import check_bf16
+
+        check_bf16(force_bf16)  # before any work
     with Pipeline.from_bundle(bundle.root) as fp32:
         data = make_calibration_set(
             fp32,
@@ -174,38 +260,20 @@ def calibrate_bundle(
             seed=seed,
             progress=lambda what, done, total: say(f"{what} {done}/{total}"),
         )
-    paths, decisions = {}, {}
-    for graph in graphs:
-        say(f"{precision} {graph}")
-        samples = _samples(data, graph, False)
-        if precision == "fp16":
-            decisions[graph] = make_fp16(bundle, graph, samples)
-        else:
-            decisions[graph] = make_int8(bundle, graph, samples, methods, rounds, say)
-        paths[graph] = target_path(bundle, graph, precision)
+    decisions = (
+        {} if precision == "bf16" else _make_graphs(bundle, data, precision, graphs, backend, methods, rounds, say)
+    )
     say("evaluating on held-back samples")
+    candidates = {g: _candidate(bundle, g, precision, backend, force_bf16) for g in graphs}
+    notes = [ACCUMULATION_NOTE if precision == "fp16" else INT8_NOTE if precision == "int8" else BF16_NOTE]
     report = AccuracyReport(
         precision,
-        "onnxruntime-cpu",
+        f"{backend}-cpu",
         data.source,
         len(data.held_images),
-        evaluate(bundle, data, paths),
+        evaluate(bundle, data, candidates),
         decisions,
-        [ACCUMULATION_NOTE if precision == "fp16" else INT8_NOTE],
+        notes,
     )
-    report_file = Path("reports") / f"{precision}.json"
-    (bundle.root / "reports").mkdir(exist_ok=True)
-    report.save(bundle.root / report_file)
-    for graph, path in paths.items():
-        base = bundle.record(graph)
-        bundle.manifest.models[graph][precision] = ModelRecord(
-            path.name,
-            sha256_file(path),
-            precision,
-            base.opset,
-            base.inputs,
-            base.outputs,
-            notes={**decisions[graph], "report": str(report_file), "passed": report.passed},
-        )
-    bundle.save_manifest()
+    _record(bundle, report, decisions, backend)
     return report

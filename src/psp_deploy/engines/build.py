@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ..bundle import GRAPHS, Bundle, EngineRecord, sha256_file
 from ..errors import EngineError
+from .openvino import compile_cached
 from .tensorrt import BatchProfile
 
-BACKENDS = ("tensorrt", "onnxruntime")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino")
 ENGINE_DIR = "engines"
 
 
@@ -29,6 +30,7 @@ def build_engines(
     batch: BatchProfile | None = None,
     optimization_level: int = 3,
     version_compatible: bool = False,
+    force_bf16: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[EngineRecord]:
     """Build one engine per graph from the bundle's graphs at ``precision`` (the mapping graph
@@ -39,6 +41,11 @@ def build_engines(
     bundle = Bundle.open(bundle_dir)
     engines = []
     for graph in GRAPHS:
+        if backend == "openvino":
+            say(f"openvino {graph} ({precision})")
+            file, details = compile_cached(bundle, graph, precision, force_bf16)
+            engines.append(_record(bundle, backend, graph, precision, bundle.root / file, details))
+            continue
         graph_precision = precision if precision in bundle.manifest.models.get(graph, {}) else "fp32"
         if graph_precision != precision and graph != "mapping":
             bundle.record(graph, precision)  # raises: says how to make that precision

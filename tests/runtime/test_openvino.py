@@ -1,0 +1,71 @@
+"""The OpenVINO backend: parity with ONNX Runtime, explicit precision, cache, async queue."""
+
+import numpy as np
+import pytest
+from skimage import data
+
+from psp_deploy.calibration import calibrate_bundle
+from psp_deploy.calibration.report import psnr_db
+from psp_deploy.errors import BackendUnavailableError
+from psp_deploy.machine import cpu_info, has_native_bf16
+from psp_deploy.runtime import Pipeline
+
+pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'psp-deploy[openvino]')")
+NO_BF16 = f"this CPU ({cpu_info()['model']}, flags {cpu_info()['flags']}) has no native BF16"
+
+
+@pytest.fixture(scope="module")
+def pipelines(bundles):
+    root = bundles("rgb-scaled")[0].root
+    with Pipeline.from_bundle(root, backend="openvino") as ov, Pipeline.from_bundle(root) as ort:
+        yield ov, ort
+
+
+def test_openvino_fp32_matches_onnxruntime(pipelines):
+    ov, ort = pipelines
+    x = ort.prepare(data.astronaut())[0][None]
+    codes_ov, codes_ort = ov.encode(x), ort.encode(x)
+    assert np.abs(codes_ov - codes_ort).max() <= 1e-3
+    codes = np.concatenate([codes_ort, codes_ort + 0.3])
+    assert psnr_db(ov.synthesize(codes)[0], ort.synthesize(codes)[0]) >= 50
+
+
+def test_fp32_is_pinned_never_left_to_the_plugin(pipelines, bundles):
+    ov, _ = pipelines
+    for backend in (ov.encoder, ov.mapping_net, ov.synthesis_net):
+        assert str(backend.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
+    assert ov.precisions == {"encoder": "fp32", "mapping": "fp32", "synthesis": "fp32"}
+    assert any((bundles("rgb-scaled")[0].root / "engines" / "openvino" / "cache").iterdir())  # compiled blobs
+
+
+def test_async_queue_equals_sequential_calls(pipelines):
+    ov, ort = pipelines
+    rng = np.random.default_rng(1)
+    feeds = [{"codes": (ort.style_latent(i) + rng.normal(0, 0.1, (1, 10, 512))).astype(np.float32)} for i in range(4)]
+    queued = ov.synthesis_net.infer_many(feeds, jobs=2)
+    for feed, out in zip(feeds, queued, strict=True):
+        np.testing.assert_array_equal(out["image"], ov.synthesis_net.infer(feed)["image"])
+
+
+@pytest.mark.skipif(has_native_bf16(), reason="this CPU has native BF16: the refusal does not apply")
+def test_bf16_is_refused_without_native_support(bundles):
+    with pytest.raises(BackendUnavailableError, match="no native BF16 .* --force-bf16"):
+        Pipeline.from_bundle(bundles("rgb-scaled")[0].root, backend="openvino", precision="bf16")
+
+
+@pytest.mark.skipif(not has_native_bf16(), reason=NO_BF16)
+def test_bf16_accuracy_is_reported(bundle_copy):
+    report = calibrate_bundle(bundle_copy, "bf16", backend="openvino", synthetic=8)
+    assert next(g for g in report.graphs if g.name == "end-to-end").psnr_db > 25
+
+
+def test_openvino_int8_runs_the_qdq_graphs_and_reports_accuracy(bundle_copy):
+    report = calibrate_bundle(
+        bundle_copy, "int8", backend="openvino", synthetic=8, graphs=("synthesis",), methods=("minmax",), rounds=0
+    )
+    assert report.backend == "openvino-cpu"
+    assert next(g for g in report.graphs if g.name == "synthesis").psnr_db >= 28
+    assert (bundle_copy / "reports" / "openvino-int8.json").exists()
+    with Pipeline.from_bundle(bundle_copy, backend="openvino", precision="int8") as ov:
+        assert ov.precisions["synthesis"] == "int8" and ov.precisions["encoder"] == "fp32"
+        assert ov.run(data.astronaut()).images.shape == (1, 64, 64, 3)
