@@ -451,6 +451,138 @@ def build(
 
 
 @app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    backend: Annotated[str, typer.Option(help="onnxruntime, tensorrt or openvino.")] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="fp32, fp16, int8, or bf16 (openvino).")] = "fp32",
+    device: Annotated[str, typer.Option(help="onnxruntime device: cpu or cuda.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="CPU threads per graph.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "0.0.0.0",
+    http_port: Annotated[int, typer.Option(help="HTTP port (KServe v2 protocol).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the dynamic batcher forms across clients.")] = 8,
+    max_queue_delay_us: Annotated[
+        int, typer.Option(help="How long a request may wait for others to batch with.")
+    ] = 2000,
+    instances: Annotated[int, typer.Option(help="Model instances (concurrent batches) per model.")] = 1,
+    access_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PSP_DEPLOY_ACCESS_TOKEN",
+            help="Token for Triton's restricted APIs (statistics, repository); default: a random one.",
+        ),
+    ] = None,
+    face: Annotated[FacePolicy, typer.Option(help="Which face when a photo has several.")] = FacePolicy.largest,
+) -> None:
+    """Serve the bundle on NVIDIA Triton Inference Server (through PyTriton).
+
+    Models: **psp** (photo bytes → aligned face, W+ codes, image; request parameters align, resize,
+    latent_mask, mix_alpha, seed), **psp_encode** (aligned face → codes) and **psp_synthesize**
+    (codes → image). Requests from different clients are batched. Health: /v2/health/ready;
+    metrics on --metrics-port. SIGTERM or Ctrl-C finish in-flight requests, then stop.
+    """
+    from .serving.server import ServeOptions
+    from .serving.server import serve as run_server
+
+    options = ServeOptions(
+        host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances, access_token
+    )
+    pipeline_options = {
+        "backend": backend,
+        "precision": precision,
+        "face": face.value,
+        **backend_options(backend, device=device, threads=threads),
+    }
+    with handled():
+        run_server(
+            bundle,
+            pipeline_options,
+            options,
+            on_ready=lambda: console.print(
+                f"[green]serving[/] {bundle} on http://{host}:{http_port} and grpc://{host}:{grpc_port} "
+                f"(metrics :{metrics_port}); models psp, psp_encode, psp_synthesize",
+                highlight=False,
+            ),
+        )
+    console.print("stopped")
+
+
+@app.command()
+def infer(
+    inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the outputs.")],
+    url: Annotated[
+        str, typer.Option(help="Server URL: http://HOST:8000 or grpc://HOST:8001.")
+    ] = "http://127.0.0.1:8000",
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 4,
+    align: Annotated[
+        bool | None, typer.Option("--align/--no-align", help="Align faces first (default: yes for photos).")
+    ] = None,
+    resize: Annotated[bool, typer.Option(help="Ask for 256×256 outputs.")] = False,
+    latent_mask: Annotated[str | None, typer.Option(help="Style mixing: style indices, e.g. 8-17.")] = None,
+    mix_alpha: Annotated[float | None, typer.Option(help="Blend factor of the injected styles.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the injected style.")] = 0,
+    save_latents: Annotated[bool, typer.Option(help="Also write each input's W+ codes as NAME.npy.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo inputs whose outputs already exist.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for one request.")] = 300.0,
+) -> None:
+    """Send photos to a `psp-deploy serve` server; outputs, resume, failures.json and exit codes as `run`."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .runtime.batch import BatchRunner, collect_inputs
+    from .runtime.io import write_image_atomic, write_npy_atomic
+    from .serving.client import PspClient
+
+    local = threading.local()
+
+    def client() -> PspClient:  # tritonclient's HTTP client is not thread-safe: one per thread
+        if not hasattr(local, "client"):
+            local.client = PspClient(url, timeout)
+        return local.client
+
+    def request(path: Path):
+        try:
+            return client().run(
+                path, align=align, resize=resize, latent_mask=latent_mask, mix_alpha=mix_alpha, seed=seed
+            )
+        except PspDeployError as err:
+            return err
+
+    def outputs(item):
+        return [output / item.stem.with_suffix(".png")] + (
+            [output / item.stem.with_suffix(".npy")] if save_latents else []
+        )
+
+    def write(item, result):
+        write_image_atomic(outputs(item)[0], result["image"])
+        if save_latents:
+            write_npy_atomic(outputs(item)[1], result["codes"])
+
+    with handled():
+        items = collect_inputs(inputs)
+        if not client().ready():
+            raise PspDeployError(f"no ready server at {url} (start one with `psp-deploy serve BUNDLE`)")
+        with ThreadPoolExecutor(concurrency) as pool, item_progress(len(items)) as bar:
+            task = bar.add_task("inferring", total=len(items))
+            runner = BatchRunner(
+                out_dir=output,
+                outputs=outputs,
+                prepare=lambda item: item.source,
+                compute=lambda paths: list(pool.map(request, paths)),
+                write=write,
+                batch_size=concurrency,
+                overwrite=overwrite,
+                on_advance=lambda n: bar.advance(task, n),
+            )
+            output.mkdir(parents=True, exist_ok=True)
+            summary = runner.run(items)
+    report(summary, output)
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the synthetic checkpoint, bundle and outputs go.")] = Path(
         "demo"

@@ -107,6 +107,8 @@ class StopFlag:
 class BatchRunner(Generic[T, R]):
     """prepare(item) per input (may fail alone) → compute(list) per batch → write(item, result).
 
+    ``compute`` raises to fail its whole batch, or returns an error in an item's place.
+
     ``outputs(item)`` names the files an item produces; an item whose files all exist is
     skipped unless ``overwrite``.
     """
@@ -164,6 +166,10 @@ class BatchRunner(Generic[T, R]):
             self.on_advance(len(batch))
             return
         for (item, _), result in zip(batch, results, strict=True):
+            if isinstance(result, PspDeployError):  # compute may fail items one by one (remote requests)
+                summary.failed.append((item, describe(result)))
+                self.on_advance(1)
+                continue
             try:
                 self.write(item, result)
                 summary.done.append(item)

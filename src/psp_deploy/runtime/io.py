@@ -9,6 +9,7 @@ naming the file and the cause.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import warnings
@@ -52,28 +53,40 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     """Read an image file as uint8 [H, W, 3] (mode "RGB") or [H, W] (mode "L")."""
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            return _decode(f, str(path), mode)
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(f"{path}: is a directory, not an image") from None
+
+
+def decode_image(data: bytes, name: str = "image", mode: str = "RGB") -> np.ndarray:
+    """Decode an encoded image (the bytes of a JPEG, PNG, ... file) with the same checks as files."""
+    return _decode(io.BytesIO(data), name, mode)
+
+
+def _decode(stream: BinaryIO, name: str, mode: str) -> np.ndarray:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(stream) as img:
                 if img.format not in FORMATS:
-                    raise ImageDecodeError(f"{path}: unsupported image format {img.format}")
+                    raise ImageDecodeError(f"{name}: unsupported image format {img.format}")
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageDecodeError(
-                        f"{path}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
+                        f"{name}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
                         "(a decompression bomb or a panorama; downscale it first)"
                     )
                 img.load()
                 img = _to_8bit(ImageOps.exif_transpose(img))
-                img = _composite(img).convert(mode)
-                return np.array(img)
+                return np.array(_composite(img).convert(mode))
     except ImageDecodeError:
         raise
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: no such file") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"{path}: not an image (or a format Pillow cannot identify)") from None
+        raise ImageDecodeError(f"{name}: not an image (or a format Pillow cannot identify)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageDecodeError(f"{path}: cannot decode image: {err}") from None
+        raise ImageDecodeError(f"{name}: cannot decode image: {err}") from None
 
 
 @contextlib.contextmanager

@@ -1,0 +1,1 @@
+"""The runtime Pipeline behind NVIDIA Triton Inference Server (PyTriton), and its client."""
