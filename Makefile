@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.13.0
 EXTRAS := export,align,openvino,serve,dev
 
-.PHONY: test demo venv clean
+.PHONY: test demo venv clean cpp-example
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,5 +25,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/psp-deploy demo
 
+# The C++ consumer of a bundle (examples/cpp): headers fetched into build/cpp, never installed.
+cpp-example: $(STAMP)
+	examples/cpp/build.sh $(PY) build/cpp
+
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo build .pytest_cache

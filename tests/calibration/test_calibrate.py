@@ -12,6 +12,7 @@ from skimage import data
 
 from psp_deploy.bundle import Bundle
 from psp_deploy.calibration import calibrate_bundle
+from psp_deploy.calibration.calibrate import make_fp16
 from psp_deploy.calibration.data import make_calibration_set
 from psp_deploy.calibration.fp16 import Fp16Decisions, decide, to_fp16
 from psp_deploy.calibration.ranges import GraphRanges, TensorStats
@@ -48,11 +49,11 @@ def test_fp16_hits_its_target_and_keeps_the_epsilons(bundle_copy):
 def test_calibrated_fp16_keeps_tiny_energies_that_naive_fp16_loses(bundle_copy):
     """A small-norm z: its squares underflow FP16 (1e-8 < 6e-8), so a naive FP16 PixelNorm divides by
     the wrong energy; the calibrated graph keeps squares, mean, epsilon and root in FP32."""
-    calibrate_bundle(bundle_copy, "fp16", synthetic=4, graphs=("mapping",), holdout=0.5)
     bundle = Bundle.open(bundle_copy)
+    make_fp16(bundle, "mapping", np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32))
     small = {"z": (1e-4 * np.random.default_rng(0).standard_normal((1, 512))).astype(np.float32)}
     fp32 = run(bundle.model_path("mapping"), small)
-    calibrated = run(bundle.model_path("mapping", "fp16"), small)
+    calibrated = run(bundle_copy / "mapping.fp16.onnx", small)
     naive = bundle_copy / "naive.onnx"
     onnx.save(to_fp16(onnx.load(bundle.model_path("mapping")), Fp16Decisions()), naive)
     scale = np.abs(fp32).max()
@@ -98,7 +99,7 @@ def test_fp16_decisions_by_hand():
 
 def test_int8_synthesis_quantizes_symmetrically_and_picks_the_better_method(bundle_copy):
     report = calibrate_bundle(
-        bundle_copy, "int8", synthetic=8, graphs=("synthesis",), methods=("minmax", "percentile"), rounds=1
+        bundle_copy, "int8", synthetic=6, graphs=("synthesis",), methods=("minmax", "percentile"), rounds=1
     )
     end_to_end = next(g for g in report.graphs if g.name == "end-to-end")
     assert end_to_end.psnr_db >= 28, report.graphs

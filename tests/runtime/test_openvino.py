@@ -11,6 +11,7 @@ from psp_deploy.machine import cpu_info, has_native_bf16
 from psp_deploy.runtime import Pipeline
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'psp-deploy[openvino]')")
+pytestmark = pytest.mark.xdist_group("rgb2")  # see tests/serving
 NO_BF16 = f"this CPU ({cpu_info()['model']}, flags {cpu_info()['flags']}) has no native BF16"
 
 

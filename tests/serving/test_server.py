@@ -21,6 +21,8 @@ from psp_deploy.runtime import Pipeline
 from psp_deploy.serving.client import PspClient, RemoteError, encode_png
 
 pytest.importorskip("pytriton", reason="PyTriton is not installed (pip install 'psp-deploy[serve]')")
+# A worker of its own (with its own small bundle): the "rgb" worker is the suite's long pole.
+pytestmark = pytest.mark.xdist_group("rgb2")
 TOKEN = "test-token"
 START_TIMEOUT_S = 120
 
