@@ -101,20 +101,42 @@ BUNDLES = {
 
 
 @pytest.fixture(scope="session")
-def bundles(synthetic, tmp_path_factory):
-    """bundles(name) → (Bundle, parity results), exported once per session."""
+def shared_dir(tmp_path_factory, worker_id):
+    """A folder every xdist worker of this run sees (the run's base temp folder)."""
+    root = tmp_path_factory.getbasetemp()
+    return root if worker_id == "master" else root.parent
+
+
+@pytest.fixture(scope="session")
+def bundles(synthetic, shared_dir):
+    """bundles(name) → (Bundle, parity results), exported once per test run.
+
+    Bundles are shared between xdist workers through files and a lock: the suite is
+    CPU-bound, so a worker waiting for another's export beats exporting twice.
+    """
+    import json
+
+    from filelock import FileLock
+
+    from psp_deploy.bundle import Bundle
     from psp_deploy.export import export_net
+    from psp_deploy.export.parity import ParityResult
 
     cache: dict[str, tuple] = {}
-    folder = tmp_path_factory.mktemp("bundles")
 
     def get(name: str):
         if name not in cache:
-            ckpt_name, options = BUNDLES[name]
-            net, path = synthetic(ckpt_name)
-            cache[name] = export_net(
-                net, folder / name, source={"checkpoint": path.name, "sha256": "synthetic"}, **options
-            )
+            folder, results_file = shared_dir / "bundles" / name, shared_dir / "bundles" / f"{name}.parity.json"
+            folder.parent.mkdir(exist_ok=True)
+            with FileLock(str(folder) + ".lock"):
+                if not results_file.exists():
+                    ckpt_name, options = BUNDLES[name]
+                    net, path = synthetic(ckpt_name)
+                    source = {"checkpoint": path.name, "sha256": "synthetic"}
+                    _, results = export_net(net, folder, source=source, **options)
+                    results_file.write_text(json.dumps([r.__dict__ for r in results]))
+            results = [ParityResult(**r) for r in json.loads(results_file.read_text())]
+            cache[name] = (Bundle.open(folder), results)
         return cache[name]
 
     return get

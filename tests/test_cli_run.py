@@ -111,7 +111,7 @@ def _wait_for_outputs(out, count, proc, timeout=90):
     raise AssertionError("the run produced no output in time")
 
 
-N_FACES = 7
+N_FACES = 5
 
 
 @pytest.fixture()

@@ -583,6 +583,59 @@ def infer(
 
 
 @app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    backend: Annotated[
+        str, typer.Option(help="Comma-separated backends: onnxruntime, openvino, tensorrt.")
+    ] = "onnxruntime",
+    precision: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, int8, bf16.")] = "fp32",
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4",
+    warmup: Annotated[int, typer.Option(help="Untimed calls before each measurement.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed calls per measurement.")] = 5,
+    stages: Annotated[
+        str, typer.Option(help="Comma-separated: align, encode, synthesize, e2e.")
+    ] = "align,encode,synthesize,e2e",
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="The checkpoint: also time the official PyTorch path.")] = None,
+    limits: Annotated[bool, typer.Option(help="Measure the machine's single-conv rate per precision.")] = True,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON.")] = Path("bench-results.json"),
+    report: Annotated[Path | None, typer.Option(help="Also write a markdown report and PNG plots here.")] = None,
+) -> None:
+    """Latency (min, p50, p90, p99, mean) and throughput per stage and end to end, per batch size.
+
+    Results record the machine (CPU model, cores, ISA flags), library versions, the bundle's
+    configuration and these settings. With --baseline the official algorithm runs in PyTorch
+    in the same run; the single-conv limits tell how far each figure is from the machine's.
+    """
+    import json
+
+    from .benchmark.harness import BenchSettings, run_benchmark
+    from .benchmark.report import write_report
+    from .runtime.io import atomic_file
+
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    with handled(), console.status("benchmarking") as status:
+        try:
+            batches = [int(b) for b in split(batch)]
+        except ValueError:
+            raise InputError(f"--batch takes comma-separated integers, got {batch!r}") from None
+        settings = BenchSettings(split(backend), split(precision), batches, split(stages), warmup, runs, threads)
+        results = run_benchmark(bundle, settings, baseline=baseline, limits=limits, progress=lambda m: status.update(m))
+        with atomic_file(output) as f:
+            f.write((json.dumps(results, indent=2) + "\n").encode())
+        if report:
+            path = write_report(results, report, output.stem, "psp-deploy " + " ".join(sys.argv[1:]))
+            console.print(f"report: {path}")
+    for row in results["results"]:
+        console.print(
+            f"  {row['backend']:<14} {row['precision']:<5} b{row['batch']} {row['stage']:<10} "
+            f"p50 {row['latency_s']['p50']:.3f}s  {row['images_per_s']:.2f} img/s",
+            highlight=False,
+        )
+    console.print(f"results: {output}")
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the synthetic checkpoint, bundle and outputs go.")] = Path(
         "demo"

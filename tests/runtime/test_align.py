@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from benchmarks.official_align import official_align
+from psp_deploy.benchmark.official_align import official_align
 from psp_deploy.errors import InputError, NoFaceError
 from psp_deploy.runtime.align import FaceAligner, ffhq_quad, warp_face
 

@@ -62,7 +62,7 @@ def test_bf16_accuracy_is_reported(bundle_copy):
 
 def test_openvino_int8_runs_the_qdq_graphs_and_reports_accuracy(bundle_copy):
     report = calibrate_bundle(
-        bundle_copy, "int8", backend="openvino", synthetic=8, graphs=("synthesis",), methods=("minmax",), rounds=0
+        bundle_copy, "int8", backend="openvino", synthetic=6, graphs=("synthesis",), methods=("minmax",), rounds=0
     )
     assert report.backend == "openvino-cpu"
     assert next(g for g in report.graphs if g.name == "synthesis").psnr_db >= 28

@@ -1,0 +1,53 @@
+"""Shared set-up for the benchmark scripts: the synthetic 1024 checkpoint and its bundles, cached."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from psp_deploy.bundle import Bundle, sha256_file
+from psp_deploy.errors import PspDeployError
+from psp_deploy.machine import machine_slug
+from psp_deploy.runtime.io import atomic_file
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / ".work"
+RESULTS = HERE / "results"
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def checkpoint(output_size: int = 1024) -> Path:
+    from psp_deploy.models.synthetic import make_checkpoint
+
+    path = WORK / f"psp_ffhq_encode_{output_size}.pt"
+    if not path.exists():
+        say(f"making a synthetic {output_size}² FFHQ-encode checkpoint")
+        make_checkpoint(path, output_size=output_size, seed=0)
+    return path
+
+
+def bundle(ckpt: Path, modconv: str, batch: int = 1) -> Path:
+    """An exported bundle of ``ckpt``, reused while it matches the checkpoint."""
+    from psp_deploy.export import export_bundle
+
+    out = WORK / f"{ckpt.stem}-{modconv}{'-b' + str(batch) if modconv == 'grouped' else ''}"
+    try:
+        if Bundle.open(out).manifest.source.get("sha256") == sha256_file(ckpt):
+            return out
+    except PspDeployError:
+        pass
+    say(f"exporting {out.name}")
+    export_bundle(ckpt, out, modconv=modconv, batch=batch, force=True, progress=say)
+    return out
+
+
+def save_json(data: dict, name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{machine_slug()}{name}.json"
+    with atomic_file(path) as f:
+        f.write((json.dumps(data, indent=2) + "\n").encode())
+    return path

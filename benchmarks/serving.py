@@ -1,0 +1,104 @@
+"""Serving throughput and latency: `psp-deploy serve` (Triton) at concurrency 1, 4 and 16,
+against the in-process Pipeline driven by the same number of threads, on the same bundle.
+
+    .venv/bin/python benchmarks/serving.py [--bundle DIR] [--requests-per-client 2]
+
+By default the bundle is the synthetic FFHQ-encode 1024 scaled one of run_standard.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from common import bundle, checkpoint, save_json, say
+
+from psp_deploy.benchmark.harness import benchmark_photo
+from psp_deploy.machine import cpu_info, library_versions
+from psp_deploy.runtime import Pipeline
+from psp_deploy.serving.client import PspClient, encode_png
+
+LEVELS = (1, 4, 16)
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def drive(call, concurrency: int, per_client: int) -> dict:
+    """``concurrency`` clients each sending ``per_client`` requests back to back."""
+    latencies: list[float] = []
+
+    def client(_):
+        for _ in range(per_client):
+            start = time.perf_counter()
+            call()
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client, range(concurrency)))
+    wall = time.perf_counter() - start
+    t = np.array(latencies)
+    return {"concurrency": concurrency, "requests": len(t), "images_per_s": len(t) / wall,
+            "p50_s": float(np.percentile(t, 50)), "p99_s": float(np.percentile(t, 99))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=None)
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--max-batch", type=int, default=8)
+    args = parser.parse_args()
+    root = args.bundle or bundle(checkpoint(), "scaled")
+    photo = benchmark_photo()
+    payload = encode_png(photo)
+
+    with Pipeline.from_bundle(root) as pipeline:
+        pipeline.run(photo)
+        local = [drive(lambda: pipeline.run(photo), c, args.requests_per_client) for c in LEVELS]
+        say(f"in-process: {local}")
+
+    http, grpc, metrics = free_ports(3)
+    cmd = [sys.executable, "-m", "psp_deploy.cli", "serve", str(root), "--host", "127.0.0.1", "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", str(args.max_batch)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{http}"
+        deadline = time.monotonic() + 300
+        while not PspClient(url).ready():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("server did not start")
+            time.sleep(1)
+
+        def remote():
+            with PspClient(url) as client:
+                client.run(payload)
+
+        remote()
+        served = [drive(remote, c, args.requests_per_client) for c in LEVELS]
+        say(f"served: {served}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=120)
+    result = {"machine": cpu_info(), "versions": library_versions(), "bundle": str(root),
+              "settings": {"max_batch": args.max_batch, "requests_per_client": args.requests_per_client},
+              "in_process": local, "served": served}
+    say(f"written {save_json(result, '-serving')}")
+
+
+if __name__ == "__main__":
+    main()
