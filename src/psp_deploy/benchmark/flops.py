@@ -13,17 +13,37 @@ import onnx
 
 from ..bundle import BATCH, ModelRecord
 
+COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {}
-    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = [d.dim_value for d in dims]
-    for init in model.graph.initializer:
-        shapes[init.name] = list(init.dims)
+
+def _shapes(model: onnx.ModelProto, record: ModelRecord, batch: int) -> dict[str, list[int]]:
+    """The shapes of every tensor the counted ops read and write, from one run in ONNX Runtime.
+
+    Static shape inference loses the batch axis through the generator's constant-input Tile
+    (its repeats come from Shape ops); running the graph once gives exact shapes for any graph.
+    """
+    import onnxruntime as ort
+
+    wanted = {t for n in model.graph.node if n.op_type in COUNTED for t in (*n.input[:2], n.output[0])}
+    initializers = {t.name: list(t.dims) for t in model.graph.initializer}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    names = sorted(wanted - set(initializers) - {i.name for i in probe.graph.input})
+    probe.graph.output.extend(helper_value(n) for n in names if n not in existing)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {
+        spec.name: rng.standard_normal([batch if d == BATCH else int(d) for d in spec.shape]).astype(np.float32)
+        for spec in record.inputs
+    }
+    shapes = {**initializers, **{name: list(value.shape) for name, value in feeds.items()}}
+    shapes.update({name: list(value.shape) for name, value in zip(names, session.run(names, feeds), strict=True)})
     return shapes
+
+
+def helper_value(name: str) -> onnx.ValueInfoProto:
+    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
 
 
 def _node_flops(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> float:
@@ -43,19 +63,9 @@ def _node_flops(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> float:
 
 def graph_flops(path: Path, record: ModelRecord, batch: int = 1) -> float:
     """FLOPs of one run of the graph at ``batch`` (a fixed-batch graph: at its own batch)."""
-    model = onnx.load(path, load_external_data=False)
-    for value in model.graph.input:
-        spec = next((s for s in record.inputs if s.name == value.name), None)
-        if spec is not None:
-            for dim, size in zip(value.type.tensor_type.shape.dim, spec.shape, strict=True):
-                if size == BATCH:
-                    dim.dim_value = batch
-    shapes = _shapes(model)
-    return float(
-        sum(
-            _node_flops(n, shapes) for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-        )
-    )
+    model = onnx.load(path)
+    shapes = _shapes(model, record, record.batch or batch)
+    return float(sum(_node_flops(n, shapes) for n in model.graph.node if n.op_type in COUNTED))
 
 
 def flops_per_image(path: Path, record: ModelRecord) -> float:

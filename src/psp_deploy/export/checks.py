@@ -14,7 +14,7 @@ def unsupported_ops(model: onnx.ModelProto) -> set[str]:
     return {n.op_type for n in model.graph.node} - TENSORRT_ONNX_OPS
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with its weights turned into typed inputs: the same shapes to infer, no bytes.
 
     Strict shape inference on a full 1 GB model spends seconds copying weights between
@@ -48,9 +48,9 @@ def check_graph(model: onnx.ModelProto, name: str) -> None:
     bad = unsupported_ops(model)
     if bad:
         raise ExportError(f"{name} graph uses ops TensorRT's ONNX parser does not support: {sorted(bad)}")
-    skeleton = _skeleton(model)
+    stripped = skeleton(model)
     try:
-        onnx.checker.check_model(skeleton, full_check=False)
-        onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
+        onnx.checker.check_model(stripped, full_check=False)
+        onnx.shape_inference.infer_shapes(stripped, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise ExportError(f"{name} graph is not valid ONNX: {err}") from err
