@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -120,8 +120,11 @@ def export(
     console.print(f"[green]bundle written:[/] {bundle.root}")
 
 
-def item_progress(total: int) -> Progress:
-    return Progress(
+def run_batch(items: list, title: str, **runner: Any) -> Summary:
+    """A BatchRunner over ``items`` behind a progress bar (align, run and infer share it)."""
+    from .runtime.batch import BatchRunner
+
+    progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
@@ -131,6 +134,9 @@ def item_progress(total: int) -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+    with progress:
+        task = progress.add_task(title, total=len(items))
+        return BatchRunner(on_advance=lambda n: progress.advance(task, n), **runner).run(items)
 
 
 def report(summary: Summary, out_dir: Path) -> None:
@@ -167,26 +173,23 @@ def align(
     unreadable files are listed in OUTPUT/failures.json; exit code 1 if any failed.
     """
     from .runtime.align import FaceAligner
-    from .runtime.batch import BatchRunner, collect_inputs
+    from .runtime.batch import collect_inputs
     from .runtime.io import read_image, write_image_atomic
 
     with handled():
         items = collect_inputs(inputs)
         aligner = FaceAligner(output_size=size, face=face.value)
         out_path = lambda item: output / item.stem.with_suffix(".png")  # noqa: E731
-        with item_progress(len(items)) as bar:
-            task = bar.add_task("aligning", total=len(items))
-            runner = BatchRunner(
-                out_dir=output,
-                outputs=lambda item: [out_path(item)],
-                prepare=lambda item: aligner.align(read_image(item.source)).image,
-                compute=lambda images: images,
-                write=lambda item, image: write_image_atomic(out_path(item), image),
-                overwrite=overwrite,
-                on_advance=lambda n: bar.advance(task, n),
-            )
-            output.mkdir(parents=True, exist_ok=True)
-            summary = runner.run(items)
+        summary = run_batch(
+            items,
+            "aligning",
+            out_dir=output,
+            outputs=lambda item: [out_path(item)],
+            prepare=lambda item: aligner.align(read_image(item.source)).image,
+            compute=lambda images: images,
+            write=lambda item, image: write_image_atomic(out_path(item), image),
+            overwrite=overwrite,
+        )
     report(summary, output)
     raise typer.Exit(summary.exit_code)
 
@@ -272,7 +275,7 @@ def run(
 
     Example: psp-deploy run bundles/ffhq photos/ -o out --latent-mask 8-17 --n-outputs 3
     """
-    from .runtime.batch import BatchRunner, collect_inputs
+    from .runtime.batch import collect_inputs
     from .runtime.io import read_image, write_image_atomic, write_npy_atomic
     from .runtime.pipeline import parse_latent_mask
     from .runtime.preprocess import to_uint8
@@ -314,20 +317,17 @@ def run(
             if save_latents:
                 write_npy_atomic(files[-1], codes)
 
-        with item_progress(len(items)) as bar:
-            task = bar.add_task("running", total=len(items))
-            runner = BatchRunner(
-                out_dir=output,
-                outputs=outputs,
-                prepare=lambda item: pipeline.prepare(read_image(item.source, read_mode), align)[0],
-                compute=compute,
-                write=write,
-                overwrite=overwrite,
-                batch_size=batch_size or pipeline.synthesis_net.record.batch or 4,
-                on_advance=lambda n: bar.advance(task, n),
-            )
-            output.mkdir(parents=True, exist_ok=True)
-            summary = runner.run(items)
+        summary = run_batch(
+            items,
+            "running",
+            out_dir=output,
+            outputs=outputs,
+            prepare=lambda item: pipeline.prepare(read_image(item.source, read_mode), align)[0],
+            compute=compute,
+            write=write,
+            overwrite=overwrite,
+            batch_size=batch_size or pipeline.synthesis_net.record.batch or 4,
+        )
     report(summary, output)
     raise typer.Exit(summary.exit_code)
 
@@ -531,7 +531,7 @@ def infer(
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from .runtime.batch import BatchRunner, collect_inputs
+    from .runtime.batch import collect_inputs
     from .runtime.io import write_image_atomic, write_npy_atomic
     from .serving.client import PspClient
 
@@ -564,9 +564,10 @@ def infer(
         items = collect_inputs(inputs)
         if not client().ready():
             raise PspDeployError(f"no ready server at {url} (start one with `psp-deploy serve BUNDLE`)")
-        with ThreadPoolExecutor(concurrency) as pool, item_progress(len(items)) as bar:
-            task = bar.add_task("inferring", total=len(items))
-            runner = BatchRunner(
+        with ThreadPoolExecutor(concurrency) as pool:
+            summary = run_batch(
+                items,
+                "inferring",
                 out_dir=output,
                 outputs=outputs,
                 prepare=lambda item: item.source,
@@ -574,10 +575,7 @@ def infer(
                 write=write,
                 batch_size=concurrency,
                 overwrite=overwrite,
-                on_advance=lambda n: bar.advance(task, n),
             )
-            output.mkdir(parents=True, exist_ok=True)
-            summary = runner.run(items)
     report(summary, output)
     raise typer.Exit(summary.exit_code)
 

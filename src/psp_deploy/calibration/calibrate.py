@@ -18,6 +18,7 @@ from ..bundle import Bundle, ModelRecord, sha256_file
 from ..errors import CalibrationError
 from ..export.checks import check_graph
 from ..runtime import Pipeline
+from ..runtime.pipeline import run_batched
 from .data import CalibrationSet, make_calibration_set
 from .fp16 import decide, to_fp16
 from .int8 import METHODS, calibrate_int8
@@ -27,6 +28,7 @@ from .report import AccuracyReport, code_accuracy, cosines, image_accuracy, psnr
 BACKENDS = {"onnxruntime": ("fp16", "int8"), "openvino": ("bf16", "int8")}
 OUTPUT = {"encoder": "codes", "mapping": "w", "synthesis": "image"}
 INPUT = {"encoder": "image", "mapping": "z", "synthesis": "codes"}
+EVAL_BATCH = 4
 ACCUMULATION_NOTE = (
     "FP16 accuracy is measured by running the FP16 graph in ONNX Runtime on the CPU, where FP16 kernels compute "
     "in FP32 and round to FP16 between ops; TensorRT's FP16 kernels may also accumulate in FP16, so expect the "
@@ -43,22 +45,17 @@ INT8_NOTE = (
 
 
 class GraphRunner:
-    """One CPU session over a graph file, run on sample arrays in chunks of the graph's batch."""
+    """One CPU session over a graph file, run on sample arrays (a fixed-batch graph: padded batches)."""
 
     def __init__(self, path: Path, graph: str, batch: int | None) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.graph, self.batch = graph, batch or 1
+        self.graph, self.batch = graph, batch
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(samples), self.batch):
-            chunk = samples[start : start + self.batch]
-            n = len(chunk)
-            padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)]) if n < self.batch else chunk
-            out.append(self.session.run([OUTPUT[self.graph]], {INPUT[self.graph]: padded})[0][:n])
-        return np.concatenate(out)
+        run = lambda chunk: self.session.run([OUTPUT[self.graph]], {INPUT[self.graph]: chunk})  # noqa: E731
+        return run_batched(run, samples, self.batch, EVAL_BATCH)[0]
 
 
 class OpenVINORunner:
@@ -68,15 +65,11 @@ class OpenVINORunner:
         from ..runtime.backends.openvino import OpenVINOBackend
 
         self.backend = OpenVINOBackend.from_bundle(bundle, graph, precision, force_bf16=force_bf16)
-        self.graph, self.batch = graph, bundle.record(graph).batch or 1
+        self.graph, self.batch = graph, bundle.record(graph).batch
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
-        run = lambda chunk: self.backend.infer({INPUT[self.graph]: chunk})[OUTPUT[self.graph]]  # noqa: E731
-        return np.concatenate([run(c) for c in _chunks(samples, self.batch)])
-
-
-def _chunks(samples: np.ndarray, batch: int) -> list[np.ndarray]:
-    return [samples[i : i + batch] for i in range(0, len(samples), batch)]
+        run = lambda chunk: [self.backend.infer({INPUT[self.graph]: chunk})[OUTPUT[self.graph]]]  # noqa: E731
+        return run_batched(run, samples, self.batch, EVAL_BATCH)[0]
 
 
 def _samples(data: CalibrationSet, graph: str, held: bool) -> np.ndarray:

@@ -140,6 +140,7 @@ class BatchRunner(Generic[T, R]):
                 self.on_advance(1)
 
     def run(self, items: Sequence[Item]) -> Summary:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.out_dir.rglob(".*.partial"):  # temp files of a run that was killed
             stale.unlink(missing_ok=True)
         summary = Summary()
