@@ -26,8 +26,14 @@ def main() -> None:
     aligner = FaceAligner()
     official = measure(lambda: official_align(photo, official_landmarks(photo, predictor)), 1, args.runs)
     fast = measure(lambda: aligner.align(photo), 1, args.runs)
-    result = {"machine": cpu_info(), "versions": library_versions(), "photo": "astronaut upscaled to 1024x1024",
-              "official_s": official.as_dict(), "fast_s": fast.as_dict(), "speedup_mean": official.mean / fast.mean}
+    result = {
+        "machine": cpu_info(),
+        "versions": library_versions(),
+        "photo": "astronaut upscaled to 1024x1024",
+        "official_s": official.as_dict(),
+        "fast_s": fast.as_dict(),
+        "speedup_mean": official.mean / fast.mean,
+    }
     say(f"official {official.mean:.3f}s  fast {fast.mean:.3f}s  speed-up {official.mean / fast.mean:.1f}x")
     say(f"written {save_json(result, '-align')}")
 

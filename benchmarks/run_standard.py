@@ -46,18 +46,20 @@ def main() -> None:
         from psp_deploy.calibration import calibrate_bundle
 
         say("calibrating INT8 (encoder and synthesis)")
-        calibrate_bundle(scaled, "int8", synthetic=args.calibration_samples, methods=("minmax", "percentile"),
-                         rounds=1, progress=say)
+        calibrate_bundle(
+            scaled, "int8", synthetic=args.calibration_samples, methods=("minmax", "percentile"), rounds=1, progress=say
+        )
     precisions = ["fp32", "int8"] + (["bf16"] if has_native_bf16() else [])
     common = dict(warmup=args.warmup, runs=args.runs, threads=args.threads)
 
     rows, results = [], None
-    settings = BenchSettings(["onnxruntime", "openvino"], ["fp32", "int8"], [1, 4], **common)
+    settings = BenchSettings(["onnxruntime", "openvino"], ["fp32", "int8"], [1, 4], profile=True, **common)
     results = run_benchmark(scaled, settings, baseline=ckpt, progress=say)
     rows += results["results"]
     if "bf16" in precisions:
-        rows += run_benchmark(scaled, BenchSettings(["openvino"], ["bf16"], [1, 4], **common), limits=False,
-                              progress=say)["results"]
+        rows += run_benchmark(
+            scaled, BenchSettings(["openvino"], ["bf16"], [1, 4], **common), limits=False, progress=say
+        )["results"]
     for batch in (1, 4):
         grouped = bundle(ckpt, "grouped", batch)
         settings = BenchSettings(["onnxruntime", "openvino"], ["fp32"], [batch], ["synthesize", "e2e"], **common)
@@ -77,11 +79,15 @@ def _summary(path):
     return {"passed": data["passed"], "targets": data["targets"], "data": data["data"]}
 
 
+def _target(t: dict) -> str:
+    verdict = "pass" if t["passed"] else f"MISSED by {t['missed_by']:.3g}"
+    return f"{t['metric']} {t['value']:.4g} (target {t['target']}, {verdict})"
+
+
 def _accuracy_lines(results: dict) -> list[str]:
     lines = ["", "## Accuracy of the reduced precisions (held-back samples, vs FP32)", ""]
     for name, summary in results["accuracy"].items():
-        targets = "; ".join(f"{t['metric']} {t['value']:.4g} (target {t['target']}, "
-                            f"{'pass' if t['passed'] else 'MISSED by %.3g' % t['missed_by']})" for t in summary["targets"])
+        targets = "; ".join(_target(t) for t in summary["targets"])
         lines.append(f"- {name}: {targets} — calibrated on {summary['data']}")
     return lines
 

@@ -53,8 +53,13 @@ def drive(call, concurrency: int, per_client: int) -> dict:
         list(pool.map(client, range(concurrency)))
     wall = time.perf_counter() - start
     t = np.array(latencies)
-    return {"concurrency": concurrency, "requests": len(t), "images_per_s": len(t) / wall,
-            "p50_s": float(np.percentile(t, 50)), "p99_s": float(np.percentile(t, 99))}
+    return {
+        "concurrency": concurrency,
+        "requests": len(t),
+        "images_per_s": len(t) / wall,
+        "p50_s": float(np.percentile(t, 50)),
+        "p99_s": float(np.percentile(t, 99)),
+    }
 
 
 def main() -> None:
@@ -73,8 +78,23 @@ def main() -> None:
         say(f"in-process: {local}")
 
     http, grpc, metrics = free_ports(3)
-    cmd = [sys.executable, "-m", "psp_deploy.cli", "serve", str(root), "--host", "127.0.0.1", "--http-port", str(http),
-           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--max-batch", str(args.max_batch)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "psp_deploy.cli",
+        "serve",
+        str(root),
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--max-batch",
+        str(args.max_batch),
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{http}"
@@ -94,9 +114,14 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
-    result = {"machine": cpu_info(), "versions": library_versions(), "bundle": str(root),
-              "settings": {"max_batch": args.max_batch, "requests_per_client": args.requests_per_client},
-              "in_process": local, "served": served}
+    result = {
+        "machine": cpu_info(),
+        "versions": library_versions(),
+        "bundle": str(root),
+        "settings": {"max_batch": args.max_batch, "requests_per_client": args.requests_per_client},
+        "in_process": local,
+        "served": served,
+    }
     say(f"written {save_json(result, '-serving')}")
 
 

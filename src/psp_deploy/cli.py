@@ -596,6 +596,9 @@ def bench(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     baseline: Annotated[Path | None, typer.Option(help="The checkpoint: also time the official PyTorch path.")] = None,
     limits: Annotated[bool, typer.Option(help="Measure the machine's single-conv rate per precision.")] = True,
+    profile: Annotated[
+        bool, typer.Option(help="Also record seconds per operator type of each graph (the backend's profiler).")
+    ] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON.")] = Path("bench-results.json"),
     report: Annotated[Path | None, typer.Option(help="Also write a markdown report and PNG plots here.")] = None,
 ) -> None:
@@ -617,7 +620,9 @@ def bench(
             batches = [int(b) for b in split(batch)]
         except ValueError:
             raise InputError(f"--batch takes comma-separated integers, got {batch!r}") from None
-        settings = BenchSettings(split(backend), split(precision), batches, split(stages), warmup, runs, threads)
+        settings = BenchSettings(
+            split(backend), split(precision), batches, split(stages), warmup, runs, threads, profile
+        )
         results = run_benchmark(bundle, settings, baseline=baseline, limits=limits, progress=lambda m: status.update(m))
         with atomic_file(output) as f:
             f.write((json.dumps(results, indent=2) + "\n").encode())

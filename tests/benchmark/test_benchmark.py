@@ -65,6 +65,7 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
             "--stages",
             "encode,synthesize",
             "--no-limits",
+            "--profile",
             "-o",
             str(out),
             "--report",
@@ -80,6 +81,8 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
     report = (tmp_path / "report" / "results.md").read_text()
     assert "| onnxruntime fp32 (scaled) | 2 | synthesize |" in report
     assert (tmp_path / "report" / "results-throughput.png").exists()
+    synthesis_ops = data["profiles"]["onnxruntime fp32"]["synthesis"]
+    assert next(iter(synthesis_ops)) == "Conv" and "| Conv |" in report, synthesis_ops
 
 
 def test_bench_refuses_unknown_stages(bundles, tmp_path):

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from skimage import data
 
+from psp_deploy.benchmark.op_profile import profile_graph
+from psp_deploy.bundle import Bundle
 from psp_deploy.calibration import calibrate_bundle
 from psp_deploy.calibration.report import psnr_db
 from psp_deploy.errors import BackendUnavailableError
@@ -39,6 +41,14 @@ def test_fp32_is_pinned_never_left_to_the_plugin(pipelines, bundles):
     assert any((bundles("rgb-scaled")[0].root / "engines" / "openvino" / "cache").iterdir())  # compiled blobs
 
 
+def test_fp32_profile_shows_only_f32_kernels(pipelines, bundles):
+    _, ort = pipelines
+    seconds = profile_graph(bundles("rgb-scaled")[0], "synthesis", "openvino", "fp32", {"codes": ort.style_latent(0)})
+    convolutions = [k for k in seconds if k.startswith("Convolution [")]
+    assert convolutions and all("f32" in k.lower() for k in convolutions), seconds
+    assert not any("bf16" in k.lower() for k in seconds), seconds
+
+
 def test_async_queue_equals_sequential_calls(pipelines):
     ov, ort = pipelines
     rng = np.random.default_rng(1)
@@ -70,3 +80,6 @@ def test_openvino_int8_runs_the_qdq_graphs_and_reports_accuracy(bundle_copy):
     with Pipeline.from_bundle(bundle_copy, backend="openvino", precision="int8") as ov:
         assert ov.precisions["synthesis"] == "int8" and ov.precisions["encoder"] == "fp32"
         assert ov.run(data.astronaut()).images.shape == (1, 64, 64, 3)
+        codes = ov.style_latent(0)
+    kernels = profile_graph(Bundle.open(bundle_copy), "synthesis", "openvino", "int8", {"codes": codes})
+    assert any(k.startswith("Convolution [") and "i8" in k.lower() for k in kernels), kernels

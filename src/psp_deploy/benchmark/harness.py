@@ -17,6 +17,7 @@ from .flops import flops_per_image
 from .timing import Latency, measure
 
 STAGES = ("align", "encode", "synthesize", "e2e")
+PROFILED = ("onnxruntime", "openvino")  # backends with a per-op profiler wired in
 Progress = Callable[[str], None]
 
 
@@ -29,6 +30,7 @@ class BenchSettings:
     warmup: int = 1
     runs: int = 5
     threads: int | None = None
+    profile: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.stages) - set(STAGES)
@@ -96,6 +98,17 @@ def graph_flops(bundle: Bundle) -> dict[str, float]:
     return {g: flops_per_image(bundle.model_path(g), bundle.record(g)) for g in ("encoder", "synthesis")}
 
 
+def _profile(
+    bundle: Bundle, pipeline: Pipeline, photo: np.ndarray, backend: str, precision: str, settings: BenchSettings
+) -> dict[str, dict[str, float]]:
+    """Per-op seconds of each graph at the bundle's own batch (1 where it is dynamic)."""
+    from .op_profile import profile_bundle
+
+    fixed = bundle.record("encoder").inputs[0].shape[0]
+    x = np.repeat(pipeline.prepare(photo)[0][None], fixed if isinstance(fixed, int) else 1, axis=0)
+    return profile_bundle(bundle, backend, precision, x, pipeline.encode(x), settings.threads)
+
+
 def run_benchmark(
     bundle_dir: str | Path,
     settings: BenchSettings,
@@ -110,7 +123,7 @@ def run_benchmark(
     bundle = Bundle.open(bundle_dir)
     photo = benchmark_photo()
     flops = graph_flops(bundle)
-    rows = []
+    rows, profiles = [], {}
     for backend in settings.backends:
         for precision in settings.precisions:
             options = {"threads": settings.threads} if backend in ("onnxruntime", "openvino") else {}
@@ -123,6 +136,9 @@ def run_benchmark(
                     "graphs": pipeline.precisions,
                 }
                 rows += bench_pipeline(pipeline, settings, flops, photo, label, say)
+                if settings.profile and backend in PROFILED:
+                    say(f"profiling {backend} {precision}")
+                    profiles[f"{backend} {precision}"] = _profile(bundle, pipeline, photo, backend, precision, settings)
     if baseline is not None:
         rows += official_rows(baseline, photo, settings, flops, say)
     results: dict[str, Any] = {
@@ -133,6 +149,8 @@ def run_benchmark(
         "gflop_per_image": {g: f / 1e9 for g, f in flops.items()},
         "results": rows,
     }
+    if profiles:
+        results["profiles"] = profiles
     if limits:
         from .roofline import machine_limits
 

@@ -57,6 +57,19 @@ def limits_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def profile_section(results: dict[str, Any]) -> list[str]:
+    """Where the time goes: the backend profiler's per-op seconds for each graph (one batch)."""
+    from .op_profile import profile_table
+
+    if not results.get("profiles"):
+        return []
+    lines = ["## Where the time goes (per-op profile, one batch)", ""]
+    for config, graphs in results["profiles"].items():
+        for graph, seconds in graphs.items():
+            lines += [f"### {config}: {graph}", "", *profile_table(seconds), ""]
+    return lines
+
+
 def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     import matplotlib
 
@@ -89,7 +102,7 @@ def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     ax.set_xlabel("batch")
     ax.set_ylabel("images / s (end to end)")
     ax.set_title("Throughput vs batch")
-    ax.legend(fontsize=8)
+    _legend(ax)
     paths.append(_save(fig, out / f"{stem}-throughput.png"))
 
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -100,9 +113,14 @@ def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
         ax.axhline(max(rates.values()), linestyle="--", label=f"single-conv limit, {precision}", color=None)
     ax.set_ylabel("GFLOP/s")
     ax.set_title("Synthesis: achieved rate against the machine's single-conv rate")
-    ax.legend(fontsize=8)
+    _legend(ax)
     paths.append(_save(fig, out / f"{stem}-roofline.png"))
     return paths
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty legend only warns
+        ax.legend(fontsize=8)
 
 
 def _split(config: str) -> dict[str, str]:
@@ -150,6 +168,7 @@ def write_report(results: dict[str, Any], out: Path, stem: str, command: str, no
         "",
         *(f"![{p.stem}]({p.name})" for p in plots),
         "",
+        *profile_section(results),
         *(notes or []),
     ]
     path = out / f"{stem}.md"

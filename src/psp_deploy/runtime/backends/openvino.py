@@ -40,6 +40,17 @@ def check_bf16(force: bool) -> None:
         )
 
 
+def compile_config(precision: str, hint: str = "latency", threads: int | None = None) -> dict[str, Any]:
+    """OpenVINO CPU properties for ``precision``: f32 pinned unless bf16 is asked for."""
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "PERFORMANCE_HINT": hint.upper(),
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
 class OpenVINOBackend(Backend):
     """A compiled model plus a pool of infer requests: concurrent calls each take their own."""
 
@@ -79,12 +90,7 @@ class OpenVINOBackend(Backend):
         if precision == "bf16":
             check_bf16(force_bf16)
         self.precision = precision
-        self.config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "PERFORMANCE_HINT": hint.upper(),
-        }
-        if threads:
-            self.config["INFERENCE_NUM_THREADS"] = threads
+        self.config = compile_config(precision, hint, threads)
         core = ov.Core()
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
