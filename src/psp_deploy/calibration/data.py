@@ -55,6 +55,13 @@ class FeedReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Read only feeds[start_index:end_index] (quantize_static's strided calibration)."""
+        self._it = iter(self.feeds[start_index:end_index])
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:  # qdq_loss_debug iterates readers
         return iter(self.feeds)
 

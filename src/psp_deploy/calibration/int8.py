@@ -68,6 +68,9 @@ def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], method: s
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,
                 "CalibMovingAverage": method == "minmax",
+                # Histogram methods otherwise hold every sample's activations at once (tens of GiB
+                # at 1024²); one sample per pass merges the same histograms in bounded memory.
+                **({"CalibStridedMinMax": 1} if method != "minmax" else {}),
             },
         )
     return dst
@@ -120,7 +123,7 @@ def calibrate_int8(
         best = max(tried, key=lambda a: a.score)
         for r in range(rounds):
             progress(f"int8 {src.stem}: sensitivity round {r + 1}")
-            sqnr = node_sqnr(src, best.path, calib[:2])
+            sqnr = node_sqnr(src, best.path, calib[:1])  # every activation twice: ~5 GiB a sample at 1024²
             worst = [n for n, _ in sorted(sqnr.items(), key=lambda kv: kv[1]) if n not in best.excluded][:per_round]
             if not worst:
                 break
