@@ -35,7 +35,7 @@ NOTES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3, help="at 1024² ONNX Runtime needs ~3 runs to settle")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--calibration-samples", type=int, default=32)
     args = parser.parse_args()

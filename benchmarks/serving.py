@@ -62,39 +62,17 @@ def drive(call, concurrency: int, per_client: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, default=None)
-    parser.add_argument("--requests-per-client", type=int, default=2)
-    parser.add_argument("--max-batch", type=int, default=8)
-    args = parser.parse_args()
-    root = args.bundle or bundle(checkpoint(), "scaled")
-    photo = benchmark_photo()
-    payload = encode_png(photo)
-
-    with Pipeline.from_bundle(root) as pipeline:
+def in_process(root: Path, photo: np.ndarray, backend: str, per_client: int) -> list[dict]:
+    with Pipeline.from_bundle(root, backend=backend) as pipeline:
         pipeline.run(photo)
-        local = [drive(lambda: pipeline.run(photo), c, args.requests_per_client) for c in LEVELS]
-        say(f"in-process: {local}")
+        return [drive(lambda: pipeline.run(photo), c, per_client) for c in LEVELS]
 
+
+def served(root: Path, payload: bytes, backend: str, max_batch: int, per_client: int) -> list[dict]:
     http, grpc, metrics = free_ports(3)
-    cmd = [
-        sys.executable,
-        "-m",
-        "psp_deploy.cli",
-        "serve",
-        str(root),
-        "--host",
-        "127.0.0.1",
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--metrics-port",
-        str(metrics),
-        "--max-batch",
-        str(args.max_batch),
-    ]
+    cmd = [sys.executable, "-m", "psp_deploy.cli", "serve", str(root), "--host", "127.0.0.1"]
+    cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    cmd += ["--max-batch", str(max_batch), "--backend", backend]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{http}"
@@ -109,18 +87,38 @@ def main() -> None:
                 client.run(payload)
 
         remote()
-        served = [drive(remote, c, args.requests_per_client) for c in LEVELS]
-        say(f"served: {served}")
+        return [drive(remote, c, per_client) for c in LEVELS]
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=None)
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    # batches of 8 at 1024² need more memory than 24 GiB holds beside the client
+    parser.add_argument("--max-batch", type=int, default=4)
+    args = parser.parse_args()
+    root = args.bundle or bundle(checkpoint(), "scaled")
+    photo = benchmark_photo()
+    # one after the other: server and in-process pipeline together do not fit in memory at 1024²
+    remote = served(root, encode_png(photo), args.backend, args.max_batch, args.requests_per_client)
+    say(f"served: {remote}")
+    local = in_process(root, photo, args.backend, args.requests_per_client)
+    say(f"in-process: {local}")
     result = {
         "machine": cpu_info(),
         "versions": library_versions(),
         "bundle": str(root),
-        "settings": {"max_batch": args.max_batch, "requests_per_client": args.requests_per_client},
+        "settings": {
+            "backend": args.backend,
+            "max_batch": args.max_batch,
+            "requests_per_client": args.requests_per_client,
+        },
         "in_process": local,
-        "served": served,
+        "served": remote,
     }
     say(f"written {save_json(result, '-serving')}")
 

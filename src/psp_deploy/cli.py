@@ -194,6 +194,15 @@ def align(
     raise typer.Exit(summary.exit_code)
 
 
+RuntimeBackend = Annotated[
+    str,
+    typer.Option(
+        help="auto (on CPU: openvino when installed, measured faster; else onnxruntime), onnxruntime, "
+        "openvino or tensorrt. Never changes the precision."
+    ),
+]
+
+
 def backend_options(
     backend: str,
     *,
@@ -211,9 +220,19 @@ def backend_options(
     return {}
 
 
+def chosen_backend(backend: str, device: str) -> str:
+    from .runtime.backends import resolve_backend
+
+    chosen = resolve_backend(backend, device)
+    if chosen != backend:
+        console.print(f"backend: {chosen}", highlight=False)
+    return chosen
+
+
 def _pipeline(bundle: Path, backend: str, precision: str, face: str = "largest", **flags):
     from .runtime import Pipeline
 
+    backend = chosen_backend(backend, flags.get("device", "cpu"))
     options = backend_options(backend, **flags)
     pipeline = Pipeline.from_bundle(bundle, backend=backend, precision=precision, face=face, **options)
     if set(pipeline.precisions.values()) != {precision}:
@@ -226,7 +245,7 @@ def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `psp-deploy export`.")],
     inputs: Annotated[list[str], typer.Argument(help="Photos (or sketches / label maps), folders or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the outputs.")],
-    backend: Annotated[str, typer.Option(help="onnxruntime, tensorrt or openvino.")] = "onnxruntime",
+    backend: RuntimeBackend = "auto",
     precision: Annotated[
         str,
         typer.Option(
@@ -453,7 +472,7 @@ def build(
 @app.command()
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-    backend: Annotated[str, typer.Option(help="onnxruntime, tensorrt or openvino.")] = "onnxruntime",
+    backend: RuntimeBackend = "auto",
     precision: Annotated[str, typer.Option(help="fp32, fp16, int8, or bf16 (openvino).")] = "fp32",
     device: Annotated[str, typer.Option(help="onnxruntime device: cpu or cuda.")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="CPU threads per graph.")] = None,
@@ -488,6 +507,7 @@ def serve(
     options = ServeOptions(
         host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances, access_token
     )
+    backend = chosen_backend(backend, device)
     pipeline_options = {
         "backend": backend,
         "precision": precision,

@@ -11,6 +11,7 @@ from psp_deploy.calibration.report import psnr_db
 from psp_deploy.errors import BackendUnavailableError
 from psp_deploy.machine import cpu_info, has_native_bf16
 from psp_deploy.runtime import Pipeline
+from psp_deploy.runtime.backends import resolve_backend
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'psp-deploy[openvino]')")
 pytestmark = pytest.mark.xdist_group("rgb2")  # see tests/serving
@@ -83,3 +84,9 @@ def test_openvino_int8_runs_the_qdq_graphs_and_reports_accuracy(bundle_copy):
         codes = ov.style_latent(0)
     kernels = profile_graph(Bundle.open(bundle_copy), "synthesis", "openvino", "int8", {"codes": codes})
     assert any(k.startswith("Convolution [") and "i8" in k.lower() for k in kernels), kernels
+
+
+def test_auto_backend_is_openvino_on_cpu_only_and_explicit_names_stand():
+    assert resolve_backend("auto", "cpu") == "openvino"  # installed here (the openvino extra)
+    assert resolve_backend("auto", "cuda") == "onnxruntime"
+    assert resolve_backend("tensorrt", "cpu") == "tensorrt"

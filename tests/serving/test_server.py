@@ -60,6 +60,8 @@ class Server:
             "8",
             "--max-queue-delay-us",
             "200000",
+            "--backend",
+            "onnxruntime",  # the in-process Pipeline compared against runs ONNX Runtime
             *extra,
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,7 +1,8 @@
 """Where the time goes: seconds per operator type for one run of a graph, from the backend's own
 profiler (ONNX Runtime session profiling; OpenVINO's per-layer performance counters).
 
-The first run is a warm-up (allocation, kernel selection); only the second is counted.
+Only the last of RUNS runs is counted: at 1024² ONNX Runtime's first two or three runs are still
+growing its memory arena and run up to 1.5× slower than the steady state.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..runtime.backends.onnxruntime import session_options
 from ..runtime.backends.openvino import compile_config, import_openvino
 
 Feeds = dict[str, np.ndarray]
+RUNS = 4
 
 
 def ort_op_seconds(path: Path, feeds: Feeds, threads: int | None = None) -> dict[str, float]:
@@ -30,7 +32,7 @@ def ort_op_seconds(path: Path, feeds: Feeds, threads: int | None = None) -> dict
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for _ in range(2):
+        for _ in range(RUNS):
             session.run(None, feeds)
         trace = json.loads(Path(session.end_profiling()).read_text())
     last = [e for e in trace if e.get("name") == "model_run"][-1]
@@ -48,7 +50,7 @@ def openvino_op_seconds(path: Path, feeds: Feeds, precision: str, threads: int |
     ov = import_openvino()
     config = {**compile_config(precision, threads=threads), "PERF_COUNT": True}
     request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
-    for _ in range(2):
+    for _ in range(RUNS):
         request.infer(feeds)
     seconds: Counter[str] = Counter()
     for info in request.get_profiling_info():
