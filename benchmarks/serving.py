@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,9 @@ from psp_deploy.benchmark.harness import benchmark_photo
 from psp_deploy.machine import cpu_info, library_versions
 from psp_deploy.runtime import Pipeline
 from psp_deploy.serving.client import PspClient, encode_png
+from psp_deploy.serving.server import free_ports
 
 LEVELS = (1, 4, 16)
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def drive(call, concurrency: int, per_client: int) -> dict:

@@ -19,22 +19,13 @@ from typer.testing import CliRunner
 from psp_deploy.cli import app
 from psp_deploy.runtime import Pipeline
 from psp_deploy.serving.client import PspClient, RemoteError, encode_png
+from psp_deploy.serving.server import free_ports
 
 pytest.importorskip("pytriton", reason="PyTriton is not installed (pip install 'psp-deploy[serve]')")
 # A worker of its own (with its own small bundle): the "rgb" worker is the suite's long pole.
 pytestmark = pytest.mark.xdist_group("rgb2")
 TOKEN = "test-token"
 START_TIMEOUT_S = 120
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 class Server:
