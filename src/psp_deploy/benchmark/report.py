@@ -109,8 +109,8 @@ def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     e2e = [r for r in rows if r["stage"] == "synthesize" and r["gflops_per_s"]]
     ax.bar(range(len(e2e)), [r["gflops_per_s"] for r in e2e])
     ax.set_xticks(range(len(e2e)), [f"{_config(r)} b{r['batch']}" for r in e2e], rotation=35, ha="right", fontsize=8)
-    for precision, rates in results.get("conv_gflops_per_s", {}).items():
-        ax.axhline(max(rates.values()), linestyle="--", label=f"single-conv limit, {precision}", color=None)
+    for i, (precision, rates) in enumerate(results.get("conv_gflops_per_s", {}).items()):
+        ax.axhline(max(rates.values()), linestyle="--", label=f"single-conv limit, {precision}", color=f"C{i + 1}")
     ax.set_ylabel("GFLOP/s")
     ax.set_title("Synthesis: achieved rate against the machine's single-conv rate")
     _legend(ax)
