@@ -99,14 +99,14 @@ def graph_flops(bundle: Bundle) -> dict[str, float]:
 
 
 def _profile(
-    bundle: Bundle, pipeline: Pipeline, photo: np.ndarray, backend: str, precision: str, settings: BenchSettings
+    bundle: Bundle, pipeline: Pipeline, photo: np.ndarray, backend: str, precision: str, threads: int | None
 ) -> dict[str, dict[str, float]]:
     """Per-op seconds of each graph at the bundle's own batch (1 where it is dynamic)."""
     from .op_profile import profile_bundle
 
     fixed = bundle.record("encoder").inputs[0].shape[0]
     x = np.repeat(pipeline.prepare(photo)[0][None], fixed if isinstance(fixed, int) else 1, axis=0)
-    return profile_bundle(bundle, backend, precision, x, pipeline.encode(x), settings.threads)
+    return profile_bundle(bundle, backend, precision, x, pipeline.encode(x), threads)
 
 
 def run_benchmark(
@@ -138,7 +138,9 @@ def run_benchmark(
                 rows += bench_pipeline(pipeline, settings, flops, photo, label, say)
                 if settings.profile and backend in PROFILED:
                     say(f"profiling {backend} {precision}")
-                    profiles[f"{backend} {precision}"] = _profile(bundle, pipeline, photo, backend, precision, settings)
+                    profiles[f"{backend} {precision}"] = _profile(
+                        bundle, pipeline, photo, backend, precision, settings.threads
+                    )
     if baseline is not None:
         rows += official_rows(baseline, photo, settings, flops, say)
     results: dict[str, Any] = {
