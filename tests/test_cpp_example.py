@@ -100,3 +100,26 @@ def test_cpp_refuses_a_wrong_image_size(psp_infer, case, tmp_path):
     assert done.returncode == 5 and "the face must be 256x256 (aligned), got 120x100" in done.stderr
     usage = run(psp_infer, bundle, "--out-image", tmp_path / "o.ppm")
     assert usage.returncode == 2 and "exactly one of --face and --codes" in usage.stderr
+
+
+def test_cpp_refuses_a_tampered_file(psp_infer, case, tmp_path):
+    bundle, folder, _ = case
+    copy = _copy(bundle, tmp_path / "b")
+    tampered = bytearray((bundle / "synthesis.onnx").read_bytes())
+    tampered[len(tampered) // 2] ^= 1  # one bit of a weight: still a valid model that ONNX Runtime would run
+    (copy / "synthesis.onnx").unlink()  # a hard link to the shared bundle: replace it, never write through it
+    (copy / "synthesis.onnx").write_bytes(tampered)
+    done = run(psp_infer, copy, "--face", folder / "face.ppm", "--out-image", tmp_path / "o.ppm")
+    assert done.returncode == 7, done.stderr
+    assert "synthesis.onnx: contents do not match the manifest's sha256" in done.stderr
+
+
+def test_cpp_refuses_a_manifest_its_graphs_contradict(psp_infer, case, tmp_path):
+    bundle, folder, _ = case
+    copy = _copy(bundle, tmp_path / "b")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocess"]["mean"] = [0.4, 0.5, 0.5]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    done = run(psp_infer, copy, "--face", folder / "face.ppm", "--out-image", tmp_path / "o.ppm")
+    assert done.returncode == 7, done.stderr
+    assert "manifest.json: preprocess.mean is [0.4,0.5,0.5] but synthesis.onnx declares [0.5,0.5,0.5]" in done.stderr

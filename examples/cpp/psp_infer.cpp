@@ -2,19 +2,24 @@
 //
 // Everything it needs comes from the bundle's manifest.json (docs/bundle.md): model files,
 // input/output names and shapes, the fixed batch of grouped synthesis graphs, and the
-// pre-/post-processing formulas.
+// pre-/post-processing formulas. Before trusting a graph it checks, as docs/bundle.md asks of
+// every runtime, the file's sha256 and that the manifest states what the graph itself declares
+// (its inputs and outputs, and the sections export wrote into its ONNX metadata).
 //
 //   psp_infer BUNDLE --face FACE.ppm  --out-image OUT.ppm [--out-codes CODES.npy] [--resize]
 //   psp_infer BUNDLE --codes CODES.npy --out-image OUT.ppm [--resize]
 //
-// Exit codes: 0 ok, 2 usage, 3 manifest, 4 missing file, 5 bad input, 6 ONNX Runtime error.
+// Exit codes: 0 ok, 2 usage, 3 manifest, 4 missing file, 5 bad input, 6 ONNX Runtime error,
+// 7 the bundle does not match its manifest (a file's sha256, or what a graph declares).
 
 #include <onnxruntime_cxx_api.h>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -84,10 +89,100 @@ json read_manifest(const fs::path& bundle) {
   return manifest;
 }
 
-fs::path model_file(const fs::path& bundle, const json& record) {
-  fs::path path = bundle / record.at("file").get<std::string>();
+// SHA-256 (FIPS 180-4), to check bundle files against the manifest's hashes without a crypto library.
+class Sha256 {
+ public:
+  void update(const uint8_t* data, size_t size) {
+    bits_ += static_cast<uint64_t>(size) * 8;
+    while (size > 0) {
+      if (fill_ == 0 && size >= 64) {  // whole blocks straight from the caller's buffer
+        compress(data);
+        data += 64, size -= 64;
+        continue;
+      }
+      size_t n = std::min(size, 64 - fill_);
+      std::copy(data, data + n, block_.begin() + static_cast<std::ptrdiff_t>(fill_));
+      fill_ += n, data += n, size -= n;
+      if (fill_ == 64) compress(block_.data()), fill_ = 0;
+    }
+  }
+
+  std::string hex() {  // finishes the digest: a 1 bit, zeros, then the message length in bits
+    uint8_t tail[72] = {0x80};
+    uint64_t bits = bits_;
+    size_t pad = (fill_ < 56 ? 56 : 120) - fill_;
+    for (int i = 0; i < 8; ++i) tail[pad + i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
+    update(tail, pad + 8);
+    std::string out;
+    char byte[3];
+    for (uint32_t word : state_)
+      for (int i = 3; i >= 0; --i) std::snprintf(byte, sizeof byte, "%02x", (word >> (i * 8)) & 0xff), out += byte;
+    return out;
+  }
+
+ private:
+  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+  void compress(const uint8_t* block) {
+    static constexpr std::array<uint32_t, 64> k = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i)
+      w[i] = uint32_t(block[i * 4]) << 24 | uint32_t(block[i * 4 + 1]) << 16 | uint32_t(block[i * 4 + 2]) << 8 |
+             block[i * 4 + 3];
+    for (int i = 16; i < 64; ++i) {
+      uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3];
+    uint32_t e = state_[4], f = state_[5], g = state_[6], h = state_[7];
+    for (int i = 0; i < 64; ++i) {
+      uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      h = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+    }
+    state_[0] += a, state_[1] += b, state_[2] += c, state_[3] += d;
+    state_[4] += e, state_[5] += f, state_[6] += g, state_[7] += h;
+  }
+
+  std::array<uint32_t, 8> state_ = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  std::array<uint8_t, 64> block_{};
+  size_t fill_ = 0;
+  uint64_t bits_ = 0;
+};
+
+std::string sha256_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Failure(4, path.string() + ": cannot open");
+  Sha256 digest;
+  std::vector<char> buffer(1 << 20);
+  while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount() > 0)
+    digest.update(reinterpret_cast<const uint8_t*>(buffer.data()), static_cast<size_t>(in.gcount()));
+  return digest.hex();
+}
+
+// A file the manifest lists: present, and with the recorded sha256.
+fs::path verified_file(const fs::path& bundle, const std::string& file, const std::string& sha256) {
+  fs::path path = bundle / file;
   if (!fs::is_regular_file(path)) throw Failure(4, path.string() + ": listed in the manifest but missing");
+  if (sha256_file(path) != sha256)
+    throw Failure(7, path.string() + ": contents do not match the manifest's sha256 (edited or corrupt file)");
   return path;
+}
+
+fs::path model_file(const fs::path& bundle, const json& record) {
+  if (record.contains("external_data") && !record.at("external_data").is_null())
+    verified_file(bundle, record.at("external_data"), record.at("external_data_sha256"));
+  return verified_file(bundle, record.at("file"), record.at("sha256"));
 }
 
 std::string next_token(std::istream& in) {  // PPM header tokens, skipping comments
@@ -188,10 +283,63 @@ Image postprocess(const float* chw, int size) {
   return image;
 }
 
+// Refuse the first place where what the manifest states differs from what the graph declares.
+void compare(const std::string& field, const json& stated, const json& declared, const std::string& file) {
+  json patch = json::diff(stated, declared);
+  if (patch.empty()) return;
+  json::json_pointer at(patch[0].at("path").get<std::string>());
+  while (!at.empty() && stated.contains(at.parent_pointer()) && stated.at(at.parent_pointer()).is_array())
+    at = at.parent_pointer();  // a list is one field: report all of it
+  auto show = [&](const json& doc) { return doc.contains(at) ? doc.at(at).dump() : std::string("absent"); };
+  std::string where = field + (at.empty() ? "" : at.to_string());
+  std::replace(where.begin(), where.end(), '/', '.');
+  throw Failure(7, "manifest.json: " + where + " is " + show(stated) + " but " + file + " declares " + show(declared));
+}
+
+// What the graph declares about its inputs or outputs: {name: shape}, a dynamic dimension as "batch".
+json declared_io(Ort::Session& session, bool inputs) {
+  Ort::AllocatorWithDefaultOptions allocator;
+  json io = json::object();
+  size_t count = inputs ? session.GetInputCount() : session.GetOutputCount();
+  for (size_t i = 0; i < count; ++i) {
+    auto name = inputs ? session.GetInputNameAllocated(i, allocator) : session.GetOutputNameAllocated(i, allocator);
+    auto info = inputs ? session.GetInputTypeInfo(i) : session.GetOutputTypeInfo(i);
+    json shape = json::array();
+    for (int64_t d : info.GetTensorTypeAndShapeInfo().GetShape()) shape.push_back(d < 0 ? json("batch") : json(d));
+    io[name.get()] = shape;
+  }
+  return io;
+}
+
+json stated_io(const json& tensors) {
+  json io = json::object();
+  for (const auto& t : tensors) io[t.at("name").get<std::string>()] = t.at("shape");
+  return io;
+}
+
+// The manifest sections export writes into every graph's metadata ("psp_deploy.<section>", JSON).
+void check_declared(Ort::Session& session, const json& manifest, const std::string& graph, const std::string& file) {
+  Ort::AllocatorWithDefaultOptions allocator;
+  Ort::ModelMetadata metadata = session.GetModelMetadata();
+  for (const char* section : {"config", "preprocess", "postprocess", "modconv"}) {
+    auto text = metadata.LookupCustomMetadataMapAllocated((std::string("psp_deploy.") + section).c_str(), allocator);
+    if (!text) throw Failure(7, file + " declares no psp_deploy." + section + " metadata; export the bundle again");
+    compare(section, manifest.value(section, json()), json::parse(text.get()), file);
+  }
+  const json& record = manifest.at("models").at(graph).at("fp32");
+  compare("models." + graph + ".fp32.inputs", stated_io(record.at("inputs")), declared_io(session, true), file);
+  compare("models." + graph + ".fp32.outputs", stated_io(record.at("outputs")), declared_io(session, false), file);
+}
+
 class Graph {
  public:
-  Graph(Ort::Env& env, const fs::path& path, const json& record)
-      : session_(env, path.c_str(), Ort::SessionOptions{}), record_(record) {}
+  // The bundle's fp32 graph: its file checked against the manifest's sha256 before loading, and what it
+  // declares against what the manifest states after.
+  Graph(Ort::Env& env, const fs::path& bundle, const json& manifest, const std::string& graph)
+      : record_(manifest.at("models").at(graph).at("fp32")),
+        session_(env, model_file(bundle, record_).c_str(), Ort::SessionOptions{}) {
+    check_declared(session_, manifest, graph, record_.at("file"));
+  }
 
   // Run on a batch; a graph with a fixed batch gets the rows padded with copies of the last one.
   std::vector<Ort::Value> run(std::vector<float> data, std::vector<int64_t> shape) {
@@ -214,20 +362,19 @@ class Graph {
   }
 
  private:
+  json record_;  // before session_: the session is made from it
   Ort::Session session_;
-  json record_;
 };
 
 int run(const Args& args) {
   json manifest = read_manifest(args.bundle);
-  const json& models = manifest.at("models");
   int n_styles = manifest.at("config").at("n_styles");
   Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "psp_infer");
-  Graph synthesis(env, model_file(args.bundle, models.at("synthesis").at("fp32")), models.at("synthesis").at("fp32"));
+  Graph synthesis(env, args.bundle, manifest, "synthesis");
 
   std::vector<float> codes;
   if (!args.face.empty()) {
-    Graph encoder(env, model_file(args.bundle, models.at("encoder").at("fp32")), models.at("encoder").at("fp32"));
+    Graph encoder(env, args.bundle, manifest, "encoder");
     int size = manifest.at("preprocess").at("size");
     auto outputs = encoder.run(preprocess(read_ppm(args.face), manifest.at("preprocess")), {1, 3, size, size});
     const float* out = outputs[0].GetTensorData<float>();

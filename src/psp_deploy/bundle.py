@@ -125,6 +125,75 @@ POSTPROCESS = {
     "channel_order": "RGB",
 }
 
+# The manifest sections that say what the graphs compute. Export writes them, as JSON, into every
+# graph's ONNX metadata_props (key METADATA_PREFIX + section): a graph declares what it was made for.
+DECLARED_SECTIONS = ("config", "preprocess", "postprocess", "modconv")
+METADATA_PREFIX = "psp_deploy."
+
+
+def declared_sections(config: PspConfig, modconv: dict[str, Any]) -> dict[str, Any]:
+    """The DECLARED_SECTIONS of a bundle of this model and modulated-conv form."""
+    return {
+        "config": {**config.to_dict(), "n_styles": config.n_styles, "input_kind": config.input_kind},
+        "preprocess": preprocess_spec(config),
+        "postprocess": POSTPROCESS,
+        "modconv": modconv,
+    }
+
+
+def graph_metadata(sections: dict[str, Any]) -> dict[str, str]:
+    """The ONNX metadata_props export writes into each graph."""
+    return {METADATA_PREFIX + name: json.dumps(value, sort_keys=True) for name, value in sections.items()}
+
+
+@dataclass(frozen=True)
+class GraphDeclaration:
+    """What a loaded model file says about itself, as the library that loaded it reports it.
+
+    Shapes are lists of dimensions: an int, or anything else (None, a symbolic name) when dynamic.
+    """
+
+    file: str
+    inputs: list[tuple[str, list[Any]]]
+    outputs: list[tuple[str, list[Any]]]
+    metadata: dict[str, str]
+
+
+ABSENT = object()  # a field one side does not have
+
+
+def _show(value: Any) -> str:
+    return "absent" if value is ABSENT else json.dumps(value)
+
+
+def _compare(path: str, stated: Any, declared: Any, file: str) -> None:
+    """Refuse the first field where the manifest and the graph differ, naming it and both values."""
+    if isinstance(stated, dict) and isinstance(declared, dict):
+        for key in sorted(set(stated) | set(declared), key=str):
+            _compare(f"{path}.{key}", stated.get(key, ABSENT), declared.get(key, ABSENT), file)
+    elif stated != declared:
+        raise BundleError(f"{MANIFEST}: {path} is {_show(stated)} but {file} declares {_show(declared)}")
+
+
+def _io_shapes(tensors: list[tuple[str, list[Any]]]) -> dict[str, list[int | str]]:
+    return {name: [d if isinstance(d, int) else BATCH for d in shape] for name, shape in tensors}
+
+
+def _declared_metadata(declared: GraphDeclaration) -> dict[str, Any]:
+    sections = {}
+    for name in DECLARED_SECTIONS:
+        text = declared.metadata.get(METADATA_PREFIX + name)
+        if text is None:
+            raise BundleError(
+                f"{declared.file} declares no {METADATA_PREFIX}{name} metadata (exported by an older "
+                "psp-deploy?); export the bundle again"
+            )
+        try:
+            sections[name] = json.loads(text)
+        except ValueError as err:
+            raise BundleError(f"{declared.file}: unreadable {METADATA_PREFIX}{name} metadata: {err}") from err
+    return sections
+
 
 @dataclass
 class Manifest:
@@ -135,16 +204,19 @@ class Manifest:
     producer: dict[str, Any] = field(default_factory=dict)
     engines: list[EngineRecord] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    stated: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # DECLARED_SECTIONS, as read
+
+    def sections(self) -> dict[str, Any]:
+        """The DECLARED_SECTIONS as the manifest states them: as read (never re-derived, so an edited
+        field shows), or as this manifest would write them."""
+        return self.stated or declared_sections(self.config, self.modconv)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema_version": self.schema_version,
             "producer": self.producer,
             "source": self.source,
-            "config": {**self.config.to_dict(), "n_styles": self.config.n_styles, "input_kind": self.config.input_kind},
-            "preprocess": preprocess_spec(self.config),
-            "postprocess": POSTPROCESS,
-            "modconv": self.modconv,
+            **declared_sections(self.config, self.modconv),
             "latent_avg": {"file": LATENT_AVG_FILE, "shape": [self.config.n_styles, STYLE_DIM], "dtype": "float32"},
             "models": {g: {p: _record_dict(r) for p, r in by_p.items()} for g, by_p in self.models.items()},
             "engines": [asdict(e) for e in self.engines],
@@ -165,6 +237,7 @@ class Manifest:
                 models={g: {p: ModelRecord.from_dict(r) for p, r in by_p.items()} for g, by_p in d["models"].items()},
                 producer=d.get("producer", {}),
                 engines=[EngineRecord.from_dict(e) for e in d.get("engines", [])],
+                stated={name: d.get(name, ABSENT) for name in DECLARED_SECTIONS},
             )
         except (KeyError, TypeError, ValueError) as err:
             raise BundleError(f"manifest is malformed: {type(err).__name__} {err}") from err
@@ -224,6 +297,19 @@ class Bundle:
         if record.external_data:
             self.verified_path(record.external_data, record.external_data_sha256 or "")
         return self.verified_path(record.file, record.sha256)
+
+    def check_declared(self, graph: str, precision: str, declared: GraphDeclaration) -> None:
+        """Refuse a manifest whose fields disagree with what the loaded graph declares: its I/O names and
+        shapes, and the sections export wrote into its metadata. Backends feed what their library reports."""
+        record = self.record(graph, precision)
+        metadata = _declared_metadata(declared)
+        sections = self.manifest.sections()
+        for name in DECLARED_SECTIONS:
+            _compare(name, sections[name], metadata[name], declared.file)
+        where = f"models.{graph}.{precision}"
+        for io in ("inputs", "outputs"):
+            stated = {t.name: list(t.shape) for t in getattr(record, io)}
+            _compare(f"{where}.{io}", stated, _io_shapes(getattr(declared, io)), declared.file)
 
     def latent_avg(self) -> np.ndarray:
         path = self.root / LATENT_AVG_FILE

@@ -140,7 +140,7 @@ def test_bad_arguments_fail_before_any_work(small_ckpt, tmp_path, kwargs, messag
         export_bundle(small_ckpt, tmp_path / "b", **kwargs)
 
 
-@pytest.mark.parametrize("name", ["e4e", "w-plus"])
+@pytest.mark.parametrize("name", ["e4e"])  # the W+ backbone: in test_output_sizes' 256 bundle
 def test_other_encoder_types_export_with_parity(synthetic, tmp_path, name):
     net, _ = synthetic(name)
     spec = graph_specs(net, None)[0]

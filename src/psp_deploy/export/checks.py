@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..bundle import BATCH, TensorSpec
 from ..errors import ExportError
 from .oplist import TENSORRT_ONNX_OPS
 
@@ -54,3 +55,23 @@ def check_graph(model: onnx.ModelProto, name: str) -> None:
         onnx.shape_inference.infer_shapes(stripped, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise ExportError(f"{name} graph is not valid ONNX: {err}") from err
+
+
+def _declared(value: onnx.ValueInfoProto) -> TensorSpec:
+    tensor = value.type.tensor_type
+    shape = tuple(d.dim_value if d.HasField("dim_value") else BATCH for d in tensor.shape.dim)
+    return TensorSpec(value.name, shape, onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name)
+
+
+def check_io(model: onnx.ModelProto, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """The graph's inputs and outputs are exactly the ones the manifest will state: names (so each
+    unique), shapes and dtypes. Runs with or without the parity check: a graph that fails it is
+    never written."""
+    for io, values, stated in (("inputs", model.graph.input, inputs), ("outputs", model.graph.output, outputs)):
+        declared = [_declared(v) for v in values]
+        if declared != list(stated):
+            raise ExportError(f"{name} graph {io} are {_show(declared)}, the manifest would say {_show(stated)}")
+
+
+def _show(tensors: list[TensorSpec]) -> str:
+    return ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in tensors)

@@ -56,6 +56,25 @@ def clean(model: onnx_ir.Model) -> None:
     onnx_ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
 
 
+def name_outputs(model: onnx_ir.Model, names: list[str]) -> None:
+    """Give every graph output its own tensor under its spec name.
+
+    At 256² the pooled image IS the image (no pooling needed): the exporter then names that one
+    tensor after both outputs, the last name winning, and the graph has two outputs called
+    ``image_256``. An Identity gives the second output a tensor of its own.
+    """
+    graph = model.graph
+    for index, name in enumerate(names):
+        value = graph.outputs[index]
+        if any(value is other for other in [*graph.inputs, *graph.outputs[:index]]):
+            node = onnx_ir.node("Identity", [value])
+            graph.append(node)
+            copy = node.outputs[0]
+            copy.type, copy.shape = value.type, value.shape
+            graph.outputs[index] = value = copy
+        value.name = name
+
+
 def export_graph(spec: GraphSpec, opset: int) -> onnx.ModelProto:
     """Export one graph; its batch dimension is dynamic unless the spec fixes it."""
     batch = spec.batch or EXPORT_SAMPLE_BATCH
@@ -76,6 +95,7 @@ def export_graph(spec: GraphSpec, opset: int) -> onnx.ModelProto:
                 verbose=False,
             )
             clean(program.model)
+            name_outputs(program.model, [t.name for t in spec.outputs])
             model = program.model_proto
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; all mean the same to a user
         raise ExportError(f"exporting the {spec.name} graph failed: {type(err).__name__}: {str(err)[:500]}") from err

@@ -18,13 +18,13 @@ import torch
 from google.protobuf.message import EncodeError
 
 from .. import __version__
-from ..bundle import LATENT_AVG_FILE, Bundle, Manifest, ModelRecord, sha256_file
+from ..bundle import LATENT_AVG_FILE, Bundle, Manifest, ModelRecord, declared_sections, graph_metadata, sha256_file
 from ..errors import ExportError
 from ..models.checkpoint import build_psp, read_checkpoint
 from ..models.forms import set_forms
 from ..models.modconv import MODCONV_FORMS
 from ..models.psp import Psp
-from .checks import check_graph
+from .checks import check_graph, check_io
 from .graphs import GraphSpec, graph_specs
 from .parity import ParityResult, check_parity
 from .to_onnx import export_graph
@@ -77,8 +77,11 @@ def save_graph(model: onnx.ModelProto, path: Path) -> list[Path]:
     return [path, data]
 
 
-def _write_graph(spec: GraphSpec, staging: Path, opset: int) -> ModelRecord:
+def write_graph(spec: GraphSpec, staging: Path, opset: int, metadata: dict[str, str]) -> ModelRecord:
+    """Export, tag with the bundle's metadata, check (structure always, whatever --no-verify says), save."""
     model = export_graph(spec, opset)
+    onnx.helper.set_model_props(model, metadata)
+    check_io(model, spec.name, list(spec.inputs), list(spec.outputs))
     check_graph(model, spec.name)
     files = save_graph(model, staging / f"{spec.name}.onnx")
     return ModelRecord(
@@ -120,10 +123,12 @@ def export_net(
     try:
         set_forms(net, modconv=modconv, fir="depthwise")
         specs = graph_specs(net, batch if modconv == "grouped" else None)
+        form = {"form": modconv, "batch": batch if modconv == "grouped" else None}
+        metadata = graph_metadata(declared_sections(net.config, form))
         records, results = {}, []
         for spec in specs:
             say(f"exporting {spec.name}")
-            records[spec.name] = {"fp32": _write_graph(spec, staging, opset)}
+            records[spec.name] = {"fp32": write_graph(spec, staging, opset, metadata)}
             if verify:
                 say(f"checking {spec.name} against torch")
                 path = staging / records[spec.name]["fp32"].file
@@ -132,7 +137,7 @@ def export_net(
         manifest = Manifest(
             config=net.config,
             source=source,
-            modconv={"form": modconv, "batch": batch if modconv == "grouped" else None},
+            modconv=form,
             models=records,
             producer={
                 "name": "psp-deploy",

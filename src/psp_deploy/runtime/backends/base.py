@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ...bundle import BATCH, Bundle, ModelRecord, TensorSpec
+from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, TensorSpec
 from ...errors import BundleError, InputError
 
 
@@ -64,7 +64,21 @@ class Backend(ABC):
         """Open the bundle's ONNX graph at ``precision`` (hash-checked), or its FP32 graph when
         calibration left this graph out; engine backends override this."""
         precision = graph_precision(bundle, graph, precision)
-        return cls(bundle.model_path(graph, precision), bundle.record(graph, precision), graph, **options)
+        backend = cls(bundle.model_path(graph, precision), bundle.record(graph, precision), graph, **options)
+        return backend.checked(bundle)
+
+    def declaration(self) -> GraphDeclaration:
+        """The loaded file's I/O shapes and metadata, as the backend's library reports them."""
+        raise NotImplementedError(f"the {self.name} backend cannot report what its model file declares")
+
+    def checked(self, bundle: Bundle) -> Backend:
+        """This backend once the bundle's manifest agrees with what its file declares; else closed and refused."""
+        try:
+            bundle.check_declared(self.graph, self.record.precision, self.declaration())
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     @property
     def inputs(self) -> list[TensorSpec]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ...bundle import BATCH, Bundle, EngineRecord, ModelRecord
+from ...bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecord
 from ...errors import BackendUnavailableError, BundleError, EngineError
 from ...machine import cpu_info
 from .base import Backend, graph_precision
@@ -74,7 +74,7 @@ class OnnxRuntimeBackend(Backend):
         if engine is None:
             return super().from_bundle(bundle, graph, precision, **options)
         path = bundle.verified_path(engine.file, engine.sha256)
-        return cls(path, bundle.record(graph, precision), graph, preoptimized=True, **options)
+        return cls(path, bundle.record(graph, precision), graph, preoptimized=True, **options).checked(bundle)
 
     def __init__(
         self,
@@ -109,6 +109,11 @@ class OnnxRuntimeBackend(Backend):
             raise BundleError(
                 f"{self.path.name}: the model's batch dimension is {actual!r} but the manifest says {declared!r}"
             )
+
+    def declaration(self) -> GraphDeclaration:
+        shapes = lambda args: [(a.name, a.shape) for a in args]
+        inputs, outputs = shapes(self.session.get_inputs()), shapes(self.session.get_outputs())
+        return GraphDeclaration(self.path.name, inputs, outputs, self.session.get_modelmeta().custom_metadata_map)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
