@@ -9,6 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from psp_deploy.benchmark.flops import graph_flops
+from psp_deploy.benchmark.harness import busy_rows
+from psp_deploy.benchmark.report import latency_table, warnings_section
 from psp_deploy.benchmark.timing import measure
 from psp_deploy.bundle import ModelRecord, TensorSpec
 from psp_deploy.cli import app
@@ -46,16 +48,20 @@ def test_measure_reports_ordered_statistics():
     calls = []
     latency = measure(lambda: calls.append(1), warmup=2, runs=5)
     assert len(calls) == 7 and latency.runs == 5
-    assert 0 <= latency.min <= latency.p50 <= latency.p90 <= latency.p99 and latency.min <= latency.mean
+    assert 0 <= latency.min <= latency.p50 <= latency.p90 <= latency.p99 <= latency.max
+    assert latency.min <= latency.mean <= latency.max
 
 
 def test_bench_command_writes_results_and_report(bundles, tmp_path):
-    out = tmp_path / "results.json"
+    """No --output: the JSON goes beside the report. Not a terminal (CliRunner): progress comes as lines."""
+    out = tmp_path / "report" / "bench-results.json"
     result = CliRunner().invoke(
         app,
         [
             "bench",
             str(bundles("rgb-scaled")[0].root),
+            "--backend",
+            "onnxruntime",
             "--batch",
             "1,2",
             "--runs",
@@ -66,8 +72,6 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
             "encode,synthesize",
             "--no-limits",
             "--profile",
-            "-o",
-            str(out),
             "--report",
             str(tmp_path / "report"),
         ],
@@ -78,9 +82,13 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
     rows = {(r["batch"], r["stage"]): r for r in data["results"]}
     assert set(rows) == {(1, "encode"), (1, "synthesize"), (2, "encode"), (2, "synthesize")}
     assert rows[(2, "synthesize")]["gflops_per_s"] > 0 and data["gflop_per_image"]["encoder"] > 10
-    report = (tmp_path / "report" / "results.md").read_text()
+    assert "benchmarking: 1/4 onnxruntime fp32 batch 1: encode" in result.output
+    assert "benchmarking: 4/4 onnxruntime fp32 batch 2: synthesize" in result.output
+    assert f"results: {out}" in result.output and not (tmp_path / "bench-results.json").exists()
+    report = (tmp_path / "report" / "bench-results.md").read_text()
     assert "| onnxruntime fp32 (scaled) | 2 | synthesize |" in report
-    assert (tmp_path / "report" / "results-throughput.png").exists()
+    assert "against the official path" not in report and "machine's limit" not in report  # no empty tables
+    assert (tmp_path / "report" / "bench-results-throughput.png").exists()
     synthesis_ops = data["profiles"]["onnxruntime fp32"]["synthesis"]
     assert next(iter(synthesis_ops)) == "Conv" and "| Conv |" in report, synthesis_ops
 
@@ -88,3 +96,34 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
 def test_bench_refuses_unknown_stages(bundles, tmp_path):
     result = CliRunner().invoke(app, ["bench", str(bundles("rgb-scaled")[0].root), "--stages", "warp"])
     assert result.exit_code == 2 and "unknown stages ['warp']" in result.output
+
+
+def _row(backend, precision, stage, gflops, min_s=1.0, max_s=1.1):
+    latency = {"min": min_s, "p50": min_s, "p90": max_s, "p99": max_s, "max": max_s, "mean": min_s, "runs": 5}
+    return {
+        "backend": backend,
+        "precision": precision,
+        "modconv": "scaled",
+        "batch": 1,
+        "stage": stage,
+        "latency_s": latency,
+        "images_per_s": 1 / min_s,
+        "gflops_per_s": gflops,
+    }
+
+
+def test_each_rate_is_held_against_the_conv_rate_of_its_own_precision():
+    results = {
+        "results": [_row("onnxruntime", "fp32", "synthesize", 50.0), _row("onnxruntime", "int8", "synthesize", 150.0)],
+        "conv_gflops_per_s": {"fp32": {"onnxruntime": 100.0, "torch": 400.0}, "int8": {"onnxruntime": 300.0}},
+    }
+    fp32, int8 = latency_table(results)[2:]
+    assert fp32.endswith("| 50.0 | 50% |") and int8.endswith("| 150.0 | 50% |")  # not "150% of FP32"
+
+
+def test_a_busy_machine_is_warned_about_naming_the_rows():
+    rows = [_row("onnxruntime", "fp32", "encode", None), _row("openvino", "int8", "e2e", None, min_s=1.0, max_s=2.4)]
+    warnings = busy_rows(rows)
+    assert len(warnings) == 1
+    assert warnings[0].startswith("openvino int8 batch 1 e2e: the slowest run took 2.4× the fastest")
+    assert warnings_section({"warnings": warnings}) == ["## Warnings", "", f"- {warnings[0]}", ""]

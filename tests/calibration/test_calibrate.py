@@ -1,6 +1,7 @@
 """FP16 and INT8 graphs: decisions, accuracy against FP32, what they protect against."""
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -9,13 +10,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from skimage import data
+from typer.testing import CliRunner
 
-from psp_deploy.bundle import Bundle
+from psp_deploy.bundle import GRAPHS, Bundle
 from psp_deploy.calibration import calibrate_bundle
 from psp_deploy.calibration.calibrate import make_fp16
 from psp_deploy.calibration.data import make_calibration_set
 from psp_deploy.calibration.fp16 import Fp16Decisions, decide, to_fp16
 from psp_deploy.calibration.ranges import GraphRanges, TensorStats
+from psp_deploy.cli import app
+from psp_deploy.engines import build_engines
 from psp_deploy.errors import CalibrationError
 from psp_deploy.export.checks import unsupported_ops
 from psp_deploy.runtime import Pipeline
@@ -44,6 +48,12 @@ def test_fp16_hits_its_target_and_keeps_the_epsilons(bundle_copy):
     with Pipeline.from_bundle(bundle_copy, precision="fp16") as pipeline:
         assert pipeline.precisions == {"encoder": "fp32", "mapping": "fp16", "synthesis": "fp16"}
         assert pipeline.run(data.astronaut()).images.shape == (1, 64, 64, 3)
+
+    photo = bundle_copy.parent / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    args = ["run", str(bundle_copy), str(photo), "-o", str(bundle_copy.parent / "out"), "--precision", "fp16"]
+    result = CliRunner().invoke(app, args)  # the default backend must be one that runs fp16
+    assert result.exit_code == 0 and "backend: onnxruntime" in result.output, result.output
 
 
 def test_calibrated_fp16_keeps_tiny_energies_that_naive_fp16_loses(bundle_copy):
@@ -107,6 +117,7 @@ def test_int8_synthesis_quantizes_symmetrically_and_picks_the_better_method(bund
     plain = [t for t in decision["tried"] if not t["kept_float"]]
     assert {t["method"] for t in plain} == {"minmax", "percentile"}
     assert decision["method"] == max(plain, key=lambda t: t["score"])["method"]
+    assert report.decision_lines()[0].startswith(f"synthesis: {decision['method']} calibration won (")
 
     bundle = Bundle.open(bundle_copy)
     model = onnx.load(bundle.model_path("synthesis", "int8"))
@@ -120,6 +131,19 @@ def test_int8_synthesis_quantizes_symmetrically_and_picks_the_better_method(bund
     with Pipeline.from_bundle(bundle_copy, precision="int8") as pipeline:
         assert pipeline.precisions["synthesis"] == "int8"
         assert np.isfinite(pipeline.run(data.astronaut()).codes).all()
+
+
+def test_engines_are_recorded_at_the_precision_each_graph_runs(bundle_copy):
+    """Build and runtime share one rule: graphs calibration left out run, and are built, in FP32."""
+    calibrate_bundle(bundle_copy, "int8", synthetic=4, graphs=("synthesis",), methods=("minmax",), rounds=0)
+    engines = build_engines(bundle_copy, "onnxruntime", "int8")
+    assert {(e.graph, e.precision) for e in engines} == {
+        ("encoder", "fp32"),
+        ("mapping", "fp32"),
+        ("synthesis", "int8"),
+    }
+    with Pipeline.from_bundle(bundle_copy, precision="int8") as pipeline:
+        assert {g: net.path.parent.name for g, net in pipeline.nets.items()} == dict.fromkeys(GRAPHS, "onnxruntime")
 
 
 def test_int8_refuses_a_grouped_synthesis(bundle_copy):
@@ -156,3 +180,70 @@ def test_calibration_set_from_photos(bundles, tmp_path):
     assert len(calib.images) + len(calib.held_images) == 4  # the faceless photo is skipped
     assert calib.images.shape[1:] == (3, 256, 256) and calib.held_codes.shape[1:] == (10, 512)
     assert -1.0 <= calib.images.min() and calib.images.max() <= 1.0
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, ["calibrate", *map(str, args)])
+
+
+def test_cli_summary_reads_unambiguously_with_progress_lines_off_a_terminal(bundle_copy):
+    """Not a terminal (CliRunner): progress comes as lines. Targets say which side passes, the nodes kept in
+    FP32 are listed, and 1 held-back sample out of 5 is warned about."""
+    result = _cli(bundle_copy, "--precision", "fp16", "--synthetic", 5, "--graphs", "synthesis", "--holdout", 0.2)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "calibrating: synthesizing calibration faces 5/5" in out and "calibrating: fp16 synthesis" in out
+    assert "calibrating: evaluating on held-back samples" in out
+    assert re.search(r"synthesis PSNR \(mean\) ≥ 40 dB: \d+\.\d pass", out), out
+    assert "synthesis non-finite values ≤ 0: 0 pass" in out and "≥/≤" not in out
+    assert re.search(r"synthesis: \d+ nodes kept in FP32: node_\w+, ", out), out
+    assert "warning: only 1 held-back sample (holdout 0.2)" in out
+    assert f"report: {bundle_copy / 'reports' / 'fp16.json'}" in out
+
+
+def test_target_verdicts_name_the_passing_side():
+    from psp_deploy.calibration.report import AccuracyReport, GraphAccuracy
+
+    graphs = [
+        GraphAccuracy("end-to-end", 4, 0.1, 0, psnr_db=26.5),
+        GraphAccuracy("encoder", 4, 0.1, 0, cosine_min=0.995),
+    ]
+    decisions = {
+        "synthesis": {
+            "method": "entropy",
+            "kept_float": ["conv_a", "conv_b"],
+            "tried": [
+                {"method": "minmax", "kept_float": [], "score": 25.0},
+                {"method": "entropy", "kept_float": [], "score": 26.0},
+                {"method": "entropy", "kept_float": ["conv_a", "conv_b"], "score": 26.5},
+            ],
+            "score": "mean image PSNR (dB)",
+        }
+    }
+    report = AccuracyReport("int8", "onnxruntime-cpu", "test", 4, graphs, decisions)
+    assert [t["verdict"] for t in report.targets()] == [
+        "end-to-end PSNR (mean) ≥ 28 dB: 26.5 MISSED by 1.5 dB",
+        "encoder codes cosine (worst sample) ≥ 0.99: 0.9950 pass",
+    ]
+    assert report.decision_lines() == [
+        "synthesis: entropy calibration won (mean image PSNR (dB): minmax 25, entropy 26)",
+        "synthesis: 2 nodes kept in float: conv_a, conv_b",
+    ]
+
+
+def test_cli_fp16_conversion_failure_is_an_error_not_a_traceback(bundle_copy, monkeypatch):
+    """A converter that leaves a node reading a tensor nothing produces (a dangling input)."""
+    import onnxconverter_common.float16 as float16
+
+    real = float16.convert_float_to_float16
+
+    def broken(model, **kwargs):
+        converted = real(model, **kwargs)
+        converted.graph.node.append(helper.make_node("Identity", ["lost"], ["orphan"], name="stray"))
+        return converted
+
+    monkeypatch.setattr(float16, "convert_float_to_float16", broken)
+    result = _cli(bundle_copy, "--precision", "fp16", "--synthetic", 4, "--graphs", "mapping")
+    assert result.exit_code == 2, result.output
+    assert "error: the FP16 graph" in result.output
+    assert "node 'stray' (Identity) reads ['lost'], which no node produces" in result.output

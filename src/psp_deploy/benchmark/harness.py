@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,13 @@ from ..bundle import Bundle
 from ..errors import InputError
 from ..machine import cpu_info, library_versions
 from ..runtime import Pipeline
+from ..runtime.backends import resolve_backend
 from .flops import flops_per_image
 from .timing import Latency, measure
 
 STAGES = ("align", "encode", "synthesize", "e2e")
 PROFILED = ("onnxruntime", "openvino")  # backends with a per-op profiler wired in
+SPREAD_LIMIT = 1.5  # max/min latency of one measurement's runs; a quiet machine stays well below
 Progress = Callable[[str], None]
 
 
@@ -120,12 +123,14 @@ def run_benchmark(
     """Time every backend × precision × batch × stage; optionally the official torch path and the
     machine's single-conv limits in the same run."""
     say = progress or (lambda _m: None)
+    measured = _numbered(say, _measurements(settings, baseline))
     bundle = Bundle.open(bundle_dir)
     photo = benchmark_photo()
     flops = graph_flops(bundle)
     rows, profiles = [], {}
-    for backend in settings.backends:
+    for name in settings.backends:
         for precision in settings.precisions:
+            backend = resolve_backend(name, "cpu", precision)
             options = {"threads": settings.threads} if backend in ("onnxruntime", "openvino") else {}
             say(f"loading {backend} {precision}")
             with Pipeline.from_bundle(bundle.root, backend=backend, precision=precision, **options) as pipeline:
@@ -135,14 +140,14 @@ def run_benchmark(
                     "modconv": bundle.manifest.modconv["form"],
                     "graphs": pipeline.precisions,
                 }
-                rows += bench_pipeline(pipeline, settings, flops, photo, label, say)
+                rows += bench_pipeline(pipeline, settings, flops, photo, label, measured)
                 if settings.profile and backend in PROFILED:
                     say(f"profiling {backend} {precision}")
                     profiles[f"{backend} {precision}"] = _profile(
                         bundle, pipeline, photo, backend, precision, settings.threads
                     )
     if baseline is not None:
-        rows += official_rows(baseline, photo, settings, flops, say)
+        rows += official_rows(baseline, photo, settings, flops, measured)
     results: dict[str, Any] = {
         "machine": cpu_info(),
         "versions": library_versions(),
@@ -150,6 +155,7 @@ def run_benchmark(
         "bundle": {"path": str(bundle.root), "config": bundle.config.to_dict(), "modconv": bundle.manifest.modconv},
         "gflop_per_image": {g: f / 1e9 for g, f in flops.items()},
         "results": rows,
+        "warnings": busy_rows(rows),
     }
     if profiles:
         results["profiles"] = profiles
@@ -158,9 +164,37 @@ def run_benchmark(
 
         say("measuring the machine's single-conv rate")
         results["conv_gflops_per_s"] = machine_limits(
-            set(settings.backends), set(settings.precisions), settings.threads, torch_too=baseline is not None
+            {row["backend"] for row in rows} - {"torch-official"},
+            set(settings.precisions),
+            settings.threads,
+            torch_too=baseline is not None,
         )
     return results
+
+
+def _measurements(settings: BenchSettings, baseline: Path | None) -> int:
+    per_config = len(settings.batches) * len(settings.stages)
+    return len(settings.backends) * len(settings.precisions) * per_config + (len(settings.batches) if baseline else 0)
+
+
+def _numbered(say: Progress, total: int) -> Progress:
+    """Number the measurements ("3/16 ..."): a log of a long run then says how far it has got."""
+    done = itertools.count(1)
+    return lambda message: say(f"{next(done)}/{total} {message}")
+
+
+def busy_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """Measurements whose slowest run took over SPREAD_LIMIT × the fastest: something else used the
+    machine (or it changed clock speed) meanwhile, so their figures are not the machine's."""
+    warnings = []
+    for row in rows:
+        spread = row["latency_s"]["max"] / row["latency_s"]["min"]
+        if spread > SPREAD_LIMIT:
+            warnings.append(
+                f"{row['backend']} {row['precision']} batch {row['batch']} {row['stage']}: the slowest run took "
+                f"{spread:.1f}× the fastest (over {SPREAD_LIMIT:g}×): the machine was busy, rerun it quiet"
+            )
+    return warnings
 
 
 def official_rows(

@@ -15,6 +15,7 @@ class Latency:
     p50: float
     p90: float
     p99: float
+    max: float
     mean: float
     runs: int
 
@@ -33,4 +34,5 @@ def measure(fn: Callable[[], object], warmup: int, runs: int) -> Latency:
         fn()
         times.append(time.perf_counter() - start)
     t = np.array(times)
-    return Latency(float(t.min()), *(float(np.percentile(t, q)) for q in (50, 90, 99)), float(t.mean()), runs)
+    percentiles = (float(np.percentile(t, q)) for q in (50, 90, 99))
+    return Latency(float(t.min()), *percentiles, float(t.max()), float(t.mean()), runs)

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..errors import CalibrationError
 from .ranges import GraphRanges
 
 FP16_MAX = 65504.0
@@ -140,7 +141,13 @@ def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
             else:
                 pending.append(node)
         if len(pending) == len(nodes):
-            raise ValueError(f"graph has a cycle or a dangling input at node {pending[0].name}")
+            stuck = pending[0]
+            missing = [i for i in stuck.input if i not in ready]
+            raise CalibrationError(
+                f"the FP16 graph {model.graph.name!r} cannot be ordered: node {stuck.name!r} ({stuck.op_type}) "
+                f"reads {missing}, which no node produces before it (a cycle or a dangling input); "
+                "the FP16 conversion is broken for this graph, keep it in FP32 (calibrate --graphs)"
+            )
         nodes = pending
     del model.graph.node[:]
     model.graph.node.extend(ordered)

@@ -11,11 +11,48 @@ import numpy as np
 
 from ..runtime.io import atomic_file
 
-# Targets: FP16 synthesis ≥ 40 dB with nothing non-finite; INT8 end to end ≥ 28 dB, codes cosine ≥ 0.99.
+
+@dataclass(frozen=True)
+class Target:
+    """A bound one accuracy metric must meet, and which side of it passes."""
+
+    metric: str  # "<graph> <GraphAccuracy field>"
+    bound: float
+    at_least: bool  # passes at or above the bound (PSNR, cosine); else at or below it (non-finite count)
+    label: str  # the metric as people name it
+    unit: str = ""
+    digits: int = 1
+
+    def requirement(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.label} {'≥' if self.at_least else '≤'} {self.bound:g}{unit}"
+
+    def passes(self, value: float) -> bool:
+        return value >= self.bound if self.at_least else value <= self.bound
+
+    def verdict(self, value: float) -> str:
+        """E.g. "synthesis PSNR ≥ 40 dB: 41.2 pass" or "...: 38.0 MISSED by 2.0 dB"."""
+        shown = f"{self.requirement()}: {value:.{self.digits}f}"
+        if self.passes(value):
+            return f"{shown} pass"
+        return f"{shown} MISSED by {abs(value - self.bound):.{self.digits}f}{f' {self.unit}' if self.unit else ''}"
+
+
+def _cosine(graph: str) -> Target:
+    return Target(f"{graph} cosine_min", 0.99, True, f"{graph} codes cosine (worst sample)", digits=4)
+
+
+def _psnr(graph: str, bound: float) -> Target:
+    return Target(f"{graph} psnr_db", bound, True, f"{graph} PSNR (mean)", "dB")
+
+
 TARGETS = {
-    "fp16": {"synthesis psnr_db": 40.0, "synthesis nonfinite": 0},
-    "int8": {"end-to-end psnr_db": 28.0, "encoder cosine_min": 0.99},
-    "bf16": {"end-to-end psnr_db": 30.0, "encoder cosine_min": 0.99},
+    "fp16": (
+        _psnr("synthesis", 40.0),
+        Target("synthesis nonfinite", 0, False, "synthesis non-finite values", digits=0),
+    ),
+    "int8": (_psnr("end-to-end", 28.0), _cosine("encoder")),
+    "bf16": (_psnr("end-to-end", 30.0), _cosine("encoder")),
 }
 IMAGE_PEAK_TO_PEAK = 2.0  # images live in [−1, 1]
 
@@ -89,6 +126,7 @@ class AccuracyReport:
     graphs: list[GraphAccuracy]
     decisions: dict[str, Any] = field(default_factory=dict)  # per graph: what stayed FP32 / method, exclusions
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what makes these figures less trustworthy
 
     def metric(self, key: str) -> float | None:
         graph, attr = key.split(" ")
@@ -98,19 +136,20 @@ class AccuracyReport:
     def targets(self) -> list[dict[str, Any]]:
         """Each target with its measured value, whether it passed and by how much it missed."""
         rows = []
-        for key, target in TARGETS.get(self.precision, {}).items():
-            value = self.metric(key)
+        for target in TARGETS.get(self.precision, ()):
+            value = self.metric(target.metric)
             if value is None:
                 continue
-            lower_is_better = key.endswith("nonfinite")
-            passed = value <= target if lower_is_better else value >= target
+            passed = target.passes(value)
             rows.append(
                 {
-                    "metric": key,
+                    "metric": target.metric,
+                    "requirement": target.requirement(),
                     "value": value,
-                    "target": target,
+                    "target": target.bound,
                     "passed": bool(passed),
-                    "missed_by": 0.0 if passed else abs(value - target),
+                    "missed_by": 0.0 if passed else abs(value - target.bound),
+                    "verdict": target.verdict(value),
                 }
             )
         return rows
@@ -119,7 +158,29 @@ class AccuracyReport:
     def passed(self) -> bool:
         return all(t["passed"] for t in self.targets())
 
+    def decision_lines(self) -> list[str]:
+        """Per graph, what calibration chose: the winning INT8 method, and the nodes kept in float."""
+        lines = []
+        for graph, decision in self.decisions.items():
+            if "method" in decision:
+                scores = ", ".join(f"{t['method']} {t['score']:.4g}" for t in decision["tried"] if not t["kept_float"])
+                lines.append(f"{graph}: {decision['method']} calibration won ({decision['score']}: {scores})")
+                lines.append(f"{graph}: {_kept('float', decision['kept_float'])}")
+            if "kept_fp32" in decision:
+                lines.append(f"{graph}: {_kept('FP32', list(decision['kept_fp32']))}")
+        return lines
+
     def save(self, path: Path) -> None:
         data = {**asdict(self), "targets": self.targets(), "passed": self.passed}
         with atomic_file(path) as f:
             f.write((json.dumps(data, indent=2, default=float) + "\n").encode())
+
+
+SHOWN_NODES = 12  # the rest are in the saved report
+
+
+def _kept(precision: str, nodes: list[str]) -> str:
+    if not nodes:
+        return f"no nodes kept in {precision}"
+    more = f" and {len(nodes) - SHOWN_NODES} more (see the saved report)" if len(nodes) > SHOWN_NODES else ""
+    return f"{len(nodes)} nodes kept in {precision}: {', '.join(nodes[:SHOWN_NODES])}{more}"

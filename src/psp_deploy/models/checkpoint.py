@@ -28,14 +28,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_header(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused to load, the file asks to run code or build objects "
-            f"a checkpoint never needs ({_first_line(err)})"
-        ) from err
+        raise CheckpointError(f"{path}: {_refusal(err)}") from err
     except Exception as err:  # noqa: BLE001 - garbage bytes can fail anywhere inside the unpickler
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (corrupt or truncated): {_first_line(err)}"
@@ -43,10 +41,39 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return _normalise(path, ckpt)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6
+PICKLE_PROTO = b"\x80"  # the legacy format: a pickle of protocol 2 or later
+
+
+def _check_header(path: Path) -> None:
+    """Refuse files torch.save cannot have written before the unpickler reads them: it would
+    take text for opcodes and call a notes file a pickle that asks to run code."""
+    with open(path, "rb") as f:
+        head = f.read(len(ZIP_MAGIC))
+    if not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint: it starts with {head!r}, "
+            "not with the zip archive or pickle header torch.save writes"
+        )
+
+
+def _refusal(err: pickle.UnpicklingError) -> str:
+    """Why the safe unpickler stopped, in its own words only: torch's message also advises
+    retrying with weights_only=False, which would run the very code refused here."""
+    message = str(err)
+    if found := re.search(r"GLOBAL (\S+?)\.?(?:\s|$)", message):
+        return f"refused to load: the file asks to import {found.group(1)}, which no checkpoint needs (nothing was run)"
+    if found := re.search(r"Unsupported operand (\d+)", message):
+        opcode = bytes([int(found.group(1))])
+        return f"refused to load: pickle opcode {opcode!r} is one torch.save never writes (corrupt, or it runs code)"
+    detail = re.search(r"Can only [^\n]*|unsupported persistent id[^\n]*", message)
+    reason = f" ({detail.group(0).strip()})" if detail else ""
+    return f"refused to load: the file asks to build objects a checkpoint never needs{reason}"
+
+
 def _first_line(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    hit = next((ln for ln in lines if "Unsupported global" in ln or "Unsupported operand" in ln), None)
-    return hit or (lines[0] if lines else type(err).__name__)
+    return lines[0] if lines else type(err).__name__
 
 
 def _normalise(path: Path, ckpt: Any) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """A client for `psp-deploy serve` over Triton's HTTP or gRPC protocol (tritonclient).
 
 One client per thread: tritonclient's HTTP client must not be shared across threads.
-A request the server could not process comes back with its ``error`` output set; the
-client raises it as RemoteError, naming the cause.
+A request the server could not process fails (Triton answers the server's traceback); the
+client raises it as RemoteError with the server's own one-line message, e.g.
+"NoFaceError: no face found in request photo".
 """
 
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from ..errors import BackendUnavailableError, PspDeployError
 
 DEFAULT_TIMEOUT_S = 300.0
 MODELS = ("psp", "psp_encode", "psp_synthesize")
+# The last line of a server-side traceback that raised one of this package's errors.
+SERVER_ERROR = re.compile(r"^psp_deploy\.(?:\w+\.)*(\w+): (.+)$", re.MULTILINE)
 
 
 class RemoteError(PspDeployError):
@@ -50,6 +54,16 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _remote_message(model: str, message: str) -> str:
+    """The server's own error line when its callable raised one of ours, else Triton's message
+    (a wrong dtype or shape, an unknown model, a transport error)."""
+    found = SERVER_ERROR.findall(message)
+    if found:
+        name, text = found[-1]
+        return f"{name}: {text.strip()}"
+    return f"{model}: {message.strip()}"
+
+
 class PspClient:
     def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.protocol, self.address = _split_url(url)
@@ -78,14 +92,11 @@ class PspClient:
         kwargs = {"parameters": parameters} if parameters else {}
         if self.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
-        requested = [self.tc.InferRequestedOutput(n) for n in outputs + ["error"]]
+        requested = [self.tc.InferRequestedOutput(n) for n in outputs]
         try:
             result = self.client.infer(model, inputs, outputs=requested, **kwargs)
         except Exception as err:  # noqa: BLE001 - tritonclient raises InferenceServerException and transport errors
-            raise RemoteError(f"{model}: {str(err).strip()}") from None
-        error = result.as_numpy("error").reshape(-1)[0]
-        if error:
-            raise RemoteError(error.decode() if isinstance(error, bytes) else str(error))
+            raise RemoteError(_remote_message(model, str(err))) from None
         return [result.as_numpy(n)[0] for n in outputs]
 
     def run(

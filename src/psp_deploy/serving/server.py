@@ -1,8 +1,8 @@
 """`psp-deploy serve`: the Pipeline on Triton Inference Server through PyTriton.
 
 PyTriton runs a real tritonserver (its Python backend) and binds our callables to it:
-Triton does the HTTP/gRPC protocols, dynamic batching across clients, health and
-Prometheus metrics; the callables run the runtime Pipeline.
+Triton does the HTTP/gRPC protocols, health and Prometheus metrics; the callables run the
+runtime Pipeline, batching across clients themselves (models.py says why).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ServeOptions:
     metrics_port: int = 8002
     max_batch: int = 8
     max_queue_delay_us: int = 2000
-    instances: int = 1
+    instances: int = 1  # batches run at once per model
     access_token: str | None = None  # guards Triton's statistics/repository APIs; None: a random one
 
     def ports(self) -> dict[str, int]:
@@ -70,18 +70,17 @@ def _python_backend_environment() -> None:
 
 
 def _bind(triton: Any, name: str, fn: Callable, spec: tuple[list, list], options: ServeOptions) -> None:
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    """One request per execution, and enough model instances (one request in flight each) for every
+    batch that may run at once to fill up."""
+    from pytriton.model_config import ModelConfig, Tensor
 
     inputs, outputs = spec
     triton.bind(
         model_name=name,
-        infer_func=[fn] * options.instances,
+        infer_func=[fn] * (options.max_batch * options.instances),
         inputs=[Tensor(name=n, dtype=d, shape=s) for n, d, s in inputs],
         outputs=[Tensor(name=n, dtype=d, shape=s) for n, d, s in outputs],
-        config=ModelConfig(
-            max_batch_size=options.max_batch,
-            batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us),
-        ),
+        config=ModelConfig(max_batch_size=options.max_batch, batcher=None),
         strict=False,
     )
 
@@ -100,7 +99,7 @@ def serve(
     except ImportError as err:
         raise BackendUnavailableError("serving needs PyTriton: pip install 'psp-deploy[serve]'") from err
     pipeline = Pipeline.from_bundle(bundle, **pipeline_options)
-    served = ServedModels(pipeline)
+    served = ServedModels(pipeline, options.max_batch, options.max_queue_delay_us / 1e6, options.instances)
     config = TritonConfig(
         http_address=options.host,
         grpc_address=options.host,
@@ -123,6 +122,7 @@ def serve(
             triton.serve()  # blocks; SIGINT (and SIGTERM, below) stop it after Triton drains in-flight requests
     finally:
         signal.signal(signal.SIGTERM, previous)
+        served.close()
         pipeline.close()
 
 
