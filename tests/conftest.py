@@ -1,6 +1,8 @@
 """Shared fixtures. Synthetic checkpoints are costly (seconds to make, hundreds of MB), so
 each configuration is made once per session and shared by every test that reads it."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,13 @@ RGB_FIXTURES = {
     "bundle",
     "bundle_copy",
 }
+
+
+def pytest_configure(config):
+    """Run-time caches (OpenVINO's compiled models) go to a throw-away folder, not the user's."""
+    from psp_deploy.runtime.cache import CACHE_ENV
+
+    os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp(prefix="psp-deploy-cache-"))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -62,4 +62,23 @@ def test_align_refuses_colliding_names(photos, tmp_path):
     result = CliRunner().invoke(
         app, ["align", str(photos / "astronaut.png"), str(photos / "trip" / "astronaut.png"), "-o", str(tmp_path / "o")]
     )
-    assert result.exit_code == 2 and "would write the same output" in result.output
+    assert result.exit_code == 2 and "would both write" in result.output and not (tmp_path / "o").exists()
+
+
+def test_align_keeps_every_dot_of_a_name(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("pic.1.jpg", "pic.2.jpg", "pic.png"):  # all three were written to ONE pic.png
+        Image.fromarray(data.astronaut()).save(photos / name)
+    out = tmp_path / "aligned"
+    result = CliRunner().invoke(app, ["align", str(photos), "-o", str(out)])
+    assert result.exit_code == 0 and "3 done" in result.output, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["pic.1.png", "pic.2.png", "pic.png"]
+
+
+def test_align_into_a_file_is_a_named_error(photos, tmp_path):
+    taken = tmp_path / "somefile"
+    taken.write_text("keep me")
+    result = CliRunner().invoke(app, ["align", str(photos / "astronaut.png"), "-o", str(taken)])
+    assert result.exit_code == 2 and "somefile: exists and is not a directory" in result.output
+    assert taken.read_text() == "keep me"

@@ -1,6 +1,7 @@
 """`psp-deploy run`: a folder with good and bad inputs, mixing outputs, kill and resume, Ctrl-C."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,7 @@ def test_run_processes_good_inputs_and_reports_the_rest(bundle, photos, tmp_path
         "failures.json",
         "mirror.npy",
         "mirror.png",
+        "psp-deploy.json",
     ]
     assert read_image(out / "astronaut.png").shape == (64, 64, 3)
     assert np.load(out / "astronaut.npy").shape == (10, 512)
@@ -139,13 +141,31 @@ def test_killed_run_resumes_with_every_output_complete(bundle, many_faces, tmp_p
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, log
     assert f"{N_FACES - len(partial)} done, {len(partial)} skipped" in log
-    names = sorted(p.name for p in out.iterdir())
-    assert names == [f"face{i:02d}.png" for i in range(N_FACES)]  # no duplicates, no leftover temp files
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == [f"face{i:02d}.png" for i in range(N_FACES)]  # no duplicates
+    assert sorted(p.name for p in out.iterdir()) == [*names, "psp-deploy.json"]  # no leftover temp files
 
     fresh = tmp_path / "fresh"
     assert CliRunner().invoke(app, ["run", str(bundle), str(many_faces), "-o", str(fresh), "--no-align"]).exit_code == 0
     for name in names:  # every output complete and identical to an uninterrupted run's
         np.testing.assert_array_equal(read_image(out / name), read_image(fresh / name))
+
+
+def test_sigterm_drains_the_batch_and_reports_like_ctrl_c(bundle, many_faces, tmp_path):
+    """Containers and schedulers stop jobs with SIGTERM: the summary and failures.json must survive it."""
+    (many_faces / "a_corrupt.png").write_bytes(b"\x89PNG not really")  # sorted first: fails before the faces
+    out = tmp_path / "out"
+    proc = _start(bundle, many_faces, out)
+    _wait_for_outputs(out, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, log
+    summary = re.search(r"(\d+) done, 0 skipped \(already there\), 1 failed — stopped early \(SIGTERM\)", log)
+    assert summary, log
+    done = int(summary[1])
+    assert 1 <= done < N_FACES and len(list(out.glob("*.png"))) == done  # each finished output is complete
+    assert [f["input"].rsplit("/", 1)[-1] for f in json.loads((out / "failures.json").read_text())] == ["a_corrupt.png"]
+    assert not list(out.glob(".*"))
 
 
 def test_ctrl_c_stops_after_the_current_batch(bundle, many_faces, tmp_path):

@@ -1,25 +1,34 @@
 """The `psp-deploy` command: a thin face over the library calls.
 
 Exit codes: 0 success; 1 some inputs of a batch failed (see failures.json); 2 bad
-arguments or unusable input (the message says which); 130 interrupted.
+arguments or unusable input (the message says which); 130 interrupted (Ctrl-C), 143
+stopped by SIGTERM.
+
+Every message that shows text from outside (paths, errors, install hints such as
+``psp-deploy[gpu]``) goes through ``escape``: rich would read its brackets as markup.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .errors import InputError, PspDeployError
-from .runtime.batch import FAILURES_FILE, Summary
+from .runtime.batch import FAILURES_FILE, Item, Summary
+
+if TYPE_CHECKING:
+    from .runtime.align import AlignedFace
 
 EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -35,6 +44,32 @@ class Modconv(str, Enum):
     scaled = "scaled"
 
 
+class RunBackend(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+class BuildBackend(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+    bf16 = "bf16"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 app = typer.Typer(
     name="psp-deploy",
     help="Deploy pSp (pixel2style2pixel) face encoders and StyleGAN2 decoders: official checkpoint → "
@@ -48,17 +83,43 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)  # messages stay one line: greppable in logs
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"psp-deploy {version('psp-deploy')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Deploy pSp face encoders and StyleGAN2 decoders (see `psp-deploy COMMAND --help`)."""
+
+
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """Turn the package's errors into one red line and exit code 2; Ctrl-C into 130."""
     try:
         yield
     except PspDeployError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        help="Redo inputs whose outputs already exist, also when the folder was made with other settings "
+        "(OUTPUT/psp-deploy.json)."
+    ),
+]
 
 
 def step_progress(total: int) -> Progress:
@@ -81,12 +142,12 @@ def export(
         int, typer.Option(help="Batch size of the synthesis graph (grouped form only: its Conv group = batch).")
     ] = 1,
     modconv: Annotated[
-        str,
+        Modconv,
         typer.Option(
             help="Modulated conv form: 'grouped' (one grouped Conv per layer, fixed batch, "
             "as the official code) or 'scaled' (static weights, any batch)."
         ),
-    ] = "grouped",
+    ] = Modconv.grouped,
     opset: Annotated[int, typer.Option(help="ONNX opset (18-21).")] = 18,
     verify: Annotated[
         bool,
@@ -111,13 +172,20 @@ def export(
             bar.update(task, description=message, advance=0 if message == "loading checkpoint" else 1)
 
         bundle, results = export_bundle(
-            checkpoint, output, batch=batch, modconv=modconv, opset=opset, verify=verify, force=force, progress=on_step
+            checkpoint,
+            output,
+            batch=batch,
+            modconv=modconv.value,
+            opset=opset,
+            verify=verify,
+            force=force,
+            progress=on_step,
         )
         bar.update(task, description="done", completed=steps)
     for r in results:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_abs_diff.items())
         console.print(f"  {r.graph:<9} batch {r.batch}: max abs diff vs torch {diffs}")
-    console.print(f"[green]bundle written:[/] {bundle.root}")
+    console.print(f"[green]bundle written:[/] {escape(str(bundle.root))}")
 
 
 def run_batch(items: list, title: str, **runner: Any) -> Summary:
@@ -144,13 +212,21 @@ def report(summary: Summary, out_dir: Path) -> None:
     console.print(
         f"[green]{len(summary.done)} done[/], {len(summary.skipped)} skipped (already there), "
         f"[{'red' if summary.failed else 'green'}]{len(summary.failed)} failed[/]"
-        + (" — [yellow]stopped early[/]" if summary.interrupted else ""),
+        + (f" — [yellow]stopped early ({signal.Signals(summary.stopped_by).name})[/]" if summary.interrupted else ""),
         highlight=False,
     )
     for item, (error, message) in summary.failed[:10]:
-        console.print(f"  [red]✗[/] {item.source}: {error}: {message}", highlight=False)
+        console.print(f"  [red]✗[/] {escape(f'{item.source}: {error}: {message}')}", highlight=False)
     if summary.failed:
-        console.print(f"  all failures: {out_dir / FAILURES_FILE}", highlight=False)
+        console.print(f"  all failures: {escape(str(out_dir / FAILURES_FILE))}", highlight=False)
+
+
+def noted(item: Item, prepared: np.ndarray, face: AlignedFace | None) -> np.ndarray:
+    """``prepared``, after printing what the aligner noted about this input (several faces, a
+    small face), one line each: printed through the console, they land above the progress bar."""
+    for note in face.warnings if face else ():
+        console.print(f"  [yellow]![/] {escape(f'{item.source}: {note}')}", highlight=False)
+    return prepared
 
 
 @app.command()
@@ -165,7 +241,7 @@ def align(
             "detector score, or the last detection (the official script)."
         ),
     ] = FacePolicy.largest,
-    overwrite: Annotated[bool, typer.Option(help="Redo inputs whose output already exists.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Align faces the FFHQ way (dlib landmarks → oriented crop), as pSp models expect.
 
@@ -179,26 +255,46 @@ def align(
     with handled():
         items = collect_inputs(inputs)
         aligner = FaceAligner(output_size=size, face=face.value)
-        out_path = lambda item: output / item.stem.with_suffix(".png")  # noqa: E731
+        out_path = lambda item: item.output(output, ".png")  # noqa: E731
+
+        def prepare(item: Item) -> np.ndarray:
+            face = aligner.align(read_image(item.source))
+            return noted(item, face.image, face)
+
         summary = run_batch(
             items,
             "aligning",
             out_dir=output,
             outputs=lambda item: [out_path(item)],
-            prepare=lambda item: aligner.align(read_image(item.source)).image,
+            prepare=prepare,
             compute=lambda images: images,
             write=lambda item, image: write_image_atomic(out_path(item), image),
             overwrite=overwrite,
+            settings={"command": "align", "size": size, "face": face.value},
         )
     report(summary, output)
     raise typer.Exit(summary.exit_code)
 
 
 RuntimeBackend = Annotated[
-    str,
+    RunBackend,
     typer.Option(
-        help="auto (on CPU: openvino when installed, measured faster; else onnxruntime), onnxruntime, "
-        "openvino or tensorrt. Never changes the precision."
+        help="auto: on CPU, openvino when installed and it runs the precision asked (measured faster), else "
+        "onnxruntime. Never changes the precision."
+    ),
+]
+RuntimePrecision = Annotated[
+    Precision,
+    typer.Option(
+        help="fp32; fp16 (onnxruntime, tensorrt) and int8 run graphs made by `psp-deploy calibrate`; bf16 "
+        "(openvino, CPUs with native BF16)."
+    ),
+]
+CacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="openvino: where compiled-model caches go (default: $PSP_DEPLOY_CACHE_DIR, else the user cache "
+        "folder ~/.cache/psp-deploy). Running never writes into the bundle."
     ),
 ]
 
@@ -211,19 +307,20 @@ def backend_options(
     engines: bool = True,
     force_bf16: bool = False,
     hint: str = "latency",
+    cache_dir: Path | None = None,
 ) -> dict:
     """The options each backend takes, from the CLI's common flags."""
     if backend == "onnxruntime":
         return {"device": device, "threads": threads, "engines": engines}
     if backend == "openvino":
-        return {"threads": threads, "force_bf16": force_bf16, "hint": hint}
+        return {"threads": threads, "force_bf16": force_bf16, "hint": hint, "cache_dir": cache_dir}
     return {}
 
 
-def chosen_backend(backend: str, device: str) -> str:
+def chosen_backend(backend: str, device: str, precision: str) -> str:
     from .runtime.backends import resolve_backend
 
-    chosen = resolve_backend(backend, device)
+    chosen = resolve_backend(backend, device, precision)
     if chosen != backend:
         console.print(f"backend: {chosen}", highlight=False)
     return chosen
@@ -232,7 +329,7 @@ def chosen_backend(backend: str, device: str) -> str:
 def _pipeline(bundle: Path, backend: str, precision: str, face: str = "largest", **flags):
     from .runtime import Pipeline
 
-    backend = chosen_backend(backend, flags.get("device", "cpu"))
+    backend = chosen_backend(backend, flags.get("device", "cpu"), precision)
     options = backend_options(backend, **flags)
     pipeline = Pipeline.from_bundle(bundle, backend=backend, precision=precision, face=face, **options)
     if set(pipeline.precisions.values()) != {precision}:
@@ -245,14 +342,9 @@ def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `psp-deploy export`.")],
     inputs: Annotated[list[str], typer.Argument(help="Photos (or sketches / label maps), folders or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the outputs.")],
-    backend: RuntimeBackend = "auto",
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="fp32; fp16, int8 (graphs made by `psp-deploy calibrate`); bf16 (openvino, native BF16 CPUs)."
-        ),
-    ] = "fp32",
-    device: Annotated[str, typer.Option(help="onnxruntime device: cpu or cuda.")] = "cpu",
+    backend: RuntimeBackend = RunBackend.auto,
+    precision: RuntimePrecision = Precision.fp32,
+    device: Annotated[Device, typer.Option(help="onnxruntime device.")] = Device.cpu,
     force_bf16: Annotated[bool, typer.Option(help="openvino: allow bf16 on a CPU without native BF16.")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads per graph (default: all cores).")] = None,
     align: Annotated[
@@ -284,13 +376,16 @@ def run(
     engines: Annotated[
         bool, typer.Option(help="onnxruntime: use optimized models saved by `psp-deploy build`.")
     ] = True,
-    overwrite: Annotated[bool, typer.Option(help="Redo inputs whose outputs already exist.")] = False,
+    overwrite: Overwrite = False,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Run the pipeline on photos: align → encode → (style mixing) → synthesize.
 
-    Writes OUTPUT/NAME.png (with --n-outputs K: NAME_0.png … NAME_K-1.png), keeping
-    sub-folders. Reruns skip finished inputs; Ctrl-C stops after the current batch.
-    Failures (unreadable files, no face) go to OUTPUT/failures.json; exit code 1 if any.
+    Writes OUTPUT/NAME.png, NAME being the input's whole name minus its extension (with
+    --n-outputs K: NAME_0.png … NAME_K-1.png), keeping sub-folders. Reruns skip finished
+    inputs, and refuse (unless --overwrite) when asked for other settings than the folder's
+    (OUTPUT/psp-deploy.json); Ctrl-C or SIGTERM stops after the current batch. Failures
+    (unreadable files, no face) go to OUTPUT/failures.json; exit code 1 if any.
 
     Example: psp-deploy run bundles/ffhq photos/ -o out --latent-mask 8-17 --n-outputs 3
     """
@@ -305,22 +400,23 @@ def run(
         items = collect_inputs(inputs)
         pipeline = _pipeline(
             bundle,
-            backend,
-            precision,
+            backend.value,
+            precision.value,
             face.value,
-            device=device,
+            device=device.value,
             threads=threads,
             engines=engines,
             force_bf16=force_bf16,
+            cache_dir=cache_dir,
         )
-        mask = parse_latent_mask(latent_mask, pipeline.config.n_styles) if latent_mask else None
+        mask = None if latent_mask is None else parse_latent_mask(latent_mask, pipeline.config.n_styles)
         styles = [pipeline.style_latent(seed + k) for k in range(n_outputs)] if mask else []
         read_mode = "RGB" if pipeline.config.input_kind == "rgb" else "L"
         names = [f"_{k}" for k in range(n_outputs)] if n_outputs > 1 else [""]
 
         def outputs(item):
-            files = [output / item.stem.parent / f"{item.stem.name}{n}.png" for n in names]
-            return files + ([output / item.stem.with_suffix(".npy")] if save_latents else [])
+            files = [item.output(output, ".png", tag) for tag in names]
+            return files + ([item.output(output, ".npy")] if save_latents else [])
 
         def compute(tensors):
             codes = pipeline.encode(np.stack(tensors))
@@ -341,11 +437,23 @@ def run(
             "running",
             out_dir=output,
             outputs=outputs,
-            prepare=lambda item: pipeline.prepare(read_image(item.source, read_mode), align)[0],
+            prepare=lambda item: noted(item, *pipeline.prepare(read_image(item.source, read_mode), align)),
             compute=compute,
             write=write,
             overwrite=overwrite,
             batch_size=batch_size or pipeline.synthesis_net.record.batch or 4,
+            settings={
+                "command": "run",
+                "graphs": {graph: f"{net.precision} {net.record.sha256[:16]}" for graph, net in pipeline.nets.items()},
+                "align": align,
+                "face": face.value,
+                "resize": resize,
+                "latent_mask": mask,
+                "mix_alpha": mix_alpha,
+                "n_outputs": n_outputs,
+                "seed": seed if mask else None,
+                "save_latents": save_latents,
+            },
         )
     report(summary, output)
     raise typer.Exit(summary.exit_code)
@@ -394,8 +502,17 @@ def calibrate(
     from rich.table import Table
 
     from .calibration import calibrate_bundle
+    from .calibration.calibrate import report_path
 
-    with handled(), console.status("calibrating") as status:
+    live = console.status("calibrating") if console.is_terminal else contextlib.nullcontext()
+    with handled(), live as status:
+
+        def say(message: str) -> None:  # a spinner shows nothing in logs and pipes: a line per step there
+            if status is None:
+                console.print(f"calibrating: {message}", markup=False, highlight=False)
+            else:
+                status.update(escape(message))
+
         report = calibrate_bundle(
             bundle,
             precision,
@@ -408,7 +525,7 @@ def calibrate(
             methods=tuple(m.strip() for m in methods.split(",")),
             rounds=rounds,
             graphs=tuple(g.strip() for g in graphs.split(",")) if graphs else None,
-            progress=lambda m: status.update(m),
+            progress=say,
         )
     table = Table(title=f"{precision} vs fp32 on {report.held_back} held-back samples ({report.data})")
     for column in ("graph", "PSNR dB (mean / min)", "codes cosine (mean / min)", "max abs err", "non-finite"):
@@ -418,23 +535,29 @@ def calibrate(
         cos = f"{g.cosine_mean:.4f} / {g.cosine_min:.4f}" if g.cosine_mean is not None else ""
         table.add_row(g.name, psnr, cos, f"{g.max_abs_err:.3g}", str(g.nonfinite))
     console.print(table)
+    for line in report.decision_lines():
+        console.print(f"  {escape(line)}", highlight=False)
     for t in report.targets():
-        verdict = "[green]pass[/]" if t["passed"] else f"[red]MISSED by {t['missed_by']:.3g}[/]"
-        console.print(f"  target {t['metric']} ≥/≤ {t['target']}: {t['value']:.4g} {verdict}")
-    console.print(f"report: {bundle / 'reports' / (precision + '.json')}")
+        console.print(f"  [{'green' if t['passed'] else 'red'}]{escape(t['verdict'])}[/]", highlight=False)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    console.print(f"report: {escape(str(report_path(bundle, precision, backend)))}", highlight=False)
 
 
 @app.command()
 def build(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
     backend: Annotated[
-        str,
+        BuildBackend,
         typer.Option(
             help="tensorrt (a plan per graph; needs an NVIDIA GPU), onnxruntime (saved optimized models: fast "
-            "start) or openvino (compiled blobs cached in the bundle)."
+            "start) or openvino (compiled models exported into the bundle); auto: tensorrt where it is "
+            "installed, else what `run --backend auto` picks for the precision."
         ),
-    ] = "tensorrt",
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (calibrate first); openvino also bf16.")] = "fp32",
+    ] = BuildBackend.auto,
+    precision: Annotated[
+        Precision, typer.Option(help="fp16 and int8 need `psp-deploy calibrate` first; bf16 is openvino's.")
+    ] = Precision.fp32,
     force_bf16: Annotated[bool, typer.Option(help="openvino: compile bf16 on a CPU without native BF16.")] = False,
     min_batch: Annotated[int, typer.Option(help="TensorRT profile, dynamic-batch graphs: smallest batch.")] = 1,
     opt_batch: Annotated[int, typer.Option(help="TensorRT profile: the batch to tune for.")] = 1,
@@ -452,13 +575,16 @@ def build(
     TensorRT version.
     """
     from .engines import build_engines
+    from .engines.build import default_backend
     from .engines.tensorrt import BatchProfile
 
     with handled(), console.status("building") as status:
+        chosen = default_backend(precision.value) if backend == BuildBackend.auto else backend.value
+        console.print(f"backend: {chosen}", highlight=False)
         engines = build_engines(
             bundle,
-            backend,
-            precision,
+            chosen,
+            precision.value,
             batch=BatchProfile(min_batch, opt_batch, max_batch),
             optimization_level=optimization_level,
             version_compatible=version_compatible,
@@ -466,17 +592,25 @@ def build(
             progress=lambda m: status.update(m),
         )
     for e in engines:
-        console.print(f"  {e.graph:<9} {e.precision}: {e.file}")
+        console.print(f"  {e.graph:<9} {e.precision}: {escape(e.file)}", highlight=False)
 
 
 @app.command()
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-    backend: RuntimeBackend = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, fp16, int8, or bf16 (openvino).")] = "fp32",
-    device: Annotated[str, typer.Option(help="onnxruntime device: cpu or cuda.")] = "cpu",
+    backend: RuntimeBackend = RunBackend.auto,
+    precision: RuntimePrecision = Precision.fp32,
+    device: Annotated[Device, typer.Option(help="onnxruntime device.")] = Device.cpu,
     threads: Annotated[int | None, typer.Option(help="CPU threads per graph.")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "0.0.0.0",
+    force_bf16: Annotated[bool, typer.Option(help="openvino: allow bf16 on a CPU without native BF16.")] = False,
+    engines: Annotated[
+        bool, typer.Option(help="onnxruntime: use optimized models saved by `psp-deploy build`.")
+    ] = True,
+    cache_dir: CacheDir = None,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to listen on: this machine only by default; 0.0.0.0 for every interface."),
+    ] = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="HTTP port (KServe v2 protocol).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
@@ -507,20 +641,21 @@ def serve(
     options = ServeOptions(
         host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances, access_token
     )
-    backend = chosen_backend(backend, device)
-    pipeline_options = {
-        "backend": backend,
-        "precision": precision,
-        "face": face.value,
-        **backend_options(backend, device=device, threads=threads),
-    }
     with handled():
+        chosen = chosen_backend(backend.value, device.value, precision.value)
+        flags = dict(device=device.value, threads=threads, engines=engines, force_bf16=force_bf16, cache_dir=cache_dir)
+        pipeline_options = {
+            "backend": chosen,
+            "precision": precision.value,
+            "face": face.value,
+            **backend_options(chosen, **flags),
+        }
         run_server(
             bundle,
             pipeline_options,
             options,
             on_ready=lambda: console.print(
-                f"[green]serving[/] {bundle} on http://{host}:{http_port} and grpc://{host}:{grpc_port} "
+                f"[green]serving[/] {escape(str(bundle))} on http://{host}:{http_port} and grpc://{host}:{grpc_port} "
                 f"(metrics :{metrics_port}); models psp, psp_encode, psp_synthesize",
                 highlight=False,
             ),
@@ -544,7 +679,7 @@ def infer(
     mix_alpha: Annotated[float | None, typer.Option(help="Blend factor of the injected styles.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the injected style.")] = 0,
     save_latents: Annotated[bool, typer.Option(help="Also write each input's W+ codes as NAME.npy.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Redo inputs whose outputs already exist.")] = False,
+    overwrite: Overwrite = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one request.")] = 300.0,
 ) -> None:
     """Send photos to a `psp-deploy serve` server; outputs, resume, failures.json and exit codes as `run`."""
@@ -571,9 +706,7 @@ def infer(
             return err
 
     def outputs(item):
-        return [output / item.stem.with_suffix(".png")] + (
-            [output / item.stem.with_suffix(".npy")] if save_latents else []
-        )
+        return [item.output(output, ".png")] + ([item.output(output, ".npy")] if save_latents else [])
 
     def write(item, result):
         write_image_atomic(outputs(item)[0], result["image"])
@@ -595,6 +728,15 @@ def infer(
                 write=write,
                 batch_size=concurrency,
                 overwrite=overwrite,
+                settings={
+                    "command": "infer",
+                    "align": align,
+                    "resize": resize,
+                    "latent_mask": latent_mask,
+                    "mix_alpha": mix_alpha,
+                    "seed": seed,
+                    "save_latents": save_latents,
+                },
             )
     report(summary, output)
     raise typer.Exit(summary.exit_code)
@@ -604,8 +746,12 @@ def infer(
 def bench(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
     backend: Annotated[
-        str, typer.Option(help="Comma-separated backends: onnxruntime, openvino, tensorrt.")
-    ] = "onnxruntime",
+        str,
+        typer.Option(
+            help="Comma-separated backends: auto (as `run`: openvino on CPU when installed and it runs the "
+            "precision, else onnxruntime), onnxruntime, openvino, tensorrt."
+        ),
+    ] = "auto",
     precision: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, int8, bf16.")] = "fp32",
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4",
     warmup: Annotated[int, typer.Option(help="Untimed calls before each measurement.")] = 1,
@@ -619,7 +765,14 @@ def bench(
     profile: Annotated[
         bool, typer.Option(help="Also record seconds per operator type of each graph (the backend's profiler).")
     ] = False,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON.")] = Path("bench-results.json"),
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Results JSON (default: bench-results.json in the --report folder, else in the current one).",
+        ),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Also write a markdown report and PNG plots here.")] = None,
 ) -> None:
     """Latency (min, p50, p90, p99, mean) and throughput per stage and end to end, per batch size.
@@ -635,7 +788,16 @@ def bench(
     from .runtime.io import atomic_file
 
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
-    with handled(), console.status("benchmarking") as status:
+    output = output or (report or Path()) / "bench-results.json"  # the results beside their report
+    live = console.status("benchmarking") if console.is_terminal else contextlib.nullcontext()
+    with handled(), live as status:
+
+        def say(message: str) -> None:  # a spinner shows nothing in logs and pipes: a line per step there
+            if status is None:
+                console.print(f"benchmarking: {message}", markup=False, highlight=False)
+            else:
+                status.update(escape(message))
+
         try:
             batches = [int(b) for b in split(batch)]
         except ValueError:
@@ -643,19 +805,21 @@ def bench(
         settings = BenchSettings(
             split(backend), split(precision), batches, split(stages), warmup, runs, threads, profile
         )
-        results = run_benchmark(bundle, settings, baseline=baseline, limits=limits, progress=lambda m: status.update(m))
+        results = run_benchmark(bundle, settings, baseline=baseline, limits=limits, progress=say)
         with atomic_file(output) as f:
             f.write((json.dumps(results, indent=2) + "\n").encode())
         if report:
             path = write_report(results, report, output.stem, "psp-deploy " + " ".join(sys.argv[1:]))
-            console.print(f"report: {path}")
+            console.print(f"report: {escape(str(path))}", highlight=False)
     for row in results["results"]:
         console.print(
             f"  {row['backend']:<14} {row['precision']:<5} b{row['batch']} {row['stage']:<10} "
             f"p50 {row['latency_s']['p50']:.3f}s  {row['images_per_s']:.2f} img/s",
             highlight=False,
         )
-    console.print(f"results: {output}")
+    for warning in results["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    console.print(f"results: {escape(str(output))}", highlight=False)
 
 
 @app.command()

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .bundle import Bundle, sha256_file
-from .errors import BundleError, PspDeployError
+from .errors import MissingDependencyError, PspDeployError
 from .runtime import Pipeline
 from .runtime.io import write_image_atomic, write_npy_atomic
 
@@ -47,7 +47,7 @@ def run_demo(workdir: Path, output_size: int, console: Console) -> None:
     try:
         from skimage import data
     except ImportError as err:
-        raise BundleError("the demo photo comes from scikit-image: pip install 'psp-deploy[dev]'") from err
+        raise MissingDependencyError("the demo photo comes from scikit-image: pip install 'psp-deploy[dev]'") from err
     checkpoint = _checkpoint(workdir, output_size, console)
     bundle = _bundle(checkpoint, console)
     photo = data.astronaut()

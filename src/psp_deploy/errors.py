@@ -29,6 +29,10 @@ class NoFaceError(InputError):
     """No face was found in a photo."""
 
 
+class MissingDependencyError(PspDeployError):
+    """An optional library a feature needs is not installed (the message names the extra)."""
+
+
 class BackendUnavailableError(PspDeployError):
     """A backend (TensorRT, OpenVINO, CUDA) cannot be used on this machine."""
 

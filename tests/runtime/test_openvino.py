@@ -8,10 +8,12 @@ from psp_deploy.benchmark.op_profile import profile_graph
 from psp_deploy.bundle import Bundle
 from psp_deploy.calibration import calibrate_bundle
 from psp_deploy.calibration.report import psnr_db
+from psp_deploy.engines import build_engines
 from psp_deploy.errors import BackendUnavailableError
 from psp_deploy.machine import cpu_info, has_native_bf16
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.backends import resolve_backend
+from psp_deploy.runtime.cache import cache_root
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'psp-deploy[openvino]')")
 pytestmark = pytest.mark.xdist_group("rgb2")  # see tests/serving
@@ -39,7 +41,29 @@ def test_fp32_is_pinned_never_left_to_the_plugin(pipelines, bundles):
     for backend in (ov.encoder, ov.mapping_net, ov.synthesis_net):
         assert str(backend.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
     assert ov.precisions == {"encoder": "fp32", "mapping": "fp32", "synthesis": "fp32"}
-    assert any((bundles("rgb-scaled")[0].root / "engines" / "openvino" / "cache").iterdir())  # compiled blobs
+
+
+def test_running_never_writes_into_the_bundle(bundles):
+    """Compiled-model caches go to the cache folder, keyed by each graph's sha256."""
+    root = bundles("rgb-scaled")[0].root
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    with Pipeline.from_bundle(root, backend="openvino") as ov:
+        ov.run(data.astronaut())
+        shas = {net.record.sha256 for net in ov.nets.values()}
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+    cached = {p.name for p in (cache_root() / "openvino").iterdir() if any(p.iterdir())}
+    assert shas <= cached
+
+
+def test_built_blobs_are_imported_and_match(bundle_copy, pipelines):
+    ov, _ = pipelines
+    build_engines(bundle_copy, "openvino")
+    with Pipeline.from_bundle(bundle_copy, backend="openvino") as built:
+        assert {net.source.suffix for net in built.nets.values()} == {".blob"}
+        x = ov.prepare(data.astronaut())[0][None]
+        np.testing.assert_array_equal(built.encode(x), ov.encode(x))
+    with Pipeline.from_bundle(bundle_copy, backend="openvino", threads=1) as other:  # other settings: compiled
+        assert {net.source.suffix for net in other.nets.values()} == {".onnx"}
 
 
 def test_fp32_profile_shows_only_f32_kernels(pipelines, bundles):
@@ -90,3 +114,18 @@ def test_auto_backend_is_openvino_on_cpu_only_and_explicit_names_stand():
     assert resolve_backend("auto", "cpu") == "openvino"  # installed here (the openvino extra)
     assert resolve_backend("auto", "cuda") == "onnxruntime"
     assert resolve_backend("tensorrt", "cpu") == "tensorrt"
+
+
+def test_auto_backend_picks_one_that_runs_the_precision():
+    assert resolve_backend("auto", "cpu", "fp16") == "onnxruntime"
+    assert resolve_backend("auto", "cpu", "bf16") == resolve_backend("auto", "cpu", "int8") == "openvino"
+
+
+def test_openvino_refuses_fp16_listing_what_each_backend_runs(bundles):
+    each = "onnxruntime: fp32, fp16, int8; openvino: fp32, bf16, int8; tensorrt: fp32, fp16, int8"
+    with pytest.raises(
+        BackendUnavailableError, match=f"openvino does not run fp16 \\(precisions per backend — {each}\\)"
+    ):
+        Pipeline.from_bundle(bundles("rgb-scaled")[0].root, backend="openvino", precision="fp16")
+    with pytest.raises(BackendUnavailableError, match="onnxruntime does not run fp64"):
+        Pipeline.from_bundle(bundles("rgb-scaled")[0].root, precision="fp64")

@@ -125,10 +125,32 @@ def test_latent_mask_parsing(text, expected):
     assert parse_latent_mask(text, 10) == expected
 
 
-@pytest.mark.parametrize("text", ["8-17", "a-b", "", "-1"])
-def test_latent_mask_errors(text):
-    with pytest.raises(InputError, match="latent mask"):
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("8-17", r"style indices in 0\.\.9, got \[8, 9, .*17\]"),
+        ("a-b", r"'a-b' is not an index or a range"),
+        ("", "is empty"),
+        (" ", "is empty"),
+        ("-1", r"'-1' is not an index or a range"),
+        ("8-", r"'8-' is not an index or a range"),  # was read as [8]
+        ("9-8", r"the range '9-8' runs backwards; write 8-9"),
+        ("8,,9", "has an empty part"),  # was accepted
+        ("8,", "has an empty part"),
+    ],
+)
+def test_latent_mask_errors_say_what_is_wrong(text, message):
+    with pytest.raises(InputError, match=message):
         parse_latent_mask(text, 10)
+
+
+def test_a_graph_that_fails_to_open_releases_the_ones_opened_before(bundle_copy, monkeypatch):
+    closed = []
+    monkeypatch.setattr(OnnxRuntimeBackend, "close", lambda self: closed.append(self.graph))
+    _edit_manifest(bundle_copy, lambda d: d["models"]["synthesis"]["fp32"].update(sha256="0" * 64))
+    with pytest.raises(BundleError, match="synthesis.onnx: contents do not match"):
+        Pipeline.from_bundle(bundle_copy)
+    assert closed == ["encoder", "mapping"]
 
 
 def test_fixed_batch_pads_and_trims(grouped_synthesis, rgb_pipeline, astronaut):

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 from ..bundle import GRAPHS, Bundle, EngineRecord, sha256_file
 from ..errors import EngineError
-from .openvino import compile_cached
+from ..runtime.backends import check_precision, resolve_backend
+from ..runtime.backends.base import graph_precision as runtime_precision
 from .tensorrt import BatchProfile
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino")
 ENGINE_DIR = "engines"
+
+
+def default_backend(precision: str) -> str:
+    """TensorRT where it is installed (a GPU machine), else the CPU backend `run --backend auto` picks."""
+    if importlib.util.find_spec("tensorrt") is not None:
+        return "tensorrt"
+    return resolve_backend("auto", "cpu", precision)
 
 
 def _record(bundle: Bundle, backend: str, graph: str, precision: str, path: Path, details: dict) -> EngineRecord:
@@ -33,32 +42,32 @@ def build_engines(
     force_bf16: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[EngineRecord]:
-    """Build one engine per graph from the bundle's graphs at ``precision`` (the mapping graph
-    from FP32 where it was not calibrated) and record each in the manifest."""
+    """Build one engine per graph from the bundle's graphs at ``precision`` (from FP32 where
+    calibration left a graph out, as the runtimes run it) and record each in the manifest."""
     say = progress or (lambda _m: None)
     if backend not in BACKENDS:
         raise EngineError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_precision(backend, precision)
     bundle = Bundle.open(bundle_dir)
+    bf16 = backend == "openvino" and precision == "bf16"  # an inference precision over the FP32 graphs
+    if not bf16 and all(runtime_precision(bundle, graph, precision) != precision for graph in GRAPHS):
+        bundle.record("encoder", precision)  # raises: says how to make that precision
     engines = []
     for graph in GRAPHS:
-        if backend == "openvino":
-            say(f"openvino {graph} ({precision})")
-            file, details = compile_cached(bundle, graph, precision, force_bf16)
-            engines.append(_record(bundle, backend, graph, precision, bundle.root / file, details))
-            continue
-        graph_precision = precision if precision in bundle.manifest.models.get(graph, {}) else "fp32"
-        if graph_precision != precision and graph != "mapping":
-            bundle.record(graph, precision)  # raises: says how to make that precision
-        source = bundle.model_path(graph, graph_precision)
-        target = (
-            bundle.root / ENGINE_DIR / backend / f"{graph}.{precision}.{'plan' if backend == 'tensorrt' else 'onnx'}"
-        )
+        # The one rule the runtimes use too: a graph calibration left out runs (and is built) in FP32.
+        graph_precision = precision if bf16 else runtime_precision(bundle, graph, precision)
+        suffix = {"tensorrt": "plan", "onnxruntime": "onnx", "openvino": "blob"}[backend]
+        target = bundle.root / ENGINE_DIR / backend / f"{graph}.{graph_precision}.{suffix}"
         say(f"{backend} {graph} ({graph_precision})")
-        if backend == "tensorrt":
+        if backend == "openvino":
+            from .openvino import export_compiled
+
+            details = export_compiled(bundle, graph, graph_precision, target, force_bf16)
+        elif backend == "tensorrt":
             from .tensorrt import build_plan
 
             details = build_plan(
-                source,
+                bundle.model_path(graph, graph_precision),
                 target,
                 bundle.record(graph, graph_precision),
                 batch=batch or BatchProfile(),
@@ -69,7 +78,7 @@ def build_engines(
         else:
             from .onnxruntime import build_optimized
 
-            details = build_optimized(source, target)
-        engines.append(_record(bundle, backend, graph, precision, target, details))
+            details = build_optimized(bundle.model_path(graph, graph_precision), target)
+        engines.append(_record(bundle, backend, graph, graph_precision, target, details))
     bundle.save_manifest()
     return engines

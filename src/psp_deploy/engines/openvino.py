@@ -1,26 +1,26 @@
-"""OpenVINO "engines": graphs compiled once into the bundle's cache, so a later start is fast.
+"""OpenVINO "engines": each graph compiled once and exported into the bundle, so a later start
+imports the blob instead of compiling.
 
-OpenVINO keys its cache blobs by model, device and configuration and recompiles on any
-mismatch, so the record is informative (what CPU, which precision) rather than a lock.
+A blob is specific to OpenVINO's version, the CPU's instruction set and the compile settings;
+all three are recorded, and the runtime compiles from the ONNX graph when they differ.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..bundle import Bundle
 from ..machine import cpu_info
-from ..runtime.backends.openvino import CACHE_DIR, OpenVINOBackend, import_openvino
+from ..runtime.backends.openvino import OpenVINOBackend, machine_key
+from ..runtime.io import atomic_file
 
 
-def compile_cached(bundle: Bundle, graph: str, precision: str, force_bf16: bool = False) -> tuple[str, dict[str, Any]]:
-    """Compile one graph into the cache; return the source graph file and the record's details."""
+def export_compiled(
+    bundle: Bundle, graph: str, precision: str, target: Path, force_bf16: bool = False
+) -> dict[str, Any]:
+    """Compile one graph (no cache: the blob is the product) and export it to ``target``."""
     backend = OpenVINOBackend.from_bundle(bundle, graph, precision, force_bf16=force_bf16)
-    details = {
-        "openvino": import_openvino().__version__,
-        "cpu": cpu_info()["model"],
-        "cpu_flags": cpu_info()["flags"],
-        "inference_precision": backend.config["INFERENCE_PRECISION_HINT"],
-        "cache_dir": str(CACHE_DIR),
-    }
-    return backend.path.name, details
+    with atomic_file(target) as f:
+        f.write(backend.compiled.export_model().getvalue())
+    return {**machine_key(backend.config), "cpu": cpu_info()["model"], "source": backend.path.name}

@@ -1,10 +1,12 @@
 """Batch work over many files that loses nothing.
 
 Inputs are files, folders (searched recursively) or glob patterns. Each input maps to
-output files under one directory; outputs are written atomically, so a killed run
-leaves complete files only, and a rerun skips inputs whose outputs all exist. Every
-failure is kept (failures.json) while the rest goes on. A first Ctrl-C stops after the
-batch in flight.
+output files under one directory by one naming rule (``Item.output``); two inputs that
+would write the same file are refused before any work starts. Outputs are written
+atomically, so a killed run leaves complete files only, and a rerun skips inputs whose
+outputs all exist, provided it asks for the same settings (recorded in psp-deploy.json).
+Every failure is kept (failures.json) while the rest goes on. A first Ctrl-C or SIGTERM
+stops after the batch in flight.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ..errors import InputError, PspDeployError
-from .io import IMAGE_SUFFIXES, atomic_file
+from .io import IMAGE_SUFFIXES, write_json
 
 FAILURES_FILE = "failures.json"
+SETTINGS_FILE = "psp-deploy.json"  # the settings that made an output folder's files
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # containers and schedulers stop jobs with SIGTERM
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -29,7 +33,11 @@ R = TypeVar("R")
 @dataclass(frozen=True)
 class Item:
     source: Path
-    stem: Path  # output path under the output directory, without suffix
+    stem: Path  # the input's folder relative to its root, and its whole name minus the extension
+
+    def output(self, out_dir: Path, suffix: str, tag: str = "") -> Path:
+        """The one naming rule for every artifact: OUT/REL/NAME{tag}{suffix} (``pic.1.jpg`` → ``pic.1.png``)."""
+        return out_dir / self.stem.parent / f"{self.stem.name}{tag}{suffix}"
 
 
 @dataclass
@@ -37,12 +45,16 @@ class Summary:
     done: list[Item] = field(default_factory=list)
     skipped: list[Item] = field(default_factory=list)
     failed: list[tuple[Item, tuple[str, str]]] = field(default_factory=list)  # (error type, message)
-    interrupted: bool = False
+    stopped_by: int | None = None  # the signal that stopped the run early, if any
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stopped_by is not None
 
     @property
     def exit_code(self) -> int:
-        if self.interrupted:
-            return 130
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
         return 1 if self.failed else 0
 
 
@@ -70,37 +82,71 @@ def collect_inputs(specs: Sequence[str | Path]) -> list[Item]:
             items += [Item(m, Path(m.stem)) for m in matches if m.is_file()]
     if not items:
         raise InputError("no input images found (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
-    seen: dict[Path, Path] = {}
+    return list({item.source.resolve(): item for item in items}.values())
+
+
+def check_outputs(items: Sequence[Item], outputs: Callable[[Item], list[Path]]) -> None:
+    """Refuse, before any work, two inputs writing one file, or an output that is an input."""
+    writer: dict[Path, Item] = {}
+    clashes: list[str] = []
+    sources = {item.source.resolve() for item in items}
     for item in items:
-        if item.stem in seen and seen[item.stem] != item.source:
-            raise InputError(
-                f"{seen[item.stem]} and {item.source} would write the same output {item.stem}.*; "
-                "rename one or pass their folder instead"
-            )
-        seen[item.stem] = item.source
-    return list({item.source: item for item in items}.values())
+        for path in outputs(item):
+            key = path.resolve()
+            if key in sources:
+                clashes.append(f"{item.source} would overwrite the input {path}")
+            elif key in writer:
+                clashes.append(f"{writer[key].source} and {item.source} would both write {path}")
+            writer[key] = item
+    if clashes:
+        shown = "; ".join(clashes[:5]) + (f"; and {len(clashes) - 5} more" if len(clashes) > 5 else "")
+        raise InputError(f"outputs would collide: {shown}. Rename the inputs or choose another --output")
+
+
+def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """An output folder keeps the settings that made it: a rerun asking for others would skip
+    outputs that are not what it asks for, so it is refused unless told to overwrite."""
+    path = out_dir / SETTINGS_FILE
+    try:
+        recorded = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        recorded = None  # unreadable: written anew below
+    if recorded == settings:
+        return
+    if recorded is not None and not overwrite:
+        keys = sorted(set(recorded) | set(settings))
+        diffs = [f"{k} {recorded.get(k)!r} → {settings.get(k)!r}" for k in keys if recorded.get(k) != settings.get(k)]
+        raise InputError(
+            f"{out_dir} holds outputs made with other settings ({'; '.join(diffs)}); pass --overwrite to "
+            "redo them with these settings, or choose another --output"
+        )
+    write_json(path, settings)
 
 
 class StopFlag:
-    """Ctrl-C sets the flag (the work finishes its batch); a second Ctrl-C interrupts at once."""
+    """Ctrl-C or SIGTERM sets the flag (the work finishes its batch); a second one interrupts at once."""
 
     def __init__(self) -> None:
-        self.stopped = False
+        self.signal: int | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self) -> StopFlag:
-        self._previous = None
+        self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
-    def _handle(self, *_args: Any) -> None:
+    def _handle(self, signum: int, _frame: Any) -> None:
         if self.stopped:
             raise KeyboardInterrupt
-        self.stopped = True
+        self.signal = signum
 
     def __exit__(self, *_exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 @dataclass
@@ -110,7 +156,8 @@ class BatchRunner(Generic[T, R]):
     ``compute`` raises to fail its whole batch, or returns an error in an item's place.
 
     ``outputs(item)`` names the files an item produces; an item whose files all exist is
-    skipped unless ``overwrite``.
+    skipped unless ``overwrite``. ``settings`` (what decides the outputs' content) is recorded
+    in the output folder and must match on a rerun.
     """
 
     out_dir: Path
@@ -120,6 +167,7 @@ class BatchRunner(Generic[T, R]):
     write: Callable[[Item, R], None]
     batch_size: int = 1
     overwrite: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
     on_advance: Callable[[int], None] = lambda n: None
 
     def pending(self, items: Sequence[Item], summary: Summary) -> list[Item]:
@@ -140,7 +188,11 @@ class BatchRunner(Generic[T, R]):
                 self.on_advance(1)
 
     def run(self, items: Sequence[Item]) -> Summary:
+        check_outputs(items, self.outputs)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InputError(f"{self.out_dir}: exists and is not a directory; --output names a folder")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_settings(self.out_dir, self.settings, self.overwrite)
         for stale in self.out_dir.rglob(".*.partial"):  # temp files of a run that was killed
             stale.unlink(missing_ok=True)
         summary = Summary()
@@ -153,9 +205,8 @@ class BatchRunner(Generic[T, R]):
                 if not batch:
                     break
                 self._run_batch(batch, summary)
-            summary.interrupted = stop.stopped and len(summary.done) + len(summary.failed) + len(summary.skipped) < len(
-                items
-            )
+            if len(summary.done) + len(summary.failed) + len(summary.skipped) < len(items):
+                summary.stopped_by = stop.signal
         write_failures(self.out_dir, summary.failed)
         return summary
 
@@ -189,6 +240,6 @@ def write_failures(out_dir: Path, failed: list[tuple[Item, tuple[str, str]]]) ->
     if not failed:
         path.unlink(missing_ok=True)
         return
-    records = [{"input": str(item.source), "error": error, "message": message} for item, (error, message) in failed]
-    with atomic_file(path) as f:
-        f.write((json.dumps(records, indent=2) + "\n").encode())
+    write_json(
+        path, [{"input": str(item.source), "error": error, "message": message} for item, (error, message) in failed]
+    )

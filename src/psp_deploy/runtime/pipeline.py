@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,10 +16,11 @@ from ..bundle import GRAPHS, Bundle
 from ..config import STYLE_DIM
 from ..errors import InputError
 from .align import AlignedFace, FaceAligner
-from .backends import Backend, backend_class
+from .backends import Backend, backend_class, check_precision
 from .preprocess import preprocess, to_uint8
 
 DEFAULT_MAX_BATCH = 8
+MASK_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")  # an index, or a range LO-HI
 
 
 @dataclass
@@ -30,14 +32,26 @@ class Result:
 
 
 def parse_latent_mask(text: str, n_styles: int) -> list[int]:
-    """'8-17' or '0,1,8-17' → sorted indices, each checked against n_styles."""
+    """'8-17' or '0,1,8-17' → sorted indices, each checked against n_styles.
+
+    Strict: every comma-separated part is an index or a range LO-HI with LO ≤ HI, so a typo
+    ('8-', '17-8', '8,,9') is an error naming the part rather than a different mask."""
+    parts = [p.strip() for p in text.split(",")]
+    if parts == [""]:
+        raise InputError(f"latent mask {text!r} is empty: name style indices such as '8-17' or '0,2,8-17'")
     indices: set[int] = set()
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            lo, _, hi = part.partition("-")
-            indices.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise InputError(f"latent mask {text!r}: use indices and ranges such as '8-17' or '0,2,8-17'") from None
+    for part in parts:
+        match = MASK_PART.fullmatch(part)
+        if not part:
+            raise InputError(f"latent mask {text!r} has an empty part (two commas, or a comma at an end)")
+        if match is None:
+            raise InputError(
+                f"latent mask {text!r}: {part!r} is not an index or a range LO-HI (e.g. '8-17' or '0,2,8-17')"
+            )
+        lo, hi = int(match[1]), int(match[2] or match[1])
+        if hi < lo:
+            raise InputError(f"latent mask {text!r}: the range {part!r} runs backwards; write {hi}-{lo}")
+        indices.update(range(lo, hi + 1))
     return check_latent_mask(sorted(indices), n_styles)
 
 
@@ -95,17 +109,29 @@ class Pipeline:
         Graphs calibrated at ``precision`` run at it; graphs the calibration left out (its
         --graphs) run in FP32, as ``precisions`` shows. A precision no graph has is an error."""
         bundle = Bundle.open(path)
+        check_precision(backend, precision)
         cls_ = backend_class(backend)
-        backends = {graph: cls_.from_bundle(bundle, graph, precision, **options) for graph in GRAPHS}
-        if precision not in {b.precision for b in backends.values()}:
-            bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
+        backends: dict[str, Backend] = {}
+        try:
+            for graph in GRAPHS:
+                backends[graph] = cls_.from_bundle(bundle, graph, precision, **options)
+            if precision not in {b.precision for b in backends.values()}:
+                bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
+        except BaseException:
+            for opened in backends.values():  # a later graph failed: release what the earlier ones hold
+                opened.close()
+            raise
         return cls(bundle, backends, max_batch=max_batch, face=face)
+
+    @property
+    def nets(self) -> dict[str, Backend]:
+        """The backend running each graph."""
+        return dict(zip(GRAPHS, (self.encoder, self.mapping_net, self.synthesis_net), strict=True))
 
     @property
     def precisions(self) -> dict[str, str]:
         """The precision each graph runs at."""
-        nets = (self.encoder, self.mapping_net, self.synthesis_net)
-        return {graph: net.precision for graph, net in zip(GRAPHS, nets, strict=True)}
+        return {graph: net.precision for graph, net in self.nets.items()}
 
     @property
     def aligner(self) -> FaceAligner:
@@ -207,7 +233,7 @@ class Pipeline:
         return Result(to_uint8(pooled if resize else image), codes, [face for _, face in prepared], timings)
 
     def close(self) -> None:
-        for backend in (self.encoder, self.mapping_net, self.synthesis_net):
+        for backend in self.nets.values():
             backend.close()
 
     def __enter__(self) -> Pipeline:

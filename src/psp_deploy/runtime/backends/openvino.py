@@ -3,7 +3,12 @@
 Precision is always explicit. OpenVINO's CPU plugin picks bf16 by itself on AMX machines;
 here "fp32" pins f32, "bf16" asks for bf16 and refuses a CPU without native BF16
 (avx512_bf16 / amx_bf16) unless forced, and "int8" runs the Q/DQ graphs made by
-`psp-deploy calibrate --precision int8`.
+`psp-deploy calibrate --precision int8`. FP16 is refused: the CPU plugin has no FP16
+arithmetic on x86.
+
+A model compiled by `psp-deploy build --backend openvino` (an exported blob in the bundle)
+is imported when it was made for this OpenVINO, CPU and precision; otherwise the graph is
+compiled, with OpenVINO's cache in the user's cache folder, never in the bundle.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ...bundle import Bundle, ModelRecord
+from ...bundle import Bundle, GraphDeclaration, ModelRecord
 from ...errors import BackendUnavailableError, BundleError
 from ...machine import cpu_info, has_native_bf16
+from ...onnx_metadata import read_metadata
+from ..cache import graph_cache
+from . import check_precision
 from .base import Backend
 
-PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 HINTS = ("latency", "throughput")
-CACHE_DIR = Path("engines") / "openvino" / "cache"
 
 
 def import_openvino() -> Any:
@@ -38,6 +44,21 @@ def check_bf16(force: bool) -> None:
             f"this CPU ({cpu_info()['model']}) has no native BF16 (avx512_bf16 or amx_bf16): OpenVINO would emulate "
             "it, slower than fp32. Use --precision fp32 or int8, or force bf16 with --force-bf16"
         )
+
+
+def machine_key(config: dict[str, Any]) -> dict[str, Any]:
+    """What a compiled blob depends on: OpenVINO's version, the CPU's ISA and the compile settings."""
+    return {"openvino": import_openvino().__version__, "cpu_flags": cpu_info()["flags"], "config": config}
+
+
+def compiled_blob(bundle: Bundle, graph: str, precision: str, config: dict[str, Any]) -> Path | None:
+    """The blob `psp-deploy build` exported for this graph, if it was made for this machine and config."""
+    for engine in bundle.manifest.engines:
+        if (engine.backend, engine.graph, engine.precision) != ("openvino", graph, precision):
+            continue
+        if {k: engine.details.get(k) for k in ("openvino", "cpu_flags", "config")} == machine_key(config):
+            return bundle.verified_path(engine.file, engine.sha256)
+    return None
 
 
 def compile_config(precision: str, hint: str = "latency", threads: int | None = None) -> dict[str, Any]:
@@ -58,18 +79,20 @@ class OpenVINOBackend(Backend):
     thread_safe = True
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, graph: str, precision: str, **options: Any) -> OpenVINOBackend:
-        if precision not in PRECISIONS:
-            raise BackendUnavailableError(
-                f"openvino precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-            )
-        # bf16 is an inference precision applied to the FP32 graph; int8 and fp16 are graphs of their own
+    def from_bundle(
+        cls, bundle: Bundle, graph: str, precision: str, *, cache_dir: Path | None = None, **options: Any
+    ) -> OpenVINOBackend:
+        check_precision(cls.name, precision)
+        # bf16 is an inference precision applied to the FP32 graph; int8 is a graph of its own
         graph_precision = "fp32" if precision == "bf16" else precision
         if graph_precision not in bundle.manifest.models.get(graph, {}):
             graph_precision, precision = "fp32", "fp32"
         path = bundle.model_path(graph, graph_precision)
-        cache = bundle.root / CACHE_DIR
-        return cls(path, bundle.record(graph, graph_precision), graph, precision=precision, cache_dir=cache, **options)
+        record = bundle.record(graph, graph_precision)
+        backend = cls(path, record, graph, precision=precision, **options)
+        blob = compiled_blob(bundle, graph, precision, backend.config)
+        backend.compile(blob or path, None if blob else graph_cache(cls.name, record.sha256, cache_dir))
+        return backend.checked(bundle)
 
     def __init__(
         self,
@@ -80,30 +103,41 @@ class OpenVINOBackend(Backend):
         precision: str = "fp32",
         hint: str = "latency",
         threads: int | None = None,
-        cache_dir: Path | None = None,
         force_bf16: bool = False,
     ) -> None:
+        """Checks the options; ``compile`` (or ``from_bundle``) makes the model runnable."""
         super().__init__(path, record, graph)
-        ov = import_openvino()
         if hint not in HINTS:
             raise BackendUnavailableError(f"performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
         if precision == "bf16":
             check_bf16(force_bf16)
         self.precision = precision
         self.config = compile_config(precision, hint, threads)
-        core = ov.Core()
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            self.config["CACHE_DIR"] = str(cache_dir)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def compile(self, source: Path, cache_dir: Path | None = None) -> None:
+        """Compile the ONNX graph (cached in ``cache_dir``), or import a blob that `build` exported."""
+        core = import_openvino().Core()
+        config = {**self.config, **({"CACHE_DIR": str(cache_dir)} if cache_dir else {})}
+        self.source = source
         try:
-            self.compiled = core.compile_model(str(path), "CPU", self.config)
+            if source.suffix == ".onnx":
+                self.compiled = core.compile_model(str(source), "CPU", config)
+            else:
+                self.compiled = core.import_model(source.read_bytes(), "CPU", config)
         except RuntimeError as err:
-            raise BundleError(f"{path}: OpenVINO cannot compile it: {str(err).splitlines()[0]}") from err
+            raise BundleError(f"{source}: OpenVINO cannot load it: {str(err).splitlines()[0]}") from err
         names = lambda ports: [p.get_any_name() for p in ports]  # noqa: E731
         self._check_io({"inputs": names(self.compiled.inputs), "outputs": names(self.compiled.outputs)}, "inputs")
         self._check_io({"inputs": names(self.compiled.inputs), "outputs": names(self.compiled.outputs)}, "outputs")
-        self._idle: list[Any] = []
-        self._lock = threading.Lock()
+
+    def declaration(self) -> GraphDeclaration:
+        """Ports as compiled; metadata from the ONNX file (a compiled model does not keep it)."""
+        dims = lambda port: [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        ports = lambda ports: [(p.get_any_name(), dims(p)) for p in ports]
+        inputs, outputs = ports(self.compiled.inputs), ports(self.compiled.outputs)
+        return GraphDeclaration(self.path.name, inputs, outputs, read_metadata(self.path))
 
     def _request(self) -> Any:
         with self._lock:

@@ -1,0 +1,106 @@
+"""The batch runner: one naming rule, collisions refused before work, settings kept, file modes."""
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from psp_deploy.errors import InputError
+from psp_deploy.runtime.batch import SETTINGS_FILE, BatchRunner, collect_inputs
+from psp_deploy.runtime.io import new_file_mode, write_image_atomic
+
+
+def _tree(root, names):
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"an input")
+    return root
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _runner(out, overwrite=False, **settings):
+    """Writes each input's bytes to OUT/NAME.txt: the runner's own behaviour, no model needed."""
+    return BatchRunner(
+        out_dir=out,
+        outputs=lambda item: [item.output(out, ".txt")],
+        prepare=lambda item: item.source.read_bytes(),
+        compute=lambda batch: batch,
+        write=lambda item, data: _write(item.output(out, ".txt"), data),
+        overwrite=overwrite,
+        settings=settings,
+    )
+
+
+def test_output_names_keep_every_dot_and_mirror_sub_folders(tmp_path):
+    photos = _tree(tmp_path / "in", ["pic.1.jpg", "pic.2.jpg", "pic.png", "trip/obama_x3.2.jpeg"])
+    out = tmp_path / "out"
+    summary = _runner(out).run(collect_inputs([photos]))
+    assert len(summary.done) == 4
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.txt"))
+    assert written == ["pic.1.txt", "pic.2.txt", "pic.txt", "trip/obama_x3.2.txt"]
+
+
+def test_a_single_file_keeps_its_dots_too(tmp_path):
+    photo = _tree(tmp_path / "in", ["obama_x3.2.jpg"]) / "obama_x3.2.jpg"
+    _runner(tmp_path / "out").run(collect_inputs([photo]))
+    assert [p.name for p in (tmp_path / "out").glob("*.txt")] == ["obama_x3.2.txt"]
+
+
+def test_colliding_outputs_are_refused_before_any_work(tmp_path):
+    photos = _tree(tmp_path / "in", ["pic.jpg", "pic.png", "other.png"])
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"pic\.jpg and .*pic\.png would both write .*pic\.txt"):
+        _runner(out).run(collect_inputs([photos]))
+    assert not out.exists()  # nothing was done
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path):
+    photos = _tree(tmp_path / "in", ["a.png", "b.jpg"])
+    runner = _runner(photos)
+    runner.outputs = lambda item: [item.output(photos, ".png")]  # -o the input folder: a.png → a.png
+    with pytest.raises(InputError, match=r"a\.png would overwrite the input"):
+        runner.run(collect_inputs([photos]))
+    assert (photos / "a.png").read_bytes() == b"an input"
+
+
+def test_output_path_that_is_a_file_is_a_named_error(tmp_path):
+    photos = _tree(tmp_path / "in", ["a.png"])
+    taken = tmp_path / "somefile"
+    taken.write_text("keep me")
+    with pytest.raises(InputError, match="somefile: exists and is not a directory"):
+        _runner(taken).run(collect_inputs([photos]))
+    assert taken.read_text() == "keep me"
+
+
+def test_rerun_with_other_settings_is_refused_unless_told_to_overwrite(tmp_path):
+    photos = _tree(tmp_path / "in", ["a.png", "b.png"])
+    out = tmp_path / "out"
+    items = collect_inputs([photos])
+    assert len(_runner(out, resize=False).run(items).done) == 2
+    assert json.loads((out / SETTINGS_FILE).read_text()) == {"resize": False}
+    assert len(_runner(out, resize=False).run(items).skipped) == 2  # same settings: resume
+    with pytest.raises(InputError, match=r"other settings \(resize False → True\).*--overwrite"):
+        _runner(out, resize=True).run(items)
+    redone = _runner(out, overwrite=True, resize=True).run(items)
+    assert len(redone.done) == 2 and json.loads((out / SETTINGS_FILE).read_text()) == {"resize": True}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_mode_the_umask_gives_new_files(tmp_path, umask):
+    previous = os.umask(umask)
+    new_file_mode.cache_clear()
+    try:
+        write_image_atomic(tmp_path / "face.png", np.zeros((4, 4, 3), np.uint8))
+        (tmp_path / "plain").touch()
+    finally:
+        os.umask(previous)
+        new_file_mode.cache_clear()
+    mode = stat.S_IMODE((tmp_path / "face.png").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask

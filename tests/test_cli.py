@@ -1,0 +1,51 @@
+"""The command's face: version, choices in --help, messages printed literally, defaults."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from psp_deploy.cli import app
+
+pytestmark = pytest.mark.xdist_group("rgb")  # the shared RGB bundle is built there
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "240"})  # help lines unwrapped
+
+
+def test_version():
+    result = _invoke("--version")
+    assert result.exit_code == 0 and re.fullmatch(r"psp-deploy \d+\.\d+\.\d+\S*\n", result.output)
+
+
+@pytest.mark.parametrize(
+    "command,choices",
+    [
+        ("run", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>", "<cpu|cuda>"]),
+        ("serve", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>", "127.0.0.1"]),
+        ("build", ["<auto|tensorrt|onnxruntime|openvino>", "<fp32|fp16|int8|bf16>"]),
+        ("export", ["<grouped|scaled>"]),
+    ],
+)
+def test_help_lists_the_choices(command, choices):
+    text = re.sub(r"[\s│]+", " ", _invoke(command, "--help").output)
+    for choice in choices:
+        assert choice in text, (choice, text)
+
+
+def test_install_hints_keep_their_extra_in_brackets(bundles, tmp_path):
+    root = bundles("rgb-scaled")[0].root
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
+    cuda = _invoke("run", root, tmp_path / "photo.png", "-o", tmp_path / "out", "--device", "cuda")
+    assert cuda.exit_code == 2 and "pip install 'psp-deploy[gpu]'" in cuda.output, cuda.output
+    trt = _invoke("build", root, "--backend", "tensorrt")
+    assert trt.exit_code == 2 and "pip install 'psp-deploy[trt]'" in trt.output, trt.output
+
+
+def test_build_defaults_to_a_backend_this_machine_has(bundle_copy):
+    result = _invoke("build", bundle_copy)
+    assert result.exit_code == 0, result.output
+    assert "backend: openvino" in result.output  # no TensorRT here; what `run --backend auto` picks
