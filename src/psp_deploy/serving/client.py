@@ -1,15 +1,14 @@
 """A client for `psp-deploy serve` over Triton's HTTP or gRPC protocol (tritonclient).
 
 One client per thread: tritonclient's HTTP client must not be shared across threads.
-A request the server could not process fails (Triton answers the server's traceback); the
-client raises it as RemoteError with the server's own one-line message, e.g.
-"NoFaceError: no face found in request photo".
+A request the server could not process comes back with its ``error`` output set; the
+client raises it as RemoteError, naming the cause.
 """
 
 from __future__ import annotations
 
 import io
-import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from ..errors import BackendUnavailableError, PspDeployError
 
 DEFAULT_TIMEOUT_S = 300.0
 MODELS = ("psp", "psp_encode", "psp_synthesize")
-# The last line of a server-side traceback that raised one of this package's errors.
-SERVER_ERROR = re.compile(r"^psp_deploy\.(?:\w+\.)*(\w+): (.+)$", re.MULTILINE)
 
 
 class RemoteError(PspDeployError):
@@ -54,16 +51,6 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _remote_message(model: str, message: str) -> str:
-    """The server's own error line when its callable raised one of ours, else Triton's message
-    (a wrong dtype or shape, an unknown model, a transport error)."""
-    found = SERVER_ERROR.findall(message)
-    if found:
-        name, text = found[-1]
-        return f"{name}: {text.strip()}"
-    return f"{model}: {message.strip()}"
-
-
 class PspClient:
     def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.protocol, self.address = _split_url(url)
@@ -92,11 +79,14 @@ class PspClient:
         kwargs = {"parameters": parameters} if parameters else {}
         if self.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
-        requested = [self.tc.InferRequestedOutput(n) for n in outputs]
+        requested = [self.tc.InferRequestedOutput(n) for n in outputs + ["error"]]
         try:
             result = self.client.infer(model, inputs, outputs=requested, **kwargs)
         except Exception as err:  # noqa: BLE001 - tritonclient raises InferenceServerException and transport errors
-            raise RemoteError(_remote_message(model, str(err))) from None
+            raise RemoteError(f"{model}: {str(err).strip()}") from None
+        error = result.as_numpy("error").reshape(-1)[0]
+        if error:
+            raise RemoteError(error.decode() if isinstance(error, bytes) else str(error))
         return [result.as_numpy(n)[0] for n in outputs]
 
     def run(
@@ -149,3 +139,24 @@ class PspClient:
 
     def __exit__(self, *_exc: Any) -> None:
         self.close()
+
+
+class ClientPool:
+    """One PspClient per thread (tritonclient's HTTP client is not thread-safe), for batch work."""
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.url, self.timeout = url, timeout
+        self._local = threading.local()
+
+    def get(self) -> PspClient:
+        if not hasattr(self._local, "client"):
+            self._local.client = PspClient(self.url, self.timeout)
+        return self._local.client
+
+    def run(self, photo: str | Path, **parameters: Any) -> dict[str, np.ndarray] | PspDeployError:
+        """This thread's client runs ``photo``; a failure is returned in the result's place, so one
+        bad input fails alone in a batch."""
+        try:
+            return self.get().run(photo, **parameters)
+        except PspDeployError as err:
+            return err

@@ -1,29 +1,30 @@
 """The three served models as PyTriton inference callables over one Pipeline.
 
-A failed request must count as failed in Triton's metrics (nv_inference_request_failure). Triton
-counts per execution: a request fails when the execution that carries it raises, which fails every
-request batched with it; an error response for one request of a batch counts as a success in
-Triton's Python backend, and PyTriton cannot send one anyway. So each model takes ONE request per
-execution (no Triton batcher) and checks and prepares it there: a request that cannot be served
-(an undecodable photo, no face, bad parameters, non-finite codes) raises, and Triton answers it
-with that message and counts it as failed, alone. The graphs still run in batches, formed across
-the requests waiting at that moment by a Batcher per model. Wrong dtypes or shapes never get here:
-Triton refuses those requests itself against the declared inputs.
+Each PyTriton request carries a batch axis of 1 on its inputs and expects one on its
+outputs. Triton batches requests from many clients; a request that fails (an undecodable photo,
+no face, bad parameters) must not fail the others in its batch, and PyTriton can only
+fail whole batches. So every model has an ``error`` output: empty on success, the
+message otherwise (the psp-deploy client raises it). Wrong dtypes or shapes never get
+here: Triton refuses those requests itself against the declared inputs.
+
+Triton counts such a request as a success in its metrics: PyTriton (0.7) can only fail a whole
+execution, and taking one request per execution instead (many model instances) made the server's
+start race PyTriton's instance handshake. The client and `psp-deploy infer` count failures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..config import ENCODER_INPUT_SIZE, POOLED_SIZE, STYLE_DIM
-from ..errors import InputError
-from ..runtime import Pipeline, parse_latent_mask
+from ..errors import InputError, PspDeployError
+from ..runtime import Output, Pipeline, RunOptions, parse_latent_mask
 from ..runtime.io import decode_image
 from ..runtime.preprocess import to_uint8
-from .batcher import Batcher
+
+OK = np.array([b""], dtype=object)
 
 
 def _one(response: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -31,35 +32,30 @@ def _one(response: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: value[None] for name, value in response.items()}
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """The `psp` model's request parameters, with `psp-deploy run`'s meaning."""
+def _error(err: Exception) -> np.ndarray:
+    return np.array([f"{type(err).__name__}: {err}".encode()], dtype=object)
 
-    align: bool | None = None
-    resize: bool = False
-    latent_mask: list[int] | None = None
-    mix_alpha: float | None = None
-    seed: int = 0
 
-    @classmethod
-    def parse(cls, params: dict[str, Any] | None, n_styles: int) -> RunOptions:
-        params = dict(params or {})
-        unknown = set(params) - {"align", "resize", "latent_mask", "mix_alpha", "seed"}
-        if unknown:
-            raise InputError(f"unknown request parameters {sorted(unknown)}")
-        try:
-            alpha = params.get("mix_alpha")
-            return cls(
-                align=None if params.get("align") is None else _flag(params["align"]),
-                resize=_flag(params.get("resize", False)),
-                latent_mask=parse_latent_mask(str(params["latent_mask"]), n_styles)
-                if params.get("latent_mask")
-                else None,
-                mix_alpha=None if alpha in (None, "") else float(alpha),
-                seed=int(params.get("seed", 0)),
-            )
-        except ValueError as err:
-            raise InputError(f"bad request parameter: {err}") from None
+PARAMETERS = ("align", "resize", "latent_mask", "mix_alpha", "seed")
+
+
+def request_options(params: dict[str, Any] | None, n_styles: int) -> RunOptions:
+    """The `psp` model's request parameters, with `psp-deploy run`'s meaning (seed 0 by default)."""
+    params = dict(params or {})
+    unknown = set(params) - set(PARAMETERS)
+    if unknown:
+        raise InputError(f"unknown request parameters {sorted(unknown)}")
+    try:
+        alpha, mask = params.get("mix_alpha"), params.get("latent_mask")
+        return RunOptions(
+            align=None if params.get("align") is None else _flag(params["align"]),
+            resize=_flag(params.get("resize", False)),
+            latent_mask=tuple(parse_latent_mask(str(mask), n_styles)) if mask else None,
+            mix_alpha=None if alpha in (None, "") else float(alpha),
+            seed=int(params.get("seed", 0)),
+        )
+    except ValueError as err:
+        raise InputError(f"bad request parameter: {err}") from None
 
 
 def _flag(value: Any) -> bool:
@@ -75,83 +71,89 @@ def _flag(value: Any) -> bool:
 class ServedModels:
     """Inference callables (lists of PyTriton requests in, one response each out)."""
 
-    def __init__(self, pipeline: Pipeline, max_batch: int = 8, max_delay_s: float = 0.002, workers: int = 1) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.config = pipeline.config
-        runs = {"psp": self._psp_batch, "encode": self._encode_batch, "synthesize": self._synthesize_batch}
-        self._batches = {name: Batcher(run, max_batch, max_delay_s, workers) for name, run in runs.items()}
-
-    def close(self) -> None:
-        for batcher in self._batches.values():
-            batcher.close()
 
     def psp(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
         """Encoded photo (any format, any size) → aligned face, W+ codes, synthesized image."""
-        return [self._psp_one(request) for request in requests]
+        prepared: dict[int, tuple[RunOptions, np.ndarray, Any]] = {}
+        errors: dict[int, Exception] = {}
+        for i, request in enumerate(requests):
+            try:
+                prepared[i] = self._prepare_photo(request)
+            except PspDeployError as err:
+                errors[i] = err
+        order = sorted(prepared)
+        rows = [prepared[i][0] for i in order]
+        outputs = self.pipeline.generate(np.stack([prepared[i][1] for i in order]), rows).outputs if order else []
+        made = dict(zip(order, outputs, strict=True))
+        return [_one(self._psp_response(prepared.get(i), made.get(i), errors.get(i))) for i in range(len(requests))]
 
-    def _psp_one(self, request: Any) -> dict[str, np.ndarray]:
-        options = RunOptions.parse(request.parameters, self.config.n_styles)
-        if request["photo"].size != 1:
-            raise InputError(f"send one photo per request, got {request['photo'].size}")
+    def _prepare_photo(self, request: Any) -> tuple[RunOptions, np.ndarray, Any]:
+        options = request_options(request.parameters, self.config.n_styles)
         mode = "RGB" if self.config.input_kind == "rgb" else "L"
         photo = decode_image(bytes(request["photo"].reshape(-1)[0]), "request photo", mode)
         x, face = self.pipeline.prepare(photo, options.align)
-        codes, image = self._batches["psp"].submit((x, options))
-        aligned = face.image if face is not None else np.zeros((ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, 3), np.uint8)
-        return _one({"aligned": aligned, "codes": codes, "image": image})
+        return options, x, face
 
-    def _psp_batch(self, work: list[tuple[np.ndarray, RunOptions]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        codes = self.pipeline.encode(np.stack([x for x, _ in work]))
-        for row, (_, options) in enumerate(work):
-            if options.latent_mask:
-                inject = self.pipeline.style_latent(options.seed)
-                codes[row] = self.pipeline.mix(codes[row : row + 1], options.latent_mask, inject, options.mix_alpha)[0]
-        image, pooled = self.pipeline.synthesize(codes)
-        return [
-            (codes[row], to_uint8((pooled if options.resize else image)[row : row + 1])[0])
-            for row, (_, options) in enumerate(work)
-        ]
+    def _psp_response(
+        self, prepared: tuple | None, out: Output | None, error: Exception | None
+    ) -> dict[str, np.ndarray]:
+        blank_face = np.zeros((ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, 3), np.uint8)
+        if error is not None:
+            codes = np.zeros((self.config.n_styles, STYLE_DIM), np.float32)
+            return {
+                "aligned": blank_face,
+                "codes": codes,
+                "image": np.zeros((1, 1, 3), np.uint8),
+                "error": _error(error),
+            }
+        face = prepared[2]
+        aligned = face.image if face is not None else blank_face
+        return {"aligned": aligned, "codes": out.mixed[0], "image": out.images[0], "error": OK}
 
     def encode(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        """Aligned 256² faces (uint8 RGB) → W+ codes."""
-        return [{"codes": self._batches["encode"].submit(self._faces(request["face"]))} for request in requests]
-
-    def _faces(self, faces: np.ndarray) -> np.ndarray:
-        return np.stack([self.pipeline.prepare(face, align=False)[0] for face in faces])
-
-    def _encode_batch(self, faces: list[np.ndarray]) -> list[np.ndarray]:
-        return _split(self.pipeline.encode(np.concatenate(faces)), faces)
+        """Aligned 256² face (uint8 RGB) → W+ codes."""
+        prepared, responses = {}, {}
+        for i, request in enumerate(requests):
+            try:
+                prepared[i] = self.pipeline.prepare(request["face"][0], align=False)[0]
+            except PspDeployError as err:
+                responses[i] = {"codes": np.zeros((self.config.n_styles, STYLE_DIM), np.float32), "error": _error(err)}
+        if prepared:
+            codes = self.pipeline.encode(np.stack(list(prepared.values())))
+            responses.update({i: {"codes": c, "error": OK} for i, c in zip(prepared, codes, strict=True)})
+        return [_one(responses[i]) for i in range(len(requests))]
 
     def synthesize(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        """W+ codes → full-size image and its 256² pooled version (uint8 RGB)."""
-        responses = []
-        for request in requests:
-            codes = _finite_codes(request["codes"])
-            image, pooled = self._batches["synthesize"].submit(codes)
-            responses.append({"image": image, "image_256": pooled})
-        return responses
-
-    def _synthesize_batch(self, codes: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        image, pooled = self.pipeline.synthesize(np.concatenate(codes))
-        return list(zip(_split(to_uint8(image), codes), _split(to_uint8(pooled), codes), strict=True))
-
-
-def _finite_codes(codes: np.ndarray) -> np.ndarray:
-    """Non-finite codes synthesize a NaN image that to_uint8 turns into plausible pixels: refuse them."""
-    bad = int((~np.isfinite(codes)).sum())
-    if bad:
-        raise InputError(f"codes hold {bad} NaN or infinite values; W+ codes must be finite")
-    return codes
-
-
-def _split(batch: np.ndarray, parts: list[np.ndarray]) -> list[np.ndarray]:
-    """``batch`` cut back into the requests' rows (each part's length)."""
-    return np.split(batch, np.cumsum([len(p) for p in parts])[:-1])
+        """W+ codes → full-size image and its 256² pooled version (uint8 RGB). Non-finite codes would
+        come out as plausible pixels (to_uint8 clips NaN): such a request gets an error instead."""
+        size, pooled_size = self.config.output_size, POOLED_SIZE
+        responses: dict[int, dict[str, np.ndarray]] = {}
+        finite = {}
+        for i, request in enumerate(requests):
+            bad = int((~np.isfinite(request["codes"])).sum())
+            if bad:
+                err = InputError(f"codes hold {bad} NaN or infinite values; W+ codes must be finite")
+                blank = {
+                    "image": np.zeros((size, size, 3), np.uint8),
+                    "image_256": np.zeros((pooled_size, pooled_size, 3), np.uint8),
+                }
+                responses[i] = {**blank, "error": _error(err)}
+            else:
+                finite[i] = request["codes"]
+        if finite:
+            image, pooled = self.pipeline.synthesize(np.concatenate(list(finite.values())))
+            for i, a, b in zip(finite, to_uint8(image), to_uint8(pooled), strict=True):
+                responses[i] = {"image": a, "image_256": b, "error": OK}
+        return [_one(responses[i]) for i in range(len(requests))]
 
 
 def tensors(config: Any) -> dict[str, tuple[list, list]]:
     """Each model's (inputs, outputs) as (name, dtype, shape) triples, batch axis excluded."""
     n, size = config.n_styles, config.output_size
+    error = ("error", bytes, (1,))
     face_channels = 3 if config.input_kind == "rgb" else 1
     return {
         "psp": (
@@ -160,6 +162,7 @@ def tensors(config: Any) -> dict[str, tuple[list, list]]:
                 ("aligned", np.uint8, (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, 3)),
                 ("codes", np.float32, (n, STYLE_DIM)),
                 ("image", np.uint8, (-1, -1, 3)),
+                error,
             ],
         ),
         "psp_encode": (
@@ -172,10 +175,10 @@ def tensors(config: Any) -> dict[str, tuple[list, list]]:
                     else (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE),
                 )
             ],
-            [("codes", np.float32, (n, STYLE_DIM))],
+            [("codes", np.float32, (n, STYLE_DIM)), error],
         ),
         "psp_synthesize": (
             [("codes", np.float32, (n, STYLE_DIM))],
-            [("image", np.uint8, (size, size, 3)), ("image_256", np.uint8, (POOLED_SIZE, POOLED_SIZE, 3))],
+            [("image", np.uint8, (size, size, 3)), ("image_256", np.uint8, (POOLED_SIZE, POOLED_SIZE, 3)), error],
         ),
     }

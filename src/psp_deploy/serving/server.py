@@ -1,8 +1,8 @@
 """`psp-deploy serve`: the Pipeline on Triton Inference Server through PyTriton.
 
 PyTriton runs a real tritonserver (its Python backend) and binds our callables to it:
-Triton does the HTTP/gRPC protocols, health and Prometheus metrics; the callables run the
-runtime Pipeline, batching across clients themselves (models.py says why).
+Triton does the HTTP/gRPC protocols, dynamic batching across clients, health and
+Prometheus metrics; the callables run the runtime Pipeline.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import socket
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError, InputError
@@ -30,7 +29,7 @@ class ServeOptions:
     metrics_port: int = 8002
     max_batch: int = 8
     max_queue_delay_us: int = 2000
-    instances: int = 1  # batches run at once per model
+    instances: int = 1
     access_token: str | None = None  # guards Triton's statistics/repository APIs; None: a random one
 
     def ports(self) -> dict[str, int]:
@@ -70,36 +69,37 @@ def _python_backend_environment() -> None:
 
 
 def _bind(triton: Any, name: str, fn: Callable, spec: tuple[list, list], options: ServeOptions) -> None:
-    """One request per execution, and enough model instances (one request in flight each) for every
-    batch that may run at once to fill up."""
-    from pytriton.model_config import ModelConfig, Tensor
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
     inputs, outputs = spec
     triton.bind(
         model_name=name,
-        infer_func=[fn] * (options.max_batch * options.instances),
+        infer_func=[fn] * options.instances,
         inputs=[Tensor(name=n, dtype=d, shape=s) for n, d, s in inputs],
         outputs=[Tensor(name=n, dtype=d, shape=s) for n, d, s in outputs],
-        config=ModelConfig(max_batch_size=options.max_batch, batcher=None),
+        config=ModelConfig(
+            max_batch_size=options.max_batch,
+            batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us),
+        ),
         strict=False,
     )
 
 
 def serve(
-    bundle: str | Path,
-    pipeline_options: dict[str, Any],
+    open_pipeline: Callable[[], Pipeline],
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; either lets in-flight requests finish (Triton drains them)."""
+    """Serve until SIGINT or SIGTERM; either lets in-flight requests finish (Triton drains them).
+    The ports are checked before ``open_pipeline`` loads the graphs, so a taken port fails fast."""
     check_ports_free(options)
     _python_backend_environment()
     try:
         from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
     except ImportError as err:
         raise BackendUnavailableError("serving needs PyTriton: pip install 'psp-deploy[serve]'") from err
-    pipeline = Pipeline.from_bundle(bundle, **pipeline_options)
-    served = ServedModels(pipeline, options.max_batch, options.max_queue_delay_us / 1e6, options.instances)
+    pipeline = open_pipeline()
+    served = ServedModels(pipeline)
     config = TritonConfig(
         http_address=options.host,
         grpc_address=options.host,
@@ -122,7 +122,6 @@ def serve(
             triton.serve()  # blocks; SIGINT (and SIGTERM, below) stop it after Triton drains in-flight requests
     finally:
         signal.signal(signal.SIGTERM, previous)
-        served.close()
         pipeline.close()
 
 
