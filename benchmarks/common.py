@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from psp_deploy.bundle import Bundle, sha256_file
-from psp_deploy.errors import PspDeployError
+from psp_deploy.bundle import reusable_bundle
+from psp_deploy.files import write_json
 from psp_deploy.machine import machine_slug
-from psp_deploy.runtime.io import atomic_file
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -35,11 +33,8 @@ def bundle(ckpt: Path, modconv: str, batch: int = 1) -> Path:
     from psp_deploy.export import export_bundle
 
     out = WORK / f"{ckpt.stem}-{modconv}{'-b' + str(batch) if modconv == 'grouped' else ''}"
-    try:
-        if Bundle.open(out).manifest.source.get("sha256") == sha256_file(ckpt):
-            return out
-    except PspDeployError:
-        pass
+    if reusable_bundle(ckpt, out) is not None:
+        return out
     say(f"exporting {out.name}")
     export_bundle(ckpt, out, modconv=modconv, batch=batch, force=True, progress=say)
     return out
@@ -48,6 +43,5 @@ def bundle(ckpt: Path, modconv: str, batch: int = 1) -> Path:
 def save_json(data: dict, name: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{machine_slug()}{name}.json"
-    with atomic_file(path) as f:
-        f.write((json.dumps(data, indent=2) + "\n").encode())
+    write_json(path, data)
     return path

@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -65,3 +66,13 @@ def test_a_graph_without_metadata_is_refused(bundles):
     bare = GraphDeclaration("mapping.onnx", [("z", ["batch", 512])], [("w", ["batch", 512])], {})
     with pytest.raises(BundleError, match=r"mapping\.onnx declares no psp_deploy\.config metadata .*export the bundle"):
         bundle.check_declared("mapping", "fp32", bare)
+
+
+def test_an_edited_latent_avg_is_refused(bundle_copy):
+    """latent_avg.npy (what calibration reads) is hash-checked like the graphs."""
+    path = bundle_copy / "latent_avg.npy"
+    codes = np.load(path)
+    path.unlink()  # hard-linked to the shared bundle: replace, never edit in place
+    np.save(path, codes + np.float32(0.01))
+    with pytest.raises(BundleError, match=r"latent_avg\.npy: contents do not match the manifest's sha256"):
+        Bundle.open(bundle_copy).latent_avg()

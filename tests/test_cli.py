@@ -26,7 +26,7 @@ def test_version():
     [
         ("run", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>", "<cpu|cuda>"]),
         ("serve", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>", "127.0.0.1"]),
-        ("build", ["<auto|tensorrt|onnxruntime|openvino>", "<fp32|fp16|int8|bf16>"]),
+        ("build", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>"]),
         ("export", ["<grouped|scaled>"]),
     ],
 )

@@ -10,6 +10,7 @@ from skimage import data
 from typer.testing import CliRunner
 
 from psp_deploy.cli import app
+from psp_deploy.runtime.align import FaceAligner
 
 
 @pytest.fixture()
@@ -49,10 +50,13 @@ def source_name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def test_align_glob_and_missing_input(photos, tmp_path):
-    result = CliRunner().invoke(app, ["align", str(photos / "*.png"), "-o", str(tmp_path / "o"), "--face", "best"])
+def test_align_glob_face_policy_and_missing_input(photos, tmp_path):
+    result = CliRunner().invoke(app, ["align", str(photos / "*.png"), "-o", str(tmp_path / "o"), "--face", "last"])
     assert result.exit_code == 1  # wall.png has no face
-    assert (tmp_path / "o" / "astronaut.png").exists()
+    written = np.asarray(Image.open(tmp_path / "o" / "astronaut.png"))
+    last, largest = (FaceAligner(face=p).align(data.astronaut()).image for p in ("last", "largest"))
+    np.testing.assert_array_equal(written, last)  # the astronaut photo's last detection is her badge
+    assert not np.array_equal(written, largest)
     missing = CliRunner().invoke(app, ["align", str(tmp_path / "nope"), "-o", str(tmp_path / "o2")])
     assert missing.exit_code == 2 and "no such file, folder or matching pattern" in missing.output
 

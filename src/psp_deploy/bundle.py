@@ -6,9 +6,7 @@ The manifest is the contract between stages and with users in other languages
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,22 +14,16 @@ from typing import Any
 import numpy as np
 
 from .config import ENCODER_INPUT_SIZE, POOLED_SIZE, STYLE_DIM, PspConfig
-from .errors import BundleError
+from .errors import BundleError, PspDeployError
+from .files import sha256_file, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LATENT_AVG_FILE = "latent_avg.npy"
 GRAPHS = ("encoder", "mapping", "synthesis")
-PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+# Precisions a backend applies to the FP32 graphs at run time, rather than graphs of their own.
+INFERENCE_PRECISIONS = ("bf16",)
 BATCH = "batch"  # the symbolic dimension of dynamic-batch graphs
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -96,6 +88,21 @@ class EngineRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EngineRecord:
         return cls(d["backend"], d["graph"], d["precision"], d["file"], d["sha256"], d.get("details", {}))
+
+    def differences(self, machine: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """What this engine was built for that ``machine`` (its backend's key: versions, ISA, GPU,
+        settings) is not: {key: (built for, here)}; empty when the engine fits."""
+        return {k: (self.details.get(k), v) for k, v in machine.items() if self.details.get(k) != v}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What runs graph G at precision P on backend B: the bundle's one answer (``Bundle.resolve``)."""
+
+    graph: str
+    precision: str  # what the graph runs at: P, or fp32 where calibration left the graph out
+    record: ModelRecord  # the ONNX graph (at the graph's precision)
+    engine: EngineRecord | None  # what `psp-deploy build` made for B at ``precision``, if anything
 
 
 def preprocess_spec(config: PspConfig) -> dict[str, Any]:
@@ -203,6 +210,7 @@ class Manifest:
     models: dict[str, dict[str, ModelRecord]]
     producer: dict[str, Any] = field(default_factory=dict)
     engines: list[EngineRecord] = field(default_factory=list)
+    latent_avg_sha256: str | None = None
     schema_version: int = SCHEMA_VERSION
     stated: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # DECLARED_SECTIONS, as read
 
@@ -217,7 +225,12 @@ class Manifest:
             "producer": self.producer,
             "source": self.source,
             **declared_sections(self.config, self.modconv),
-            "latent_avg": {"file": LATENT_AVG_FILE, "shape": [self.config.n_styles, STYLE_DIM], "dtype": "float32"},
+            "latent_avg": {
+                "file": LATENT_AVG_FILE,
+                "shape": [self.config.n_styles, STYLE_DIM],
+                "dtype": "float32",
+                "sha256": self.latent_avg_sha256,
+            },
             "models": {g: {p: _record_dict(r) for p, r in by_p.items()} for g, by_p in self.models.items()},
             "engines": [asdict(e) for e in self.engines],
         }
@@ -237,6 +250,7 @@ class Manifest:
                 models={g: {p: ModelRecord.from_dict(r) for p, r in by_p.items()} for g, by_p in d["models"].items()},
                 producer=d.get("producer", {}),
                 engines=[EngineRecord.from_dict(e) for e in d.get("engines", [])],
+                latent_avg_sha256=d.get("latent_avg", {}).get("sha256"),
                 stated={name: d.get(name, ABSENT) for name in DECLARED_SECTIONS},
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -283,6 +297,22 @@ class Bundle:
             raise BundleError(f"{self.root}: no {precision} {graph} graph; available: {have}{hint}")
         return by_precision[precision]
 
+    def resolve(self, graph: str, precision: str, backend: str) -> Resolved:
+        """Which graph file (and engine) runs ``graph`` at ``precision`` on ``backend``: the one rule
+        that build, the runtimes, calibration and the benchmarks share. A graph calibration left
+        out (its --graphs) runs in FP32; bf16 runs the FP32 graphs."""
+        stored = self.manifest.models.get(graph, {})
+        if precision in INFERENCE_PRECISIONS:
+            graph_precision, run_precision = "fp32", precision
+        else:
+            graph_precision = run_precision = precision if precision in stored else "fp32"
+        record = self.record(graph, graph_precision)
+        engine = next(
+            (e for e in self.manifest.engines if (e.backend, e.graph, e.precision) == (backend, graph, run_precision)),
+            None,
+        )
+        return Resolved(graph, run_precision, record, engine)
+
     def verified_path(self, file: str, sha256: str) -> Path:
         """The path of a bundle file after checking it exists and has the recorded hash."""
         path = self.root / file
@@ -312,7 +342,8 @@ class Bundle:
             _compare(f"{where}.{io}", stated, _io_shapes(getattr(declared, io)), declared.file)
 
     def latent_avg(self) -> np.ndarray:
-        path = self.root / LATENT_AVG_FILE
+        """The average face's codes, hash-checked like every file of the bundle."""
+        path = self.verified_path(LATENT_AVG_FILE, self.manifest.latent_avg_sha256 or "(none recorded)")
         try:
             value = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
@@ -325,10 +356,15 @@ class Bundle:
         return value
 
     def save_manifest(self) -> None:
-        write_json_atomic(self.root / MANIFEST, self.manifest.to_dict())
+        write_json(self.root / MANIFEST, self.manifest.to_dict())
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def reusable_bundle(checkpoint: str | Path, out: str | Path) -> Bundle | None:
+    """The bundle at ``out`` if it opens and was exported from ``checkpoint`` (same sha256), else None:
+    what the demo and the benchmarks reuse instead of exporting again."""
+    try:
+        bundle = Bundle.open(out)
+    except PspDeployError:
+        return None
+    current = bundle.manifest.latent_avg_sha256 is not None  # older exports lack it (and graph metadata)
+    return bundle if current and bundle.manifest.source.get("sha256") == sha256_file(checkpoint) else None

@@ -8,8 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .bundle import Bundle, sha256_file
-from .errors import MissingDependencyError, PspDeployError
+from .bundle import reusable_bundle
+from .errors import MissingDependencyError
 from .runtime import Pipeline
 from .runtime.io import write_image_atomic, write_npy_atomic
 
@@ -30,12 +30,9 @@ def _bundle(checkpoint: Path, console: Console) -> Path:
     from .export import export_bundle
 
     out = checkpoint.parent / "bundle"
-    try:
-        if Bundle.open(out).manifest.source.get("sha256") == sha256_file(checkpoint):
-            console.print(f"reusing bundle {out}")
-            return out
-    except PspDeployError:
-        pass
+    if reusable_bundle(checkpoint, out) is not None:
+        console.print(f"reusing bundle {out}")
+        return out
     with console.status("exporting encoder, mapping and synthesis graphs (checked against torch)") as status:
         _, results = export_bundle(checkpoint, out, force=True, progress=lambda m: status.update(m))
     for r in results:

@@ -18,6 +18,7 @@ from psp_deploy.calibration.calibrate import make_fp16
 from psp_deploy.calibration.data import make_calibration_set
 from psp_deploy.calibration.fp16 import Fp16Decisions, decide, to_fp16
 from psp_deploy.calibration.ranges import GraphRanges, TensorStats
+from psp_deploy.calibration.report import psnr_db
 from psp_deploy.cli import app
 from psp_deploy.engines import build_engines
 from psp_deploy.errors import CalibrationError
@@ -128,9 +129,11 @@ def test_int8_synthesis_quantizes_symmetrically_and_picks_the_better_method(bund
     dequantizers = [initializers[n.input[2]] for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert quantizers and all(z.dtype == np.int8 and (z == 0).all() for z in quantizers)  # symmetric INT8
     assert all((z == 0).all() for z in dequantizers)  # INT8 weights, INT32 biases: every zero point 0
-    with Pipeline.from_bundle(bundle_copy, precision="int8") as pipeline:
-        assert pipeline.precisions["synthesis"] == "int8"
-        assert np.isfinite(pipeline.run(data.astronaut()).codes).all()
+    with Pipeline.from_bundle(bundle_copy, precision="int8") as int8, Pipeline.from_bundle(bundle_copy) as fp32:
+        assert int8.precisions["synthesis"] == "int8"
+        codes = fp32.run(data.astronaut()).codes
+        quantized, exact = int8.synthesize(codes)[0], fp32.synthesize(codes)[0]
+    assert not np.array_equal(quantized, exact) and psnr_db(quantized, exact) >= 28  # the int8 graph ran
 
 
 def test_engines_are_recorded_at_the_precision_each_graph_runs(bundle_copy):

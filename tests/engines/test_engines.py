@@ -11,7 +11,8 @@ from psp_deploy.engines import build_engines
 from psp_deploy.engines.tensorrt import BatchProfile, profile_shapes
 from psp_deploy.errors import BackendUnavailableError, BundleError, EngineError
 from psp_deploy.runtime import Pipeline
-from psp_deploy.runtime.backends.tensorrt import check_engine_matches_machine, find_engine
+from psp_deploy.runtime.backends import BackendOptions
+from psp_deploy.runtime.backends.tensorrt import check_engine_matches_machine, plan_record
 
 
 def _tensorrt_missing() -> str | None:
@@ -55,7 +56,9 @@ def test_onnxruntime_engine_for_another_cpu_is_refused(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EngineError, match="was optimized for .* rebuild it .* or pass --no-engines"):
         Pipeline.from_bundle(bundle_copy)
-    with Pipeline.from_bundle(bundle_copy, engines=False) as pipeline:  # the plain graphs still work
+    with Pipeline.from_bundle(
+        bundle_copy, options=BackendOptions(engines=False)
+    ) as pipeline:  # the plain graphs still work
         assert pipeline.encoder.path.name == "encoder.onnx"
 
 
@@ -88,10 +91,10 @@ def test_missing_tensorrt_engine_says_how_to_build_it(bundles):
     bundle = Bundle.open(bundles("rgb-scaled")[0].root)
     with pytest.raises(
         BundleError,
-        match=r"no tensorrt int8 engine for the encoder graph; build it with "
-        r"`psp-deploy build .* --backend tensorrt --precision int8`",
+        match=r"no tensorrt fp32 engine for the encoder graph; build it with "
+        r"`psp-deploy build .* --backend tensorrt --precision fp32`",
     ):
-        find_engine(bundle, "tensorrt", "encoder", "int8")
+        plan_record(bundle, bundle.resolve("encoder", "fp32", "tensorrt"))
 
 
 @pytest.mark.skipif(_tensorrt_missing() is None, reason="TensorRT is installed here: the real build test runs")

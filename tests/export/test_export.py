@@ -8,7 +8,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from psp_deploy.bundle import sha256_file
 from psp_deploy.errors import ExportError
 from psp_deploy.export import export_bundle, writer
 from psp_deploy.export.checks import check_graph, unsupported_ops
@@ -16,6 +15,7 @@ from psp_deploy.export.graphs import graph_specs
 from psp_deploy.export.oplist import TENSORRT_ONNX_OPS
 from psp_deploy.export.parity import TOLERANCE, check_parity, compare, ort_session
 from psp_deploy.export.to_onnx import export_graph
+from psp_deploy.files import sha256_file
 
 
 def test_scaled_bundle_matches_torch(bundles):

@@ -160,6 +160,11 @@ def test_missing_file(tmp_path):
         read_checkpoint(tmp_path / "nope.pt")
 
 
+def test_a_folder_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder; give the checkpoint file"):
+        read_checkpoint(tmp_path)
+
+
 class _Exploit:
     def __init__(self, marker: Path) -> None:
         self.marker = marker

@@ -3,13 +3,15 @@
 import json
 import os
 import stat
+import time
 
 import numpy as np
 import pytest
 
 from psp_deploy.errors import InputError
+from psp_deploy.files import new_file_mode
 from psp_deploy.runtime.batch import SETTINGS_FILE, BatchRunner, collect_inputs
-from psp_deploy.runtime.io import new_file_mode, write_image_atomic
+from psp_deploy.runtime.io import write_image_atomic
 
 
 def _tree(root, names):
@@ -104,3 +106,38 @@ def test_outputs_get_the_mode_the_umask_gives_new_files(tmp_path, umask):
         new_file_mode.cache_clear()
     mode = stat.S_IMODE((tmp_path / "face.png").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask
+
+
+def test_outputs_left_by_a_stopped_overwrite_are_redone_not_skipped(tmp_path):
+    photos = _tree(tmp_path / "in", ["a.png", "b.png"])
+    out = tmp_path / "out"
+    items = collect_inputs([photos])
+    _runner(out, resize=False).run(items)
+    time.sleep(0.05)  # file times tick coarsely: keep the two runs apart
+    _runner(out, overwrite=True, resize=True).run(items[:1])  # an --overwrite run stopped after one input
+    rerun = _runner(out, resize=True).run(items)
+    assert [i.source.name for i in rerun.skipped] == ["a.png"] and [i.source.name for i in rerun.done] == ["b.png"]
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(tmp_path):
+    photos = _tree(tmp_path / "in", ["a.png"])
+    out = photos / "out"
+    _runner(out).run(collect_inputs([photos], exclude=out))
+    assert [i.source.name for i in collect_inputs([photos], exclude=out)] == ["a.png"]
+    assert len(_runner(out).run(collect_inputs([photos], exclude=out)).skipped) == 1
+
+
+def test_a_glob_keeps_sub_folders_below_its_fixed_part(tmp_path):
+    photos = _tree(tmp_path / "in", ["trip/pic.jpg", "pic.jpg"])
+    items = collect_inputs([str(photos / "**" / "*.jpg")])
+    assert sorted(i.stem.as_posix() for i in items) == ["pic", "trip/pic"]
+
+
+def test_outputs_are_never_written_into_a_bundle(tmp_path):
+    photos = _tree(tmp_path / "in", ["a.png"])
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    with pytest.raises(InputError, match="is inside the bundle"):
+        _runner(bundle / "out").run(collect_inputs([photos]))
+    assert not (bundle / "out").exists()

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from psp_deploy.errors import ImageDecodeError
+from psp_deploy.files import atomic_file
 from psp_deploy.runtime import io as rio
 from psp_deploy.runtime.io import read_image, write_image_atomic, write_npy_atomic
 
@@ -127,7 +128,7 @@ def test_atomic_writers_leave_only_complete_files(rgb, tmp_path):
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom), rio.atomic_file(tmp_path / "a" / "y.png") as f:
+    with pytest.raises(Boom), atomic_file(tmp_path / "a" / "y.png") as f:
         f.write(b"partial")
         raise Boom
     assert not (tmp_path / "a" / "y.png").exists()

@@ -22,16 +22,14 @@ def _shapes(model: onnx.ModelProto, record: ModelRecord, batch: int) -> dict[str
     Static shape inference loses the batch axis through the generator's constant-input Tile
     (its repeats come from Shape ops); running the graph once gives exact shapes for any graph.
     """
-    import onnxruntime as ort
+    from ..onnx_tools import session_with_outputs
 
     wanted = {t for n in model.graph.node if n.op_type in COUNTED for t in (*n.input[:2], n.output[0])}
     initializers = {t.name: list(t.dims) for t in model.graph.initializer}
+    names = sorted(wanted - set(initializers) - {i.name for i in model.graph.input})
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    names = sorted(wanted - set(initializers) - {i.name for i in probe.graph.input})
-    probe.graph.output.extend(helper_value(n) for n in names if n not in existing)
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = session_with_outputs(probe, names)
     rng = np.random.default_rng(0)
     feeds = {
         spec.name: rng.standard_normal([batch if d == BATCH else int(d) for d in spec.shape]).astype(np.float32)
@@ -40,10 +38,6 @@ def _shapes(model: onnx.ModelProto, record: ModelRecord, batch: int) -> dict[str
     shapes = {**initializers, **{name: list(value.shape) for name, value in feeds.items()}}
     shapes.update({name: list(value.shape) for name, value in zip(names, session.run(names, feeds), strict=True)})
     return shapes
-
-
-def helper_value(name: str) -> onnx.ValueInfoProto:
-    return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
 
 
 def _node_flops(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> float:

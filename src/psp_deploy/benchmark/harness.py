@@ -14,7 +14,7 @@ from ..bundle import Bundle
 from ..errors import InputError
 from ..machine import cpu_info, library_versions
 from ..runtime import Pipeline
-from ..runtime.backends import resolve_backend
+from ..runtime.backends import BackendOptions, resolve_backend
 from .flops import flops_per_image
 from .timing import Latency, measure
 
@@ -131,9 +131,9 @@ def run_benchmark(
     for name in settings.backends:
         for precision in settings.precisions:
             backend = resolve_backend(name, "cpu", precision)
-            options = {"threads": settings.threads} if backend in ("onnxruntime", "openvino") else {}
+            options = BackendOptions(threads=settings.threads)
             say(f"loading {backend} {precision}")
-            with Pipeline.from_bundle(bundle.root, backend=backend, precision=precision, **options) as pipeline:
+            with Pipeline.from_bundle(bundle.root, backend, precision, options=options) as pipeline:
                 label = {
                     "backend": backend,
                     "precision": precision,

@@ -11,6 +11,8 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
+from ..runtime.align import ffhq_quad
+
 
 def official_landmarks(rgb: np.ndarray, predictor_file: str) -> np.ndarray | None:
     """dlib on the full photo, upsampled once; the last detection wins; None without a face."""
@@ -26,21 +28,7 @@ def official_landmarks(rgb: np.ndarray, predictor_file: str) -> np.ndarray | Non
 
 
 def official_align(rgb: np.ndarray, landmarks: np.ndarray, output_size: int = 256) -> np.ndarray:
-    lm = np.asarray(landmarks, dtype=np.float64)
-    eye_left = np.mean(lm[36:42], axis=0)
-    eye_right = np.mean(lm[42:48], axis=0)
-    eye_avg = (eye_left + eye_right) * 0.5
-    eye_to_eye = eye_right - eye_left
-    mouth_avg = (lm[48] + lm[54]) * 0.5
-    eye_to_mouth = mouth_avg - eye_avg
-
-    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
-    x /= np.hypot(*x)
-    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-    y = np.flipud(x) * [-1, 1]
-    c = eye_avg + eye_to_mouth * 0.1
-    quad = np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
-    qsize = np.hypot(*x) * 2
+    quad, qsize = ffhq_quad(landmarks)  # the official oriented square (one formula, shared with the runtime)
 
     img = Image.fromarray(rgb)
     shrink = int(np.floor(qsize / output_size * 0.5))

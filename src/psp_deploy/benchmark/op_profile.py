@@ -16,7 +16,6 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import InputError
-from ..runtime.backends.base import graph_precision
 from ..runtime.backends.onnxruntime import session_options
 from ..runtime.backends.openvino import compile_config, import_openvino
 
@@ -63,7 +62,8 @@ def profile_graph(
     bundle: Bundle, graph: str, backend: str, precision: str, feeds: Feeds, threads: int | None = None
 ) -> dict[str, float]:
     """Seconds per operator type of one ``graph`` run on ``backend`` at ``precision``, largest first."""
-    path = bundle.model_path(graph, "fp32" if precision == "bf16" else graph_precision(bundle, graph, precision))
+    record = bundle.resolve(graph, precision, backend).record
+    path = bundle.model_path(graph, record.precision)
     if backend == "onnxruntime":
         seconds = ort_op_seconds(path, feeds, threads)
     elif backend == "openvino":

@@ -61,21 +61,18 @@ def best_rate(fn: Callable[[], object], seconds: float = 3.0, min_runs: int = 3)
 def _ort(path: Path, threads: int | None) -> Callable[[], object]:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from ..runtime.backends.onnxruntime import session_options
+
+    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(2).standard_normal((1, CHANNELS, SIZE, SIZE)).astype(np.float32)
     return lambda: session.run(None, {"x": x})
 
 
 def _openvino(path: Path, precision: str, threads: int | None) -> Callable[[], object]:
-    import openvino as ov
+    from ..runtime.backends.openvino import compile_config, import_openvino
 
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    config = compile_config(precision, "latency", threads)
+    compiled = import_openvino().Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     x = np.random.default_rng(2).standard_normal((1, CHANNELS, SIZE, SIZE)).astype(np.float32)
     return lambda: request.infer({"x": x})

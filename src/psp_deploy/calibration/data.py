@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import STYLE_DIM
 from ..errors import CalibrationError, PspDeployError
+from ..graph_io import ENCODER, GRAPH_IO, MAPPING, SYNTHESIS
 from ..runtime import Pipeline
 from ..runtime.batch import collect_inputs
 from ..runtime.io import read_image
@@ -37,12 +38,16 @@ class CalibrationSet:
 
     def feeds(self, graph: str, held: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """One-sample feeds for ``graph``: the calibration split, or the held-back one."""
-        if graph == "encoder":
-            return ({"image": x[None]} for x in (self.held_images if held else self.images))
-        if graph == "synthesis":
-            return ({"codes": c[None]} for c in (self.held_codes if held else self.codes))
+        if graph == ENCODER.graph:
+            return ({ENCODER.input: x[None]} for x in (self.held_images if held else self.images))
+        if graph == SYNTHESIS.graph:
+            return ({SYNTHESIS.input: c[None]} for c in (self.held_codes if held else self.codes))
         rng = np.random.default_rng(len(self.codes) + int(held))
-        return ({"z": rng.standard_normal((1, STYLE_DIM)).astype(np.float32)} for _ in range(len(self.codes)))
+        return ({MAPPING.input: rng.standard_normal((1, STYLE_DIM)).astype(np.float32)} for _ in range(len(self.codes)))
+
+    def samples(self, graph: str, held: bool = False) -> np.ndarray:
+        """The same samples as one array of ``graph``'s input."""
+        return np.concatenate([feed[GRAPH_IO[graph].input] for feed in self.feeds(graph, held)])
 
 
 class FeedReader:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from ..onnx_tools import session_with_outputs
 
 FP16_MIN_NORMAL = 2.0**-14  # 6.1e-5: below it FP16 loses precision, below 6e-8 values vanish
 
@@ -58,13 +59,7 @@ def capture_ranges(path: Path, feeds: Iterable[dict[str, np.ndarray]]) -> GraphR
     """Run ``path`` on every feed and record each float tensor's statistics."""
     model = onnx.load(path)
     names = _float_outputs(model)
-    existing = {o.name for o in model.graph.output}
-    model.graph.output.extend(
-        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in existing
-    )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor as named
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = session_with_outputs(model, names)
     ranges = GraphRanges(producers={o: n.name for n in model.graph.node for o in n.output})
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed), strict=True):

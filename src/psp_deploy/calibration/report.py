@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..runtime.io import atomic_file
+from ..files import write_json
 
 
 @dataclass(frozen=True)
@@ -172,8 +171,7 @@ class AccuracyReport:
 
     def save(self, path: Path) -> None:
         data = {**asdict(self), "targets": self.targets(), "passed": self.passed}
-        with atomic_file(path) as f:
-            f.write((json.dumps(data, indent=2, default=float) + "\n").encode())
+        write_json(path, data, default=float)
 
 
 SHOWN_NODES = 12  # the rest are in the saved report

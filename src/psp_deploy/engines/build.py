@@ -6,10 +6,10 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
-from ..bundle import GRAPHS, Bundle, EngineRecord, sha256_file
+from ..bundle import GRAPHS, Bundle, EngineRecord
 from ..errors import EngineError
+from ..files import sha256_file
 from ..runtime.backends import check_precision, resolve_backend
-from ..runtime.backends.base import graph_precision as runtime_precision
 from .tensorrt import BatchProfile
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino")
@@ -49,27 +49,26 @@ def build_engines(
         raise EngineError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     check_precision(backend, precision)
     bundle = Bundle.open(bundle_dir)
-    bf16 = backend == "openvino" and precision == "bf16"  # an inference precision over the FP32 graphs
-    if not bf16 and all(runtime_precision(bundle, graph, precision) != precision for graph in GRAPHS):
+    resolved = [bundle.resolve(graph, precision, backend) for graph in GRAPHS]  # the runtimes' own rule
+    if all(r.precision != precision for r in resolved):
         bundle.record("encoder", precision)  # raises: says how to make that precision
     engines = []
-    for graph in GRAPHS:
-        # The one rule the runtimes use too: a graph calibration left out runs (and is built) in FP32.
-        graph_precision = precision if bf16 else runtime_precision(bundle, graph, precision)
+    for r in resolved:
         suffix = {"tensorrt": "plan", "onnxruntime": "onnx", "openvino": "blob"}[backend]
-        target = bundle.root / ENGINE_DIR / backend / f"{graph}.{graph_precision}.{suffix}"
-        say(f"{backend} {graph} ({graph_precision})")
+        target = bundle.root / ENGINE_DIR / backend / f"{r.graph}.{r.precision}.{suffix}"
+        source = bundle.model_path(r.graph, r.record.precision)
+        say(f"{backend} {r.graph} ({r.precision})")
         if backend == "openvino":
             from .openvino import export_compiled
 
-            details = export_compiled(bundle, graph, graph_precision, target, force_bf16)
+            details = export_compiled(bundle, r.graph, r.precision, target, force_bf16)
         elif backend == "tensorrt":
             from .tensorrt import build_plan
 
             details = build_plan(
-                bundle.model_path(graph, graph_precision),
+                source,
                 target,
-                bundle.record(graph, graph_precision),
+                r.record,
                 batch=batch or BatchProfile(),
                 timing_cache=bundle.root / ENGINE_DIR / backend / "timing.cache",
                 optimization_level=optimization_level,
@@ -78,7 +77,7 @@ def build_engines(
         else:
             from .onnxruntime import build_optimized
 
-            details = build_optimized(bundle.model_path(graph, graph_precision), target)
-        engines.append(_record(bundle, backend, graph, graph_precision, target, details))
+            details = build_optimized(source, target)
+        engines.append(_record(bundle, backend, r.graph, r.precision, target, details))
     bundle.save_manifest()
     return engines

@@ -6,7 +6,7 @@
 
 from typing import Any
 
-__all__ = ["export_bundle", "export_net"]
+__all__ = ["ExportOptions", "export_bundle", "export_net"]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,6 +23,7 @@ import onnxscript.optimizer
 import torch
 
 from ..errors import ExportError
+from ..graph_io import BATCH_AXIS
 from .graphs import GraphSpec
 
 EXPORT_SAMPLE_BATCH = 2  # not 1: torch.export would specialise a batch of 1 as a constant
@@ -80,7 +81,7 @@ def export_graph(spec: GraphSpec, opset: int) -> onnx.ModelProto:
     batch = spec.batch or EXPORT_SAMPLE_BATCH
     args = spec.sample(batch)
     dim = torch.export.Dim("batch", min=1, max=1024)
-    dynamic = None if spec.batch else tuple({0: dim} for _ in args)
+    dynamic = None if spec.batch else tuple({BATCH_AXIS: dim} for _ in args)
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,8 +20,9 @@ import torch
 from google.protobuf.message import EncodeError
 
 from .. import __version__
-from ..bundle import LATENT_AVG_FILE, Bundle, Manifest, ModelRecord, declared_sections, graph_metadata, sha256_file
+from ..bundle import LATENT_AVG_FILE, Bundle, Manifest, ModelRecord, declared_sections, graph_metadata
 from ..errors import ExportError
+from ..files import sha256_file
 from ..models.checkpoint import build_psp, read_checkpoint
 from ..models.forms import set_forms
 from ..models.modconv import MODCONV_FORMS
@@ -33,13 +36,33 @@ OPSETS = (18, 19, 20, 21)
 Progress = Callable[[str], None]
 
 
-def _validate(batch: int, modconv: str, opset: int) -> None:
-    if modconv not in MODCONV_FORMS:
-        raise ExportError(f"--modconv must be one of {', '.join(MODCONV_FORMS)}, got {modconv!r}")
-    if batch < 1:
-        raise ExportError(f"--batch must be at least 1, got {batch}")
-    if opset not in OPSETS:
-        raise ExportError(f"--opset must be one of {OPSETS}, got {opset}")
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export (see ``export_bundle``); checked when made, before any work."""
+
+    batch: int = 1
+    modconv: str = "grouped"
+    opset: int = 18
+    verify: bool = True
+    force: bool = False
+    progress: Progress | None = None
+
+    def __post_init__(self) -> None:
+        if self.modconv not in MODCONV_FORMS:
+            raise ExportError(f"--modconv must be one of {', '.join(MODCONV_FORMS)}, got {self.modconv!r}")
+        if self.batch < 1:
+            raise ExportError(f"--batch must be at least 1, got {self.batch}")
+        if self.opset not in OPSETS:
+            raise ExportError(f"--opset must be one of {OPSETS}, got {self.opset}")
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The one batch a grouped synthesis graph serves; None for the dynamic-batch scaled form."""
+        return self.batch if self.modconv == "grouped" else None
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
 
 
 def _check_target(out_dir: Path, force: bool) -> None:
@@ -103,34 +126,24 @@ def parity_batches(spec: GraphSpec) -> list[int]:
     return [1] if spec.name == "encoder" else [1, 3]
 
 
-def export_net(
-    net: Psp,
-    out_dir: str | Path,
-    *,
-    source: dict,
-    batch: int = 1,
-    modconv: str = "grouped",
-    opset: int = 18,
-    verify: bool = True,
-    force: bool = False,
-    progress: Progress | None = None,
-) -> tuple[Bundle, list[ParityResult]]:
-    """Export an in-memory network (see ``export_bundle``)."""
-    _validate(batch, modconv, opset)
-    say = progress or (lambda _msg: None)
-    out_dir = Path(out_dir)
-    staging = _prepare_target(out_dir, force)
+def export_net(net: Psp, out_dir: str | Path, *, source: dict, **options: Any) -> tuple[Bundle, list[ParityResult]]:
+    """Export an in-memory network (``options``: ExportOptions's fields; see ``export_bundle``)."""
+    return _export(net, Path(out_dir), source, ExportOptions(**options))
+
+
+def _export(net: Psp, out_dir: Path, source: dict, options: ExportOptions) -> tuple[Bundle, list[ParityResult]]:
+    staging = _prepare_target(out_dir, options.force)
     try:
-        set_forms(net, modconv=modconv, fir="depthwise")
-        specs = graph_specs(net, batch if modconv == "grouped" else None)
-        form = {"form": modconv, "batch": batch if modconv == "grouped" else None}
+        set_forms(net, modconv=options.modconv, fir="depthwise")
+        specs = graph_specs(net, options.fixed_batch)
+        form = {"form": options.modconv, "batch": options.fixed_batch}
         metadata = graph_metadata(declared_sections(net.config, form))
         records, results = {}, []
         for spec in specs:
-            say(f"exporting {spec.name}")
-            records[spec.name] = {"fp32": write_graph(spec, staging, opset, metadata)}
-            if verify:
-                say(f"checking {spec.name} against torch")
+            options.say(f"exporting {spec.name}")
+            records[spec.name] = {"fp32": write_graph(spec, staging, options.opset, metadata)}
+            if options.verify:
+                options.say(f"checking {spec.name} against torch")
                 path = staging / records[spec.name]["fp32"].file
                 results += [check_parity(spec, path, b) for b in parity_batches(spec)]
         np.save(staging / LATENT_AVG_FILE, net.latent_avg.numpy().astype(np.float32))
@@ -139,6 +152,7 @@ def export_net(
             source=source,
             modconv=form,
             models=records,
+            latent_avg_sha256=sha256_file(staging / LATENT_AVG_FILE),
             producer={
                 "name": "psp-deploy",
                 "version": __version__,
@@ -157,37 +171,19 @@ def export_net(
     return Bundle.open(out_dir), results
 
 
-def export_bundle(
-    checkpoint: str | Path,
-    out_dir: str | Path,
-    *,
-    batch: int = 1,
-    modconv: str = "grouped",
-    opset: int = 18,
-    verify: bool = True,
-    force: bool = False,
-    progress: Progress | None = None,
-) -> tuple[Bundle, list[ParityResult]]:
+def export_bundle(checkpoint: str | Path, out_dir: str | Path, **options: Any) -> tuple[Bundle, list[ParityResult]]:
     """Export an official checkpoint to a bundle: encoder, mapping and synthesis graphs.
 
-    ``modconv="grouped"`` runs each modulated conv as one grouped Conv with group = batch
-    (a fixed-batch synthesis graph); ``"scaled"`` keeps weights static and the batch
-    dynamic. With ``verify`` every graph is checked against the torch reference.
+    ``options`` are ExportOptions's fields: ``modconv="grouped"`` (the default) runs each
+    modulated conv as one grouped Conv with group = ``batch`` (a fixed-batch synthesis
+    graph); ``"scaled"`` keeps weights static and the batch dynamic. With ``verify`` (the
+    default) every graph is checked against the torch reference; ``force`` replaces a
+    non-empty ``out_dir``; ``progress`` is told each step.
     """
-    _validate(batch, modconv, opset)
-    _check_target(Path(out_dir), force)
-    (progress or (lambda _m: None))("loading checkpoint")
+    opts = ExportOptions(**options)
+    _check_target(Path(out_dir), opts.force)
+    opts.say("loading checkpoint")
     checkpoint = Path(checkpoint)
     net = build_psp(read_checkpoint(checkpoint))
     source = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint)}
-    return export_net(
-        net,
-        out_dir,
-        source=source,
-        batch=batch,
-        modconv=modconv,
-        opset=opset,
-        verify=verify,
-        force=force,
-        progress=progress,
-    )
+    return _export(net, Path(out_dir), source, opts)

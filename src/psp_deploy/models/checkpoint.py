@@ -26,6 +26,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     containers (argparse.Namespace is allowed: some trainers saved their options so).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give the checkpoint file (.pt) itself")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     _check_header(path)

@@ -9,11 +9,13 @@ initialisations would make the encoder's codes collapse or explode).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import ENCODER_INPUT_SIZE, PspConfig
+from ..files import atomic_file
 from .encoders import GradualStyleBlock
 from .layers import FusedLeakyReLU, NoiseInjection
 from .psp import Psp
@@ -154,32 +156,17 @@ def synthetic_psp(config: PspConfig, seed: int = 0) -> Psp:
     return net
 
 
-def make_checkpoint(
-    path: str | Path,
-    *,
-    output_size: int = 1024,
-    encoder_type: str = "GradualStyleEncoder",
-    input_nc: int = 3,
-    label_nc: int = 0,
-    seed: int = 0,
-    channel_multiplier: int = 2,
-) -> Path:
+def make_checkpoint(path: str | Path, *, seed: int = 0, **config: Any) -> Path:
     """Write a synthetic checkpoint in the official format and return its path.
 
+    ``config``: the PspConfig fields that differ from its defaults (output_size, encoder_type,
+    input_nc, label_nc, channel_multiplier); the task follows label_nc, learn_in_w the encoder.
     Layout: {'state_dict': {'encoder.*', 'decoder.*'}, 'opts': {...}, 'latent_avg'}; e4e
     files also carry the training extras the real ones have (global_step, ...).
     """
-    learn_in_w = encoder_type == "BackboneEncoderUsingLastLayerIntoW"
-    config = PspConfig(
-        task=TASKS.get(label_nc, "celebs_seg_to_face"),
-        encoder_type=encoder_type,
-        input_nc=input_nc,
-        label_nc=label_nc,
-        output_size=output_size,
-        learn_in_w=learn_in_w,
-        channel_multiplier=channel_multiplier,
-    )
-    return save_checkpoint(synthetic_psp(config, seed), path)
+    config.setdefault("task", TASKS.get(config.get("label_nc", 0), "celebs_seg_to_face"))
+    config.setdefault("learn_in_w", config.get("encoder_type") == "BackboneEncoderUsingLastLayerIntoW")
+    return save_checkpoint(synthetic_psp(PspConfig(**config), seed), path)
 
 
 def save_checkpoint(net: Psp, path: str | Path) -> Path:
@@ -191,8 +178,6 @@ def save_checkpoint(net: Psp, path: str | Path) -> Path:
     if config.encoder_type == "Encoder4Editing":
         ckpt.update(global_step=100000, best_val_loss=0.1, discriminator_state_dict=None, optimizer={})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        torch.save(ckpt, f)
     return path

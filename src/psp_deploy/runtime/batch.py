@@ -12,6 +12,7 @@ stops after the batch in flight.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import signal
 import threading
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from ..bundle import MANIFEST
 from ..errors import InputError, PspDeployError
-from .io import IMAGE_SUFFIXES, write_json
+from ..files import write_json
+from .io import IMAGE_SUFFIXES
 
 FAILURES_FILE = "failures.json"
 SETTINGS_FILE = "psp-deploy.json"  # the settings that made an output folder's files
@@ -58,31 +61,39 @@ class Summary:
         return 1 if self.failed else 0
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def collect_inputs(specs: Sequence[str | Path]) -> list[Item]:
-    """Files, folders (recursive, image suffixes only) and globs → items with unique output stems."""
+def collect_inputs(specs: Sequence[str | Path], exclude: Path | None = None) -> list[Item]:
+    """Files, folders (recursive, image suffixes only) and globs → items; a folder's or a glob's
+    sub-folders are kept in the items' stems. Files under ``exclude`` (the output folder, when it
+    lies inside an input folder) are not inputs."""
     items: list[Item] = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            items += [
-                Item(p, p.relative_to(path).with_suffix(""))
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and _is_image(p)
-            ]
+            items += [Item(p, p.relative_to(path).with_suffix("")) for p in sorted(path.rglob("*")) if _is_image(p)]
         elif path.is_file():
             items.append(Item(path, Path(path.stem)))
         else:
             matches = sorted(Path(m) for m in glob.glob(str(spec), recursive=True))
             if not matches:
                 raise InputError(f"{spec}: no such file, folder or matching pattern")
-            items += [Item(m, Path(m.stem)) for m in matches if m.is_file()]
+            root = _glob_root(str(spec))
+            items += [Item(m, m.relative_to(root).with_suffix("")) for m in matches if m.is_file()]
+    if exclude is not None:
+        items = [item for item in items if not item.source.resolve().is_relative_to(exclude.resolve())]
     if not items:
         raise InputError("no input images found (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
     return list({item.source.resolve(): item for item in items}.values())
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a pattern searches from: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    return Path(*fixed) if fixed else Path()
 
 
 def check_outputs(items: Sequence[Item], outputs: Callable[[Item], list[Path]]) -> None:
@@ -103,24 +114,35 @@ def check_outputs(items: Sequence[Item], outputs: Callable[[Item], list[Path]]) 
         raise InputError(f"outputs would collide: {shown}. Rename the inputs or choose another --output")
 
 
-def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+def check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> float:
     """An output folder keeps the settings that made it: a rerun asking for others would skip
-    outputs that are not what it asks for, so it is refused unless told to overwrite."""
+    outputs that are not what it asks for, so it is refused unless told to overwrite.
+
+    Returns when those settings took effect (the settings file's mtime, from the clock that dates
+    the outputs): an output older than that was made with other settings, by an ``--overwrite``
+    run that was stopped, and is never skipped."""
     path = out_dir / SETTINGS_FILE
     try:
         recorded = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
         recorded = None  # unreadable: written anew below
-    if recorded == settings:
-        return
-    if recorded is not None and not overwrite:
+    if recorded is not None and recorded != settings and not overwrite:
         keys = sorted(set(recorded) | set(settings))
         diffs = [f"{k} {recorded.get(k)!r} → {settings.get(k)!r}" for k in keys if recorded.get(k) != settings.get(k)]
         raise InputError(
             f"{out_dir} holds outputs made with other settings ({'; '.join(diffs)}); pass --overwrite to "
             "redo them with these settings, or choose another --output"
         )
-    write_json(path, settings)
+    if recorded != settings:
+        write_json(path, settings)
+    return path.stat().st_mtime
+
+
+def check_not_in_bundle(out_dir: Path) -> None:
+    """Running never writes into a bundle (it may be shared, or a read-only image)."""
+    for folder in (out_dir.resolve(), *out_dir.resolve().parents):
+        if (folder / MANIFEST).is_file():
+            raise InputError(f"{out_dir} is inside the bundle {folder}: choose an --output outside it")
 
 
 class StopFlag:
@@ -170,10 +192,11 @@ class BatchRunner(Generic[T, R]):
     settings: dict[str, Any] = field(default_factory=dict)
     on_advance: Callable[[int], None] = lambda n: None
 
-    def pending(self, items: Sequence[Item], summary: Summary) -> list[Item]:
+    def pending(self, items: Sequence[Item], summary: Summary, since: float) -> list[Item]:
+        """Items to do: all with ``overwrite``, else those missing an output made since ``since``."""
         todo = []
         for item in items:
-            if not self.overwrite and all(p.exists() for p in self.outputs(item)):
+            if not self.overwrite and all(p.exists() and p.stat().st_mtime >= since for p in self.outputs(item)):
                 summary.skipped.append(item)
             else:
                 todo.append(item)
@@ -191,12 +214,13 @@ class BatchRunner(Generic[T, R]):
         check_outputs(items, self.outputs)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise InputError(f"{self.out_dir}: exists and is not a directory; --output names a folder")
+        check_not_in_bundle(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        check_settings(self.out_dir, self.settings, self.overwrite)
+        since = check_settings(self.out_dir, self.settings, self.overwrite)
         for stale in self.out_dir.rglob(".*.partial"):  # temp files of a run that was killed
             stale.unlink(missing_ok=True)
         summary = Summary()
-        todo = self.pending(items, summary)
+        todo = self.pending(items, summary, since)
         self.on_advance(len(summary.skipped))
         prepared = self._prepared(iter(todo), summary)
         with StopFlag() as stop:

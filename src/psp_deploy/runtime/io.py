@@ -8,21 +8,16 @@ naming the file and the cause.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import io
-import json
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
+from ..files import atomic_file
 
 MAX_PIXELS = 100_000_000  # ~ a 10000×10000 photo; far beyond any camera's single frame
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO")
@@ -91,31 +86,6 @@ def _decode(stream: BinaryIO, name: str, mode: str) -> np.ndarray:
         raise ImageDecodeError(f"{name}: cannot decode image: {err}") from None
 
 
-@functools.cache
-def new_file_mode() -> int:
-    """The mode the user's umask gives any new file (read once: setting umask is process-wide)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """A file that appears at ``path`` complete or not at all (temp file + rename), with the mode
-    any new file gets (mkstemp's private 0600 would hide outputs from the user's group)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), new_file_mode())
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_image_atomic(path: str | Path, rgb: np.ndarray) -> None:
     """Write an image in the format its suffix names (PNG by default), atomically."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
@@ -126,9 +96,3 @@ def write_image_atomic(path: str | Path, rgb: np.ndarray) -> None:
 def write_npy_atomic(path: str | Path, array: np.ndarray) -> None:
     with atomic_file(path) as f:
         np.save(f, array, allow_pickle=False)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """JSON (indented, one trailing newline), atomically."""
-    with atomic_file(path) as f:
-        f.write((json.dumps(data, indent=2) + "\n").encode())

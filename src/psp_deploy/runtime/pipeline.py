@@ -12,15 +12,53 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import GRAPHS, Bundle
+from ..bundle import GRAPHS, INFERENCE_PRECISIONS, Bundle
 from ..config import STYLE_DIM
 from ..errors import InputError
+from ..graph_io import CODES, IMAGE, IMAGE_256, W, Z
 from .align import AlignedFace, FaceAligner
-from .backends import Backend, backend_class, check_precision
+from .backends import Backend, BackendOptions, backend_class, check_precision
 from .preprocess import preprocess, to_uint8
 
 DEFAULT_MAX_BATCH = 8
 MASK_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")  # an index, or a range LO-HI
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one row asks for: the options of `psp-deploy run` and of the served psp model.
+
+    With ``latent_mask`` the masked styles come from mapping(z), z drawn from ``seed`` + k for
+    output k (``seed`` None: unseeded), blended by ``mix_alpha`` (None: replaced)."""
+
+    align: bool | None = None
+    resize: bool = False
+    latent_mask: tuple[int, ...] | None = None
+    mix_alpha: float | None = None
+    seed: int | None = None
+    n_outputs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_outputs < 1:
+            raise InputError(f"n_outputs must be at least 1, got {self.n_outputs}")
+        if self.latent_mask is None and (self.n_outputs > 1 or self.mix_alpha is not None):
+            what = "--n-outputs above 1" if self.n_outputs > 1 else "--mix-alpha"
+            raise InputError(f"{what} needs --latent-mask (each output mixes in another random style)")
+
+
+@dataclass
+class Output:
+    """One row's result."""
+
+    codes: np.ndarray  # [n_styles, 512] W+ codes as encoded (latent_avg included), before any mixing
+    mixed: np.ndarray  # [n_outputs, n_styles, 512] the codes each output was synthesized from
+    images: np.ndarray  # [n_outputs, R, R, 3] uint8 (R = output size, or 256 with resize)
+
+
+@dataclass
+class Generated:
+    outputs: list[Output]
+    timings: dict[str, float]  # seconds per stage of the batch
 
 
 @dataclass
@@ -99,24 +137,23 @@ class Pipeline:
         backend: str = "onnxruntime",
         precision: str = "fp32",
         *,
+        options: BackendOptions | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         face: str = "largest",
-        **options: Any,
     ) -> Pipeline:
-        """Open a bundle with one backend and precision; extra options go to the backend
-        (onnxruntime: device="cpu"|"cuda", threads=N).
+        """Open a bundle with one backend, precision and options (device, threads, ...).
 
         Graphs calibrated at ``precision`` run at it; graphs the calibration left out (its
         --graphs) run in FP32, as ``precisions`` shows. A precision no graph has is an error."""
         bundle = Bundle.open(path)
         check_precision(backend, precision)
+        if precision not in INFERENCE_PRECISIONS and all(precision not in m for m in bundle.manifest.models.values()):
+            bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
         cls_ = backend_class(backend)
         backends: dict[str, Backend] = {}
         try:
             for graph in GRAPHS:
-                backends[graph] = cls_.from_bundle(bundle, graph, precision, **options)
-            if precision not in {b.precision for b in backends.values()}:
-                bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
+                backends[graph] = cls_.from_bundle(bundle, graph, precision, options)
         except BaseException:
             for opened in backends.values():  # a later graph failed: release what the earlier ones hold
                 opened.close()
@@ -154,20 +191,20 @@ class Pipeline:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """[N, C, 256, 256] float32 → W+ codes [N, n_styles, 512] (latent_avg included)."""
-        run = lambda chunk: [self.encoder.infer({"image": chunk})["codes"]]  # noqa: E731
+        run = lambda chunk: [self.encoder.infer({IMAGE: chunk})[CODES]]  # noqa: E731
         return run_batched(run, np.asarray(x, np.float32), self.encoder.record.batch, self.max_batch)[0]
 
     def mapping(self, z: np.ndarray) -> np.ndarray:
         """z [N, 512] → w [N, 512]."""
-        run = lambda chunk: [self.mapping_net.infer({"z": chunk})["w"]]  # noqa: E731
+        run = lambda chunk: [self.mapping_net.infer({Z: chunk})[W]]  # noqa: E731
         return run_batched(run, np.asarray(z, np.float32).reshape(-1, STYLE_DIM), None, self.max_batch)[0]
 
     def synthesize(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """W+ codes → (image [N, 3, R, R], image_256 [N, 3, 256, 256]), floats in about [−1, 1]."""
 
         def run(chunk: np.ndarray) -> list[np.ndarray]:
-            out = self.synthesis_net.infer({"codes": chunk})
-            return [out["image"], out["image_256"]]
+            out = self.synthesis_net.infer({CODES: chunk})
+            return [out[IMAGE], out[IMAGE_256]]
 
         image, pooled = run_batched(run, np.asarray(codes, np.float32), self.synthesis_net.record.batch, self.max_batch)
         return image, pooled
@@ -195,6 +232,49 @@ class Pipeline:
         mixed[:, mask] = target[:, mask] if alpha is None else alpha * target[:, mask] + (1 - alpha) * codes[:, mask]
         return mixed
 
+    def generate(self, x: np.ndarray, rows: Sequence[RunOptions], inject: np.ndarray | None = None) -> Generated:
+        """Encoder tensors [N, C, 256, 256] and each row's options → each row's outputs: one encode,
+        every row's style variants mixed, ONE synthesis over all of them. ``inject`` (w or W+)
+        replaces the seeded styles of every masked row."""
+        clock, timings = time.perf_counter(), {}
+        codes = self.encode(x)
+        timings["encode"], clock = time.perf_counter() - clock, time.perf_counter()
+        variants = self._variants(codes, rows, inject)
+        if any(row.latent_mask is not None for row in rows):
+            timings["mix"], clock = time.perf_counter() - clock, time.perf_counter()
+        image, pooled = self.synthesize(np.concatenate(variants))
+        timings["synthesize"] = time.perf_counter() - clock
+        ends = np.cumsum([len(v) for v in variants])
+        outputs = [
+            Output(c, v, to_uint8((pooled if row.resize else image)[end - len(v) : end]))
+            for c, v, row, end in zip(codes, variants, rows, ends, strict=True)
+        ]
+        return Generated(outputs, timings)
+
+    def _variants(self, codes: np.ndarray, rows: Sequence[RunOptions], inject: np.ndarray | None) -> list[np.ndarray]:
+        """Per row, the codes of each output [n_outputs, n_styles, 512]. Output k of a row mixes in
+        the style of seed + k, shared by every row asking for it (an unseeded call draws one seed)."""
+        unseeded = int(np.random.default_rng().integers(2**31))
+        styles: dict[int, np.ndarray] = {}
+        per_row = inject is not None and np.ndim(inject) == 3 and len(inject) == len(codes) > 1
+        variants = []
+        for i, (row_codes, row) in enumerate(zip(codes, rows, strict=True)):
+            if row.latent_mask is None:
+                variants.append(row_codes[None])
+                continue
+            mixed = []
+            for k in range(row.n_outputs):
+                if inject is not None:
+                    style = inject[i : i + 1] if per_row else inject
+                else:
+                    seed = (unseeded if row.seed is None else row.seed) + k
+                    if seed not in styles:
+                        styles[seed] = self.style_latent(seed)
+                    style = styles[seed]
+                mixed.append(self.mix(row_codes[None], row.latent_mask, style, row.mix_alpha))
+            variants.append(np.concatenate(mixed))
+        return variants
+
     def run(
         self,
         images: Sequence[np.ndarray] | np.ndarray,
@@ -212,25 +292,23 @@ class Pipeline:
         the masked styles come from ``inject`` (w or W+ codes; map a z with ``mapping``) or,
         without it, from mapping(z) with z drawn from ``seed``.
         """
-        timings: dict[str, float] = {}
         clock = time.perf_counter()
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             images = [images]  # one image; a batch is a list or an [N, H, W, C] array
         if len(images) == 0:
             raise InputError("no images given")
         prepared = [self.prepare(image, align) for image in images]
-        timings["prepare"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        codes = self.encode(np.stack([x for x, _ in prepared]))
-        timings["encode"] = time.perf_counter() - clock
-        if latent_mask is not None:
-            clock = time.perf_counter()
-            codes = self.mix(codes, latent_mask, self.style_latent(seed) if inject is None else inject, mix_alpha)
-            timings["mix"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        image, pooled = self.synthesize(codes)
-        timings["synthesize"] = time.perf_counter() - clock
-        return Result(to_uint8(pooled if resize else image), codes, [face for _, face in prepared], timings)
+        prepare_s = time.perf_counter() - clock
+        mask = None if latent_mask is None else tuple(latent_mask)
+        row = RunOptions(align, resize, mask, mix_alpha, seed)
+        generated = self.generate(np.stack([x for x, _ in prepared]), [row] * len(prepared), inject)
+        outputs = generated.outputs
+        return Result(
+            np.concatenate([o.images for o in outputs]),
+            np.concatenate([o.mixed for o in outputs]),
+            [face for _, face in prepared],
+            {"prepare": prepare_s, **generated.timings},
+        )
 
     def close(self) -> None:
         for backend in self.nets.values():
@@ -243,4 +321,4 @@ class Pipeline:
         self.close()
 
 
-__all__ = ["Pipeline", "Result", "parse_latent_mask"]
+__all__ = ["Generated", "Output", "Pipeline", "Result", "RunOptions", "parse_latent_mask"]

@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from pathlib import Path
-from typing import Any
 
-from ...bundle import ModelRecord
 from ...errors import BackendUnavailableError
-from .base import Backend, check_feeds
+from .base import PRECISIONS, Backend, check_feeds, check_precision
+from .options import BackendOptions
 
 BACKENDS = {
     "onnxruntime": ("psp_deploy.runtime.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tensorrt": ("psp_deploy.runtime.backends.tensorrt", "TensorRTBackend"),
     "openvino": ("psp_deploy.runtime.backends.openvino", "OpenVINOBackend"),
 }
-# What each backend really runs. OpenVINO's CPU plugin has no FP16 arithmetic on x86 (it would
-# run the FP16 graphs' casts in f32 at no gain): its reduced precisions are bf16 and int8.
-PRECISIONS = {
-    "onnxruntime": ("fp32", "fp16", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-    "tensorrt": ("fp32", "fp16", "int8"),
-}
-
-
-def check_precision(backend: str, precision: str) -> None:
-    """Refuse a precision the backend does not run, listing what each backend runs."""
-    if precision not in PRECISIONS.get(backend, (precision,)):
-        each = "; ".join(f"{name}: {', '.join(precisions)}" for name, precisions in PRECISIONS.items())
-        raise BackendUnavailableError(f"{backend} does not run {precision} (precisions per backend — {each})")
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -56,17 +40,13 @@ def resolve_backend(name: str, device: str = "cpu", precision: str = "fp32") -> 
     return "openvino" if openvino and precision in PRECISIONS["openvino"] else "onnxruntime"
 
 
-def open_backend(name: str, path: Path, record: ModelRecord, graph: str, **options: Any) -> Backend:
-    return backend_class(name)(path, record, graph, **options)
-
-
 __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "Backend",
+    "BackendOptions",
     "backend_class",
     "check_feeds",
     "check_precision",
-    "open_backend",
     "resolve_backend",
 ]

@@ -14,13 +14,24 @@ from typing import Any
 
 import numpy as np
 
-from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, TensorSpec
-from ...errors import BundleError, InputError
+from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, Resolved, TensorSpec
+from ...errors import BackendUnavailableError, BundleError, InputError
+from .options import BackendOptions
+
+# What each backend really runs. OpenVINO's CPU plugin has no FP16 arithmetic on x86 (it would
+# run the FP16 graphs' casts in f32 at no gain): its reduced precisions are bf16 and int8.
+PRECISIONS = {
+    "onnxruntime": ("fp32", "fp16", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
 
 
-def graph_precision(bundle: Bundle, graph: str, precision: str) -> str:
-    """``precision`` if the bundle has this graph at it, else FP32 (a graph calibration skipped)."""
-    return precision if precision in bundle.manifest.models.get(graph, {}) else "fp32"
+def check_precision(backend: str, precision: str) -> None:
+    """Refuse a precision the backend does not run, listing what each backend runs."""
+    if precision not in PRECISIONS.get(backend, (precision,)):
+        each = "; ".join(f"{name}: {', '.join(precisions)}" for name, precisions in PRECISIONS.items())
+        raise BackendUnavailableError(f"{backend} does not run {precision} (precisions per backend — {each})")
 
 
 def check_feeds(feeds: Mapping[str, np.ndarray], specs: list[TensorSpec], graph: str) -> dict[str, np.ndarray]:
@@ -50,22 +61,25 @@ def check_feeds(feeds: Mapping[str, np.ndarray], specs: list[TensorSpec], graph:
 
 
 class Backend(ABC):
-    """One model file, ready to run. ``thread_safe`` says whether ``infer`` may be called concurrently."""
+    """One model file, ready to run; every backend lets several threads call ``infer`` at once."""
 
     name = "base"
-    thread_safe = True
 
     def __init__(self, path: Path, record: ModelRecord, graph: str) -> None:
         self.path, self.record, self.graph = path, record, graph
         self.precision = record.precision
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, graph: str, precision: str, **options: Any) -> Backend:
-        """Open the bundle's ONNX graph at ``precision`` (hash-checked), or its FP32 graph when
-        calibration left this graph out; engine backends override this."""
-        precision = graph_precision(bundle, graph, precision)
-        backend = cls(bundle.model_path(graph, precision), bundle.record(graph, precision), graph, **options)
-        return backend.checked(bundle)
+    def from_bundle(cls, bundle: Bundle, graph: str, precision: str, options: BackendOptions | None = None) -> Backend:
+        """Open what the bundle resolves for this graph, precision and backend (hash-checked), once
+        the manifest agrees with what the file declares."""
+        check_precision(cls.name, precision)
+        return cls.load(bundle, bundle.resolve(graph, precision, cls.name), options or BackendOptions()).checked(bundle)
+
+    @classmethod
+    def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> Backend:
+        """The resolved ONNX graph; backends that run engines override this."""
+        return cls(bundle.model_path(resolved.graph, resolved.record.precision), resolved.record, resolved.graph)
 
     def declaration(self) -> GraphDeclaration:
         """The loaded file's I/O shapes and metadata, as the backend's library reports them."""

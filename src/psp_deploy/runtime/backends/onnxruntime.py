@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ...bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecord
+from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError, EngineError
 from ...machine import cpu_info
-from .base import Backend, graph_precision
+from .base import Backend
+from .options import BackendOptions
 
 DEVICES = ("cpu", "cuda")
 
@@ -29,22 +30,18 @@ def machine_key() -> dict[str, object]:
     return {"onnxruntime": ort.__version__, "cpu_flags": cpu_info()["flags"]}
 
 
-def find_engine(bundle: Bundle, graph: str, precision: str) -> EngineRecord | None:
-    """The bundle's optimized model for this graph, if built; refused if built for another machine."""
-    engine = next(
-        (e for e in bundle.manifest.engines if (e.backend, e.graph, e.precision) == ("onnxruntime", graph, precision)),
-        None,
-    )
+def optimized_model(bundle: Bundle, resolved: Resolved) -> Path | None:
+    """The saved optimized model `build` made for this graph, if any; refused if made for another machine."""
+    engine = resolved.engine
     if engine is None:
         return None
-    key = machine_key()
-    built = {k: engine.details.get(k) for k in key}
-    if built != key:
+    if differences := engine.differences(machine_key()):
+        built, here = ({k: v[i] for k, v in differences.items()} for i in (0, 1))
         raise EngineError(
-            f"{engine.file} was optimized for {built}, this machine is {key}; rebuild it with "
+            f"{engine.file} was optimized for {built}, this machine is {here}; rebuild it with "
             "`psp-deploy build --backend onnxruntime`, or pass --no-engines"
         )
-    return engine
+    return bundle.verified_path(engine.file, engine.sha256)
 
 
 def providers_for(device: str) -> list[str]:
@@ -64,17 +61,20 @@ class OnnxRuntimeBackend(Backend):
     """``InferenceSession.run`` is thread-safe, and so is this backend."""
 
     name = "onnxruntime"
-    thread_safe = True
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, graph: str, precision: str, *, engines: bool = True, **options: object):
+    def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> OnnxRuntimeBackend:
         """The ONNX graph, or its saved optimized model when one was built for this machine."""
-        precision = graph_precision(bundle, graph, precision)
-        engine = find_engine(bundle, graph, precision) if engines and options.get("device", "cpu") == "cpu" else None
-        if engine is None:
-            return super().from_bundle(bundle, graph, precision, **options)
-        path = bundle.verified_path(engine.file, engine.sha256)
-        return cls(path, bundle.record(graph, precision), graph, preoptimized=True, **options).checked(bundle)
+        engine = optimized_model(bundle, resolved) if options.engines and options.device == "cpu" else None
+        path = engine or bundle.model_path(resolved.graph, resolved.record.precision)
+        return cls(
+            path,
+            resolved.record,
+            resolved.graph,
+            device=options.device,
+            threads=options.threads,
+            preoptimized=engine is not None,
+        )
 
     def __init__(
         self,

@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ...bundle import Bundle, GraphDeclaration, ModelRecord
+from ...bundle import Bundle, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError
 from ...machine import cpu_info, has_native_bf16
 from ...onnx_metadata import read_metadata
 from ..cache import graph_cache
-from . import check_precision
 from .base import Backend
+from .options import BackendOptions
 
 HINTS = ("latency", "throughput")
 
@@ -51,16 +51,6 @@ def machine_key(config: dict[str, Any]) -> dict[str, Any]:
     return {"openvino": import_openvino().__version__, "cpu_flags": cpu_info()["flags"], "config": config}
 
 
-def compiled_blob(bundle: Bundle, graph: str, precision: str, config: dict[str, Any]) -> Path | None:
-    """The blob `psp-deploy build` exported for this graph, if it was made for this machine and config."""
-    for engine in bundle.manifest.engines:
-        if (engine.backend, engine.graph, engine.precision) != ("openvino", graph, precision):
-            continue
-        if {k: engine.details.get(k) for k in ("openvino", "cpu_flags", "config")} == machine_key(config):
-            return bundle.verified_path(engine.file, engine.sha256)
-    return None
-
-
 def compile_config(precision: str, hint: str = "latency", threads: int | None = None) -> dict[str, Any]:
     """OpenVINO CPU properties for ``precision``: f32 pinned unless bf16 is asked for."""
     config: dict[str, Any] = {
@@ -76,23 +66,28 @@ class OpenVINOBackend(Backend):
     """A compiled model plus a pool of infer requests: concurrent calls each take their own."""
 
     name = "openvino"
-    thread_safe = True
 
     @classmethod
-    def from_bundle(
-        cls, bundle: Bundle, graph: str, precision: str, *, cache_dir: Path | None = None, **options: Any
-    ) -> OpenVINOBackend:
-        check_precision(cls.name, precision)
-        # bf16 is an inference precision applied to the FP32 graph; int8 is a graph of its own
-        graph_precision = "fp32" if precision == "bf16" else precision
-        if graph_precision not in bundle.manifest.models.get(graph, {}):
-            graph_precision, precision = "fp32", "fp32"
-        path = bundle.model_path(graph, graph_precision)
-        record = bundle.record(graph, graph_precision)
-        backend = cls(path, record, graph, precision=precision, **options)
-        blob = compiled_blob(bundle, graph, precision, backend.config)
-        backend.compile(blob or path, None if blob else graph_cache(cls.name, record.sha256, cache_dir))
-        return backend.checked(bundle)
+    def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> OpenVINOBackend:
+        """The blob `build` exported when it fits this machine and these settings, else the ONNX
+        graph compiled with the user's cache (keyed by the graph's sha256)."""
+        record = resolved.record
+        path = bundle.model_path(resolved.graph, record.precision)
+        backend = cls(
+            path,
+            record,
+            resolved.graph,
+            precision=resolved.precision,
+            hint=options.hint,
+            threads=options.threads,
+            force_bf16=options.force_bf16,
+        )
+        engine = resolved.engine
+        if engine is not None and not engine.differences(machine_key(backend.config)):
+            backend.compile(bundle.verified_path(engine.file, engine.sha256))
+        else:
+            backend.compile(path, graph_cache(cls.name, record.sha256, options.cache_dir))
+        return backend
 
     def __init__(
         self,
@@ -127,7 +122,9 @@ class OpenVINOBackend(Backend):
             else:
                 self.compiled = core.import_model(source.read_bytes(), "CPU", config)
         except RuntimeError as err:
-            raise BundleError(f"{source}: OpenVINO cannot load it: {str(err).splitlines()[0]}") from err
+            # OpenVINO's first line only says where it raised; the cause follows
+            reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            raise BundleError(f"{source}: OpenVINO cannot load it: {reason}") from err
         names = lambda ports: [p.get_any_name() for p in ports]  # noqa: E731
         self._check_io({"inputs": names(self.compiled.inputs), "outputs": names(self.compiled.outputs)}, "inputs")
         self._check_io({"inputs": names(self.compiled.inputs), "outputs": names(self.compiled.outputs)}, "outputs")

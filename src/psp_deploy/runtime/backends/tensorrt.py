@@ -2,7 +2,7 @@
 
 The plan must match this machine: TensorRT version and GPU as recorded when it was
 built (plans are not portable). Buffers come from CudaMemory (pinned host, device,
-one stream); an optional CUDA graph is captured per input shape and replayed.
+one stream).
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ...bundle import Bundle, EngineRecord, ModelRecord
+from ...bundle import Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError, EngineError
-from .base import Backend, graph_precision
-from .cuda_memory import CudaMemory, check, device_properties
+from ...onnx_metadata import read_metadata
+from .base import Backend
+from .cuda_memory import CudaMemory, device_properties
+from .options import BackendOptions
 
 
 def import_tensorrt() -> Any:
@@ -30,14 +32,14 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
-def find_engine(bundle: Bundle, backend: str, graph: str, precision: str) -> EngineRecord:
-    for engine in bundle.manifest.engines:
-        if (engine.backend, engine.graph, engine.precision) == (backend, graph, precision):
-            return engine
-    raise BundleError(
-        f"{bundle.root}: no {backend} {precision} engine for the {graph} graph; build it with "
-        f"`psp-deploy build {bundle.root} --backend {backend} --precision {precision}`"
-    )
+def plan_record(bundle: Bundle, resolved: Resolved) -> EngineRecord:
+    """The plan `build` made for the resolved graph; a missing one says how to build it."""
+    if resolved.engine is None:
+        raise BundleError(
+            f"{bundle.root}: no tensorrt {resolved.precision} engine for the {resolved.graph} graph; build it with "
+            f"`psp-deploy build {bundle.root} --backend tensorrt --precision {resolved.precision}`"
+        )
+    return resolved.engine
 
 
 def check_engine_matches_machine(engine: EngineRecord, trt_version: str, device: dict[str, str]) -> None:
@@ -59,23 +61,27 @@ class TensorRTBackend(Backend):
     """Calls are serialized by a lock: one execution context and one set of buffers."""
 
     name = "tensorrt"
-    thread_safe = True
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, graph: str, precision: str, **options: Any) -> TensorRTBackend:
+    def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> TensorRTBackend:
         trt = import_tensorrt()
-        precision = graph_precision(bundle, graph, precision)
-        engine = find_engine(bundle, "tensorrt", graph, precision)
+        engine = plan_record(bundle, resolved)
         check_engine_matches_machine(engine, trt.__version__, device_properties())
-        path = bundle.verified_path(engine.file, engine.sha256)
-        backend = cls(path, bundle.record(graph, "fp32"), graph, **options)
-        backend.precision = precision
+        backend = cls(bundle.verified_path(engine.file, engine.sha256), resolved.record, resolved.graph)
+        backend.source = bundle.root / resolved.record.file  # the ONNX graph the plan was built from
         return backend
 
-    def __init__(self, path: Path, record: ModelRecord, graph: str, *, cuda_graph: bool = False) -> None:
+    def declaration(self) -> GraphDeclaration:
+        """The plan's I/O (dynamic dimensions are -1 in TensorRT); metadata from its source ONNX graph."""
+        dims = lambda name: [d if d >= 0 else None for d in self.engine.get_tensor_shape(name)]  # noqa: E731
+        inputs = [(n, dims(n)) for n in self.input_names]
+        outputs = [(n, dims(n)) for n in self.output_names]
+        return GraphDeclaration(self.path.name, inputs, outputs, read_metadata(self.source))
+
+    def __init__(self, path: Path, record: ModelRecord, graph: str) -> None:
         super().__init__(path, record, graph)
         trt = import_tensorrt()
-        self.trt, self.use_cuda_graph = trt, cuda_graph
+        self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
@@ -83,7 +89,6 @@ class TensorRTBackend(Backend):
         self.context = self.engine.create_execution_context()
         self.memory = CudaMemory()
         self.lock = threading.Lock()
-        self.graphs: dict[tuple, Any] = {}  # input shapes → instantiated CUDA graph
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == mode]
@@ -91,50 +96,29 @@ class TensorRTBackend(Backend):
         self._check_io({"inputs": self.input_names, "outputs": self.output_names}, "inputs")
         self._check_io({"inputs": self.input_names, "outputs": self.output_names}, "outputs")
 
-    def _bind(self, feeds: dict[str, np.ndarray]) -> tuple[list, bool]:
-        """Set shapes and addresses; True when a buffer moved (any captured graph is then stale)."""
-        moved = False
+    def _bind(self, feeds: dict[str, np.ndarray]) -> list:
+        """Set shapes and addresses; the (name, buffer) of each output."""
         for name, value in feeds.items():
             if not self.context.set_input_shape(name, value.shape):
                 raise EngineError(
                     f"{self.graph}: input '{name}' shape {list(value.shape)} is outside the engine's profile"
                 )
-            before = self.memory.buffers.get(name)
             buf = self.memory.upload(name, value)
-            moved |= before is None or before.device != buf.device
             self.context.set_tensor_address(name, buf.device)
         outputs = []
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
             dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
-            before = self.memory.buffers.get(name)
             buf = self.memory.buffer(name, shape, dtype)
-            moved |= before is None or before.device != buf.device
             self.context.set_tensor_address(name, buf.device)
             outputs.append((name, buf))
-        return outputs, moved
-
-    def _execute(self, shapes: tuple) -> None:
-        stream = self.memory.stream
-        if not self.use_cuda_graph:
-            if not self.context.execute_async_v3(stream):
-                raise EngineError(f"{self.graph}: TensorRT execution failed")
-            return
-        rt = self.memory.rt
-        if shapes not in self.graphs:
-            self.context.execute_async_v3(stream)  # first run does TensorRT's deferred set-up
-            check(rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-            self.context.execute_async_v3(stream)
-            graph = check(rt.cudaStreamEndCapture(stream))
-            self.graphs[shapes] = check(rt.cudaGraphInstantiate(graph, 0))
-        check(rt.cudaGraphLaunch(self.graphs[shapes], stream))
+        return outputs
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.lock:
-            outputs, moved = self._bind(feeds)
-            if moved:
-                self.graphs.clear()
-            self._execute(tuple(v.shape for v in feeds.values()))
+            outputs = self._bind(feeds)
+            if not self.context.execute_async_v3(self.memory.stream):
+                raise EngineError(f"{self.graph}: TensorRT execution failed")
             for _, buf in outputs:
                 self.memory.enqueue_download(buf)
             self.memory.synchronize()
@@ -142,7 +126,4 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         with self.lock:
-            for graph_exec in self.graphs.values():
-                check(self.memory.rt.cudaGraphExecDestroy(graph_exec))
-            self.graphs.clear()
             self.memory.close()

@@ -1,0 +1,77 @@
+"""One bundle graph at a reduced precision: ``<graph>.fp16.onnx`` from its measured ranges, or
+``<graph>.int8.onnx`` with the calibration method (and nodes kept in float) that scored best."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..bundle import Bundle
+from ..export.checks import check_graph
+from ..graph_io import GRAPH_IO
+from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
+from .evaluate import open_graph, runner
+from .fp16 import decide, to_fp16
+from .int8 import calibrate_int8
+from .ranges import capture_ranges
+from .report import cosines, psnr_db
+
+PROBE = 4  # samples each INT8 attempt is scored on
+
+
+def target_path(bundle: Bundle, graph: str, precision: str) -> Path:
+    return bundle.root / f"{graph}.{precision}.onnx"
+
+
+def _feeds(samples: np.ndarray, graph: str, batch: int | None) -> list[dict[str, np.ndarray]]:
+    b = batch or 1
+    usable = len(samples) - len(samples) % b or b
+    name = GRAPH_IO[graph].input
+    return [{name: samples[i : i + b]} for i in range(0, usable, b) if len(samples[i : i + b]) == b]
+
+
+def make_fp16(bundle: Bundle, graph: str, samples: np.ndarray) -> dict:
+    src, batch = bundle.model_path(graph), bundle.record(graph).batch
+    model = onnx.load(src)
+    decisions = decide(model, capture_ranges(src, _feeds(samples, graph, batch)))
+    converted = to_fp16(model, decisions)
+    check_graph(converted, f"{graph} fp16")
+    target_path(bundle, graph, "fp16").write_bytes(converted.SerializeToString())
+    return {"kept_fp32": decisions.kept_fp32}
+
+
+def _int8_score(bundle: Bundle, graph: str, samples: np.ndarray) -> Callable[[Path], float]:
+    """How close an INT8 attempt's outputs on ``samples`` come to FP32's: the worst codes cosine
+    (encoder) or the mean image PSNR. Attempts run on ONNX Runtime, as the runtime runs them."""
+    with open_graph(bundle, graph, "fp32") as fp32:
+        reference = runner(fp32)(samples)
+    latent_avg, record = bundle.latent_avg(), bundle.record(graph)  # an attempt's I/O is the FP32 graph's
+
+    def score(path: Path) -> float:
+        with OnnxRuntimeBackend(path, record, graph) as attempt:
+            test = runner(attempt)(samples)
+        if graph == "encoder":
+            return float(cosines(reference - latent_avg, test - latent_avg).min())
+        return float(np.mean([psnr_db(r, t) for r, t in zip(reference, test, strict=True)]))
+
+    return score
+
+
+def make_int8(
+    bundle: Bundle, graph: str, samples: np.ndarray, methods: tuple[str, ...], rounds: int, say: Callable[[str], None]
+) -> dict:
+    src, dst, batch = bundle.model_path(graph), target_path(bundle, graph, "int8"), bundle.record(graph).batch
+    score = _int8_score(bundle, graph, samples[:PROBE])
+    best, tried = calibrate_int8(
+        src, dst, _feeds(samples, graph, batch), score, methods=methods, rounds=rounds, progress=say
+    )
+    check_graph(onnx.load(dst, load_external_data=False), f"{graph} int8")
+    return {
+        "method": best.method,
+        "kept_float": best.excluded,
+        "tried": [{"method": a.method, "kept_float": a.excluded, "score": a.score} for a in tried],
+        "score": "min codes cosine" if graph == "encoder" else "mean image PSNR (dB)",
+    }

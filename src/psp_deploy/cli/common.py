@@ -1,0 +1,158 @@
+"""What every command shares: the app, the console, error handling, progress and option types.
+
+Every message that shows text from outside (paths, errors, install hints such as
+``psp-deploy[gpu]``) goes through ``escape``: rich would read its brackets as markup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import PspDeployError
+
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+app = typer.Typer(
+    name="psp-deploy",
+    help="Deploy pSp (pixel2style2pixel) face encoders and StyleGAN2 decoders: official checkpoint → "
+    "ONNX bundle → calibrated FP16/INT8 graphs and engines → a lean runtime (photo → aligned face → "
+    "W+ codes → image).",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True, soft_wrap=True)  # messages stay one line: greppable in logs
+
+
+def say(text: str, style: str = "") -> None:
+    """One line of plain text (escaped), optionally styled as a whole."""
+    console.print(f"[{style}]{escape(text)}[/]" if style else escape(text), highlight=False)
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """Turn the package's errors into one red line and exit code 2; a second Ctrl-C into 130."""
+    try:
+        yield
+    except PspDeployError as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@contextlib.contextmanager
+def progress(title: str) -> Iterator[Callable[[str], None]]:
+    """A step reporter: a spinner on a terminal; one line per step in logs and pipes, where a
+    spinner shows nothing."""
+    if not console.is_terminal:
+        yield lambda message: console.print(f"{title}: {message}", markup=False, highlight=False)
+        return
+    with console.status(title) as status:
+        yield lambda message: status.update(escape(message))
+
+
+class FacePolicy(str, Enum):
+    largest = "largest"
+    best = "best"
+    last = "last"
+
+
+class Modconv(str, Enum):
+    grouped = "grouped"
+    scaled = "scaled"
+
+
+class BackendName(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+class CalibrationBackend(str, Enum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+    bf16 = "bf16"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+BundleArg = Annotated[Path, typer.Argument(help="Bundle directory made by `psp-deploy export`.")]
+InputsArg = Annotated[list[str], typer.Argument(help="Photos (or sketches / label maps), folders or glob patterns.")]
+OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Directory for the outputs.")]
+BackendOpt = Annotated[
+    BackendName,
+    typer.Option(
+        help="auto: on CPU, openvino when installed and it runs the precision asked (measured faster), else "
+        "onnxruntime. Never changes the precision."
+    ),
+]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        help="fp32; fp16 (onnxruntime, tensorrt) and int8 run graphs made by `psp-deploy calibrate`; bf16 "
+        "(openvino, CPUs with native BF16)."
+    ),
+]
+DeviceOpt = Annotated[Device, typer.Option(help="onnxruntime device.")]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads per graph (default: all cores).")]
+ForceBf16Opt = Annotated[bool, typer.Option(help="openvino: allow bf16 on a CPU without native BF16.")]
+EnginesOpt = Annotated[bool, typer.Option(help="onnxruntime: use optimized models saved by `psp-deploy build`.")]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="openvino: where compiled-model caches go (default: $PSP_DEPLOY_CACHE_DIR, else the user cache "
+        "folder ~/.cache/psp-deploy). Running never writes into the bundle."
+    ),
+]
+FaceOpt = Annotated[
+    FacePolicy,
+    typer.Option(
+        help="Which face when a photo has several: the largest box, the best detector score, or the last "
+        "detection (the official script)."
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Redo inputs whose outputs already exist, also when the folder was made with other settings "
+        "(OUTPUT/psp-deploy.json)."
+    ),
+]
+AlignOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--align/--no-align",
+        help="Align faces first (default: yes for photos; sketches and label maps are never aligned).",
+    ),
+]
+ResizeOpt = Annotated[bool, typer.Option(help="Write 256×256 outputs (the official face_pool) instead of full size.")]
+LatentMaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Style mixing: style indices to take from a random face, e.g. 8-17 (fine styles: colours, texture)."
+    ),
+]
+MixAlphaOpt = Annotated[float | None, typer.Option(help="Blend factor of the injected styles (default: replace).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the injected styles: output k uses z from seed + k.")]
+SaveLatentsOpt = Annotated[bool, typer.Option(help="Also write each input's W+ codes as NAME.npy.")]

@@ -1,0 +1,150 @@
+"""Serving and measuring: serve (Triton) and bench."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import InputError
+from .common import (
+    BackendOpt,
+    BundleArg,
+    CacheDirOpt,
+    DeviceOpt,
+    EnginesOpt,
+    FaceOpt,
+    FacePolicy,
+    ForceBf16Opt,
+    PrecisionOpt,
+    ThreadsOpt,
+    app,
+    console,
+    handled,
+    progress,
+    say,
+)
+
+
+@app.command()
+def serve(
+    bundle: BundleArg,
+    backend: BackendOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    force_bf16: ForceBf16Opt = False,
+    engines: EnginesOpt = True,
+    cache_dir: CacheDirOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on: this machine only by default; 0.0.0.0 for every interface.")
+    ] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port (KServe v2 protocol).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    max_batch: Annotated[int, typer.Option(help="Largest batch formed across clients.")] = 8,
+    max_queue_delay_us: Annotated[
+        int, typer.Option(help="How long a request may wait for others to batch with.")
+    ] = 2000,
+    instances: Annotated[int, typer.Option(help="Batches run at once per model.")] = 1,
+    access_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PSP_DEPLOY_ACCESS_TOKEN",
+            help="Token for Triton's restricted APIs (statistics, repository); default: a random one.",
+        ),
+    ] = None,
+    face: FaceOpt = FacePolicy.largest,
+) -> None:
+    """Serve the bundle on NVIDIA Triton Inference Server (through PyTriton).
+
+    Models: **psp** (photo bytes → aligned face, W+ codes, image; request parameters align, resize,
+    latent_mask, mix_alpha, seed), **psp_encode** (aligned face → codes) and **psp_synthesize**
+    (codes → image). Requests from different clients are batched. Health: /v2/health/ready;
+    metrics on --metrics-port. SIGTERM or Ctrl-C finish in-flight requests, then stop.
+    """
+    from ..runtime.backends import BackendOptions
+    from ..serving.server import ServeOptions
+    from ..serving.server import serve as run_server
+    from .batch import open_pipeline
+
+    options = ServeOptions(
+        host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances, access_token
+    )
+    ready = f"on http://{host}:{http_port} and grpc://{host}:{grpc_port} (metrics :{metrics_port})"
+    with handled():
+        backend_options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir)
+        run_server(
+            lambda: open_pipeline(bundle, backend.value, precision.value, backend_options, face.value),
+            options,
+            on_ready=lambda: say(f"serving {bundle} {ready}; models psp, psp_encode, psp_synthesize", "green"),
+        )
+    console.print("stopped")
+
+
+def comma_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@app.command()
+def bench(
+    bundle: BundleArg,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated backends: auto (as `run`: openvino on CPU when installed and it runs the "
+            "precision, else onnxruntime), onnxruntime, openvino, tensorrt."
+        ),
+    ] = "auto",
+    precision: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, int8, bf16.")] = "fp32",
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4",
+    warmup: Annotated[int, typer.Option(help="Untimed calls before each measurement.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed calls per measurement.")] = 5,
+    stages: Annotated[
+        str, typer.Option(help="Comma-separated: align, encode, synthesize, e2e.")
+    ] = "align,encode,synthesize,e2e",
+    threads: ThreadsOpt = None,
+    baseline: Annotated[Path | None, typer.Option(help="The checkpoint: also time the official PyTorch path.")] = None,
+    limits: Annotated[bool, typer.Option(help="Measure the machine's single-conv rate per precision.")] = True,
+    profile: Annotated[
+        bool, typer.Option(help="Also record seconds per operator type of each graph (the backend's profiler).")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Results JSON (default: bench-results.json in the --report folder, else here)."
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write a markdown report and PNG plots here.")] = None,
+) -> None:
+    """Latency (min, p50, p90, p99, mean) and throughput per stage and end to end, per batch size.
+
+    Results record the machine (CPU model, cores, ISA flags), library versions, the bundle's
+    configuration and these settings. With --baseline the official algorithm runs in PyTorch
+    in the same run; the single-conv limits tell how far each figure is from the machine's.
+    """
+    from ..benchmark.harness import BenchSettings, run_benchmark
+    from ..benchmark.report import write_report
+    from ..files import write_json
+
+    output = output or (report or Path()) / "bench-results.json"  # the results beside their report
+    with handled(), progress("benchmarking") as step:
+        try:
+            batches = [int(b) for b in comma_list(batch)]
+        except ValueError:
+            raise InputError(f"--batch takes comma-separated integers, got {batch!r}") from None
+        settings = BenchSettings(
+            comma_list(backend), comma_list(precision), batches, comma_list(stages), warmup, runs, threads, profile
+        )
+        results = run_benchmark(bundle, settings, baseline=baseline, limits=limits, progress=step)
+        write_json(output, results)
+        if report:
+            say(f"report: {write_report(results, report, output.stem, 'psp-deploy ' + ' '.join(sys.argv[1:]))}")
+    for row in results["results"]:
+        latency = f"p50 {row['latency_s']['p50']:.3f}s  {row['images_per_s']:.2f} img/s"
+        say(f"  {row['backend']:<14} {row['precision']:<5} b{row['batch']} {row['stage']:<10} {latency}")
+    for warning in results["warnings"]:
+        say(f"warning: {warning}", "yellow")
+    say(f"results: {output}")
