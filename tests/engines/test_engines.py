@@ -8,11 +8,10 @@ from skimage import data
 
 from psp_deploy.bundle import Bundle, EngineRecord, ModelRecord, TensorSpec
 from psp_deploy.engines import build_engines
-from psp_deploy.engines.tensorrt import BatchProfile, profile_shapes
 from psp_deploy.errors import BackendUnavailableError, BundleError, EngineError
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.backends import BackendOptions
-from psp_deploy.runtime.backends.tensorrt import check_engine_matches_machine, plan_record
+from psp_deploy.runtime.backends.tensorrt import BatchProfile, check_engine_matches_machine, plan_record, profile_shapes
 
 
 def _tensorrt_missing() -> str | None:

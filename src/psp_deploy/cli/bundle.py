@@ -186,9 +186,8 @@ def build(
     A timing cache is kept in the bundle. Runtimes refuse engines built for another GPU or
     TensorRT version.
     """
-    from ..engines import build_engines
+    from ..engines import BatchProfile, build_engines
     from ..engines.build import default_backend
-    from ..engines.tensorrt import BatchProfile
 
     with handled(), progress("building") as step:
         chosen = default_backend(precision.value) if backend == BackendName.auto else backend.value

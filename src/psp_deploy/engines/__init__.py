@@ -1,6 +1,7 @@
-"""Engines: TensorRT plans (strongly typed, from the precision-typed ONNX graphs) and ONNX
-Runtime optimized models, recorded in the bundle's manifest with what they were built for."""
+"""Engines: `psp-deploy build` resolves which graph each engine is built from and records it in
+the bundle's manifest; each backend module under runtime/backends/ builds and loads its own."""
 
+from ..runtime.backends.tensorrt import BatchProfile
 from .build import BACKENDS, build_engines
 
-__all__ = ["BACKENDS", "build_engines"]
+__all__ = ["BACKENDS", "BatchProfile", "build_engines"]

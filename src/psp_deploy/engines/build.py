@@ -1,4 +1,7 @@
-"""`psp-deploy build`: engines for a bundle's graphs at one precision, recorded in the manifest."""
+"""`psp-deploy build`: engines for a bundle's graphs at one precision, recorded in the manifest.
+
+Each backend's module (runtime/backends/) builds and loads its own engines; this module only
+resolves what to build (the bundle's rule) and records what was built."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from ..bundle import GRAPHS, Bundle, EngineRecord
 from ..errors import EngineError
 from ..files import sha256_file
 from ..runtime.backends import check_precision, resolve_backend
-from .tensorrt import BatchProfile
+from ..runtime.backends.tensorrt import BatchProfile
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino")
 ENGINE_DIR = "engines"
@@ -59,11 +62,11 @@ def build_engines(
         source = bundle.model_path(r.graph, r.record.precision)
         say(f"{backend} {r.graph} ({r.precision})")
         if backend == "openvino":
-            from .openvino import export_compiled
+            from ..runtime.backends.openvino import export_compiled
 
             details = export_compiled(bundle, r.graph, r.precision, target, force_bf16)
         elif backend == "tensorrt":
-            from .tensorrt import build_plan
+            from ..runtime.backends.tensorrt import build_plan
 
             details = build_plan(
                 source,
@@ -75,7 +78,7 @@ def build_engines(
                 version_compatible=version_compatible,
             )
         else:
-            from .onnxruntime import build_optimized
+            from ..runtime.backends.onnxruntime import build_optimized
 
             details = build_optimized(source, target)
         engines.append(_record(bundle, backend, r.graph, r.precision, target, details))

@@ -21,6 +21,7 @@ import numpy as np
 
 from ...bundle import Bundle, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError
+from ...files import atomic_file
 from ...machine import cpu_info, has_native_bf16
 from ...onnx_metadata import read_metadata
 from ..cache import graph_cache
@@ -168,3 +169,17 @@ class OpenVINOBackend(Backend):
         from .base import check_feeds
 
         return check_feeds(feeds, self.inputs, self.graph)
+
+
+def export_compiled(
+    bundle: Bundle, graph: str, precision: str, target: Path, force_bf16: bool = False
+) -> dict[str, Any]:
+    """Compile one graph afresh and export it to ``target``. Never through a cache, nor from an
+    earlier blob: OpenVINO exports a model loaded from its cache as a blob it cannot import."""
+    resolved = bundle.resolve(graph, precision, "openvino")
+    path = bundle.model_path(graph, resolved.record.precision)
+    backend = OpenVINOBackend(path, resolved.record, graph, precision=resolved.precision, force_bf16=force_bf16)
+    backend.compile(path)
+    with atomic_file(target) as f:
+        f.write(backend.compiled.export_model().getvalue())
+    return {**machine_key(backend.config), "cpu": cpu_info()["model"], "source": path.name}
