@@ -49,11 +49,14 @@ def run_batch(items: list[Item], title: str, **runner: Any) -> Summary:
 
     from ..runtime.batch import BatchRunner
 
+    batch = BatchRunner(**runner)
+    batch.check(items)  # a refusal prints alone, not under a progress bar
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     times = (TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(SpinnerColumn(), *columns, *times, console=console) as bar:
         task = bar.add_task(title, total=len(items))
-        return BatchRunner(on_advance=lambda n: bar.advance(task, n), **runner).run(items)
+        batch.on_advance = lambda n: bar.advance(task, n)
+        return batch.run(items)
 
 
 def report(summary: Summary, out_dir: Path) -> None:

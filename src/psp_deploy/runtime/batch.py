@@ -210,13 +210,19 @@ class BatchRunner(Generic[T, R]):
                 summary.failed.append((item, describe(err)))
                 self.on_advance(1)
 
-    def run(self, items: Sequence[Item]) -> Summary:
+    def check(self, items: Sequence[Item]) -> float:
+        """Everything that refuses a run, before any work: colliding outputs, an output path that is
+        a file or inside a bundle, other settings than the folder's. Returns when the settings took
+        effect (see check_settings). Safe to call again: ``run`` does."""
         check_outputs(items, self.outputs)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise InputError(f"{self.out_dir}: exists and is not a directory; --output names a folder")
         check_not_in_bundle(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        since = check_settings(self.out_dir, self.settings, self.overwrite)
+        return check_settings(self.out_dir, self.settings, self.overwrite)
+
+    def run(self, items: Sequence[Item]) -> Summary:
+        since = self.check(items)
         for stale in self.out_dir.rglob(".*.partial"):  # temp files of a run that was killed
             stale.unlink(missing_ok=True)
         summary = Summary()
