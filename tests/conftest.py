@@ -2,6 +2,7 @@
 each configuration is made once per session and shared by every test that reads it."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,10 +48,17 @@ RGB_FIXTURES = {
 
 
 def pytest_configure(config):
-    """Run-time caches (OpenVINO's compiled models) go to a throw-away folder, not the user's."""
+    """Run-time caches (OpenVINO's compiled models, GBs at 1024²) go to a throw-away folder per
+    process, not the user's, removed when the process's tests end."""
     from psp_deploy.runtime.cache import CACHE_ENV
 
-    os.environ.setdefault(CACHE_ENV, tempfile.mkdtemp(prefix="psp-deploy-cache-"))
+    if CACHE_ENV not in os.environ:
+        config.psp_cache = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="psp-deploy-cache-")
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "psp_cache"):
+        shutil.rmtree(config.psp_cache, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)
