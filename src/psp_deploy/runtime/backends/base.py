@@ -117,8 +117,9 @@ class Backend(ABC):
     def __exit__(self, *_exc: Any) -> None:
         self.close()
 
-    def _check_io(self, actual: dict[str, list[str]], io: str) -> None:
+    def _check_io(self, inputs: list[str], outputs: list[str]) -> None:
         """The model file's own I/O names must be the manifest's: a mismatched manifest is refused."""
-        declared = [t.name for t in getattr(self.record, io)]
-        if actual[io] != declared:
-            raise BundleError(f"{self.path.name}: the model's {io} {actual[io]} do not match the manifest's {declared}")
+        for io, actual in (("inputs", inputs), ("outputs", outputs)):
+            declared = [t.name for t in getattr(self.record, io)]
+            if actual != declared:
+                raise BundleError(f"{self.path.name}: the model's {io} {actual} do not match the manifest's {declared}")

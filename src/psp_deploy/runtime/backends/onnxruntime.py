@@ -95,12 +95,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as err:
             raise BundleError(f"{path}: ONNX Runtime cannot load it: {err}") from err
-        actual = {
-            "inputs": [i.name for i in self.session.get_inputs()],
-            "outputs": [o.name for o in self.session.get_outputs()],
-        }
-        self._check_io(actual, "inputs")
-        self._check_io(actual, "outputs")
+        self._check_io([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         self._check_batch()
 
     def _check_batch(self) -> None:

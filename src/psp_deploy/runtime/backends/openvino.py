@@ -127,8 +127,7 @@ class OpenVINOBackend(Backend):
             reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
             raise BundleError(f"{source}: OpenVINO cannot load it: {reason}") from err
         names = lambda ports: [p.get_any_name() for p in ports]  # noqa: E731
-        self._check_io({"inputs": names(self.compiled.inputs), "outputs": names(self.compiled.outputs)}, "inputs")
-        self._check_io({"inputs": names(self.compiled.inputs), "outputs": names(self.compiled.outputs)}, "outputs")
+        self._check_io(names(self.compiled.inputs), names(self.compiled.outputs))
 
     def declaration(self) -> GraphDeclaration:
         """Ports as compiled; metadata from the ONNX file (a compiled model does not keep it)."""

@@ -102,8 +102,7 @@ class TensorRTBackend(Backend):
         mode = trt.TensorIOMode.INPUT
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != mode]
-        self._check_io({"inputs": self.input_names, "outputs": self.output_names}, "inputs")
-        self._check_io({"inputs": self.input_names, "outputs": self.output_names}, "outputs")
+        self._check_io(self.input_names, self.output_names)
 
     def _bind(self, feeds: dict[str, np.ndarray]) -> list:
         """Set shapes and addresses; the (name, buffer) of each output."""
