@@ -87,7 +87,7 @@ def test_manifest_describes_the_bundle(bundles, synthetic):
     data = json.loads((bundle.root / "manifest.json").read_text())
     assert data["schema_version"] == 1
     assert data["config"]["n_styles"] == 10 and data["config"]["output_size"] == 64
-    assert data["modconv"] == {"form": "scaled", "batch": None}
+    assert data["modconv"] == {"form": "scaled", "batch": None, "upsample": "transpose"}
     assert data["preprocess"]["kind"] == "rgb" and data["preprocess"]["mean"] == [0.5, 0.5, 0.5]
     synthesis = data["models"]["synthesis"]["fp32"]
     assert synthesis["inputs"] == [{"name": "codes", "shape": ["batch", 10, 512], "dtype": "float32"}]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from psp_deploy.models.encoders import AdaptiveAvgPoolMatrix
 from psp_deploy.models.forms import set_forms
 from psp_deploy.models.layers import Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, make_kernel, upfirdn2d
-from psp_deploy.models.modconv import ModulatedConv2d
+from psp_deploy.models.modconv import ModulatedConv2d, phase_conv_transpose
 from psp_deploy.models.psp import pool_to_256
 
 
@@ -142,11 +142,39 @@ def test_scaled_form_equals_grouped_form(upsample, demodulate, k):
     torch.testing.assert_close(scaled, grouped, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_phase_conv_transpose_equals_conv_transpose(groups):
+    """Four sub-kernel convs + DepthToSpace = the stride-2 transposed conv, with one zero row and
+    column after it; a non-square input catches swapped axes, random kernels a flipped tap."""
+    x = torch.randn(1, 4 * groups, 5, 7, dtype=torch.float64)
+    weight = torch.randn(6 * groups, 4, 3, 3, dtype=torch.float64)  # conv2d layout [out, in / groups, k, k]
+    transposed = weight.reshape(groups, 6, 4, 3, 3).transpose(1, 2).reshape(4 * groups, 6, 3, 3)
+    expected = F.pad(F.conv_transpose2d(x, transposed, stride=2, groups=groups), [0, 1, 0, 1])
+    torch.testing.assert_close(phase_conv_transpose(x, weight, groups), expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("modconv", ["grouped", "scaled"])
+@pytest.mark.parametrize("fir", ["reference", "depthwise"])
+def test_phase_upsampling_equals_transposed_upsampling(modconv, fir):
+    torch.manual_seed(3)
+    conv = ModulatedConv2d(8, 6, 3, 16, upsample=True).double()
+    x, w = torch.randn(2, 8, 5, 5, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64)
+    with torch.no_grad():
+        set_forms(conv, modconv=modconv, fir=fir)
+        transposed = conv(x, w)
+        set_forms(conv, upsample="phase")
+        phased = conv(x, w)
+    assert phased.shape == (2, 6, 10, 10)
+    torch.testing.assert_close(phased, transposed, atol=1e-10, rtol=1e-10)
+
+
 def test_unknown_forms_are_refused():
     with pytest.raises(ValueError, match="grouped"):
         set_forms(ModulatedConv2d(2, 2, 3, 4), modconv="fused")
     with pytest.raises(ValueError, match="depthwise"):
         set_forms(ModulatedConv2d(2, 2, 3, 4), fir="fft")
+    with pytest.raises(ValueError, match="phase"):
+        set_forms(ModulatedConv2d(2, 2, 3, 4), upsample="subpixel")
 
 
 @pytest.mark.parametrize("module", [Blur([1, 3, 3, 1], pad=(1, 1), upsample_factor=2), Upsample([1, 3, 3, 1])])

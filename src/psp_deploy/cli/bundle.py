@@ -13,6 +13,7 @@ from .common import (
     CalibrationBackend,
     Modconv,
     Precision,
+    UpsampleForm,
     app,
     console,
     handled,
@@ -38,6 +39,14 @@ def export(
             "or 'scaled' (static weights, any batch)."
         ),
     ] = "grouped",
+    upsample: Annotated[
+        UpsampleForm,
+        typer.Option(
+            help="Upsampling conv form: 'transpose' (one ConvTranspose per layer, as the official code) or "
+            "'phase' (four convs on the low-resolution input + an interleave: same math and multiply-adds; "
+            "benchmarks/results say which is faster on which backend)."
+        ),
+    ] = "transpose",
     opset: Annotated[int, typer.Option(help="ONNX opset (18-21).")] = 18,
     verify: Annotated[
         bool,
@@ -61,8 +70,8 @@ def export(
     with handled(), Progress(SpinnerColumn(), *columns, TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("export", total=steps)
         on_step = lambda m: bar.update(task, description=m, advance=0 if m == "loading checkpoint" else 1)  # noqa: E731
-        options = dict(batch=batch, modconv=modconv.value, opset=opset, verify=verify, force=force)
-        bundle, results = export_bundle(checkpoint, output, **options, progress=on_step)
+        forms = dict(batch=batch, modconv=modconv.value, upsample=upsample.value, opset=opset)
+        bundle, results = export_bundle(checkpoint, output, **forms, verify=verify, force=force, progress=on_step)
         bar.update(task, description="done", completed=steps)
     for r in results:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_abs_diff.items())

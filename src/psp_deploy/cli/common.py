@@ -73,6 +73,11 @@ class Modconv(str, Enum):
     scaled = "scaled"
 
 
+class UpsampleForm(str, Enum):
+    transpose = "transpose"
+    phase = "phase"
+
+
 class BackendName(str, Enum):
     auto = "auto"
     onnxruntime = "onnxruntime"
@@ -118,6 +123,13 @@ DeviceOpt = Annotated[Device, typer.Option(help="onnxruntime device.")]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads per graph (default: all cores).")]
 ForceBf16Opt = Annotated[bool, typer.Option(help="openvino: allow bf16 on a CPU without native BF16.")]
 EnginesOpt = Annotated[bool, typer.Option(help="onnxruntime: use optimized models saved by `psp-deploy build`.")]
+Tf32Opt = Annotated[
+    bool,
+    typer.Option(
+        help="onnxruntime on cuda: let FP32 convolutions and matmuls run in TF32 on tensor cores (faster, 10-bit "
+        "mantissa). Default: IEEE FP32."
+    ),
+]
 CacheDirOpt = Annotated[
     Path | None,
     typer.Option(

@@ -25,7 +25,7 @@ from ..errors import ExportError
 from ..files import sha256_file
 from ..models.checkpoint import build_psp, read_checkpoint
 from ..models.forms import set_forms
-from ..models.modconv import MODCONV_FORMS
+from ..models.modconv import MODCONV_FORMS, UPSAMPLE_FORMS
 from ..models.psp import Psp
 from .checks import check_graph, check_io
 from .graphs import GraphSpec, graph_specs
@@ -42,6 +42,7 @@ class ExportOptions:
 
     batch: int = 1
     modconv: str = "grouped"
+    upsample: str = "transpose"
     opset: int = 18
     verify: bool = True
     force: bool = False
@@ -50,6 +51,8 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.modconv not in MODCONV_FORMS:
             raise ExportError(f"--modconv must be one of {', '.join(MODCONV_FORMS)}, got {self.modconv!r}")
+        if self.upsample not in UPSAMPLE_FORMS:
+            raise ExportError(f"--upsample must be one of {', '.join(UPSAMPLE_FORMS)}, got {self.upsample!r}")
         if self.batch < 1:
             raise ExportError(f"--batch must be at least 1, got {self.batch}")
         if self.opset not in OPSETS:
@@ -134,9 +137,9 @@ def export_net(net: Psp, out_dir: str | Path, *, source: dict, **options: Any) -
 def _export(net: Psp, out_dir: Path, source: dict, options: ExportOptions) -> tuple[Bundle, list[ParityResult]]:
     staging = _prepare_target(out_dir, options.force)
     try:
-        set_forms(net, modconv=options.modconv, fir="depthwise")
+        set_forms(net, modconv=options.modconv, fir="depthwise", upsample=options.upsample)
         specs = graph_specs(net, options.fixed_batch)
-        form = {"form": options.modconv, "batch": options.fixed_batch}
+        form = {"form": options.modconv, "batch": options.fixed_batch, "upsample": options.upsample}
         metadata = graph_metadata(declared_sections(net.config, form))
         records, results = {}, []
         for spec in specs:
@@ -167,7 +170,7 @@ def _export(net: Psp, out_dir: Path, source: dict, options: ExportOptions) -> tu
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        set_forms(net, modconv="grouped", fir="reference")
+        set_forms(net, modconv="grouped", fir="reference", upsample="transpose")
     return Bundle.open(out_dir), results
 
 
@@ -176,7 +179,9 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, **options: Any) -
 
     ``options`` are ExportOptions's fields: ``modconv="grouped"`` (the default) runs each
     modulated conv as one grouped Conv with group = ``batch`` (a fixed-batch synthesis
-    graph); ``"scaled"`` keeps weights static and the batch dynamic. With ``verify`` (the
+    graph); ``"scaled"`` keeps weights static and the batch dynamic. ``upsample="phase"`` runs
+    each upsampling conv as four convs on the low-resolution input instead of one ConvTranspose
+    (see models.modconv; benchmarks/results say where it is faster). With ``verify`` (the
     default) every graph is checked against the torch reference; ``force`` replaces a
     non-empty ``out_dir``; ``progress`` is told each step.
     """

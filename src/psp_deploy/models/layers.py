@@ -107,10 +107,11 @@ class Blur(nn.Module):
         self.pad = pad
         self.form = "reference"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad: tuple[int, int] | None = None) -> torch.Tensor:
+        """Filter ``x`` with this blur's padding, or with ``pad`` (before, after) on both axes."""
+        p0, p1 = pad or self.pad
         if self.form == "reference":
-            return upfirdn2d(x, self.kernel, pad=self.pad)
-        p0, p1 = self.pad
+            return upfirdn2d(x, self.kernel, pad=(p0, p1))
         weight = _depthwise(torch.flip(self.kernel, [0, 1]), x.shape[1])
         return F.conv2d(F.pad(x, [p0, p1, p0, p1]), weight, groups=x.shape[1])
 

@@ -5,6 +5,12 @@ demodulated, applied by ONE grouped convolution with groups = batch. ``scaled`` 
 the weights static: the input is scaled by the style and the output by the
 demodulation factor. Both give the same numbers (up to float rounding); export picks
 one per bundle.
+
+The upsampling layers' stride-2 transposed convolution has two forms too: ``transpose``
+(one ConvTranspose, as the official code) and ``phase``: the four output phases of a
+3×3 stride-2 transposed conv are plain convolutions of the low-resolution input with
+the kernel's 2×2, 2×1, 1×2 and 1×1 sub-kernels (the same multiply-adds), interleaved by
+a DepthToSpace. CPU backends run ConvTranspose far below their Conv rate.
 """
 
 from __future__ import annotations
@@ -19,7 +25,38 @@ from torch import nn
 from .layers import Blur, EqualLinear
 
 MODCONV_FORMS = ("grouped", "scaled")
+UPSAMPLE_FORMS = ("transpose", "phase")
 DEMOD_EPS = 1e-8
+# Per axis, the taps of a 3×3 stride-2 transposed conv that reach even and odd outputs, as
+# correlation taps (flipped), and the input padding that gives each phase H + 1 positions.
+PHASE_TAPS = {0: ([2, 0], (1, 1)), 1: ([1], (0, 1))}
+
+
+def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """conv_transpose2d(x, weight.transpose, stride=2) of a 3×3 kernel as four convolutions.
+
+    ``weight`` is in conv2d layout [out, in / groups, 3, 3]. Returns [B, out, 2H + 2, 2W + 2]:
+    the transposed conv's 2H + 1 rows and columns, then one row and column of zeros (the four
+    phases must be equal in size to interleave)."""
+    phases = []
+    for row in (0, 1):
+        for col in (0, 1):
+            (rows, (top, bottom)), (cols, (left, right)) = PHASE_TAPS[row], PHASE_TAPS[col]
+            # index_select exports as Gather (TensorRT parses it; advanced indexing would give GatherND)
+            kernel = weight.index_select(2, torch.tensor(rows)).index_select(3, torch.tensor(cols))
+            phases.append(F.conv2d(F.pad(x, [left, right, top, bottom]), kernel, groups=groups))
+    return interleave(phases)
+
+
+def interleave(phases: list[torch.Tensor]) -> torch.Tensor:
+    """Four [B, C, h, w] phases (row parity, column parity: 00, 01, 10, 11) → [B, C, 2h, 2w].
+
+    A depthwise stride-2 transposed conv with one-hot 2×2 kernels: each output takes exactly one
+    input (exact), and CPU backends run it several times faster than DepthToSpace."""
+    batch, channels, height, width = phases[0].shape
+    stacked = torch.stack(phases, dim=2).reshape(batch, 4 * channels, height, width)
+    one_hot = torch.eye(4, dtype=stacked.dtype).reshape(4, 1, 2, 2).repeat(channels, 1, 1, 1)
+    return F.conv_transpose2d(stacked, one_hot, stride=2, groups=channels)
 
 
 class ModulatedConv2d(nn.Module):
@@ -45,6 +82,7 @@ class ModulatedConv2d(nn.Module):
             p = (len(blur_taps) - 2) - (kernel_size - 1)
             self.blur = Blur(blur_taps, pad=((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
         self.form = "grouped"
+        self.upsample_form = "transpose"
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         style = self.modulation(w)
@@ -61,22 +99,33 @@ class ModulatedConv2d(nn.Module):
             weight = weight * demod.reshape(batch, c_out, 1, 1, 1)
         x = x.reshape(1, batch * c_in, height, width)
         if self.upsample:
-            weight = weight.transpose(1, 2).reshape(batch * c_in, c_out, k, k)
-            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=batch)
-            return self.blur(out.reshape(batch, c_out, out.shape[2], out.shape[3]))
+            out = self._upsampled(x, weight.reshape(batch * c_out, c_in, k, k), groups=batch)
+            return self._blurred(out.reshape(batch, c_out, out.shape[2], out.shape[3]))
         out = F.conv2d(x, weight.reshape(batch * c_out, c_in, k, k), padding=self.padding, groups=batch)
         return out.reshape(batch, c_out, height, width)
+
+    def _upsampled(self, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+        """The stride-2 transposed conv of ``weight`` (conv2d layout [out, in / groups, k, k])."""
+        if self.upsample_form == "phase":
+            return phase_conv_transpose(x, weight, groups)
+        c_out, c_in, k = weight.shape[0] // groups, weight.shape[1], self.kernel_size
+        weight = weight.reshape(groups, c_out, c_in, k, k).transpose(1, 2).reshape(groups * c_in, c_out, k, k)
+        return F.conv_transpose2d(x, weight, padding=0, stride=2, groups=groups)
+
+    def _blurred(self, out: torch.Tensor) -> torch.Tensor:
+        """The blur that trims 2H + 1 to 2H; the phase form's trailing zero row and column stand in
+        for the blur's last row and column of padding."""
+        if self.upsample_form == "phase":
+            return self.blur(out, pad=(self.blur.pad[0], self.blur.pad[1] - 1))
+        return self.blur(out)
 
     def _scaled(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         weight = self.scale * self.weight[0]
         x = x * style[:, :, None, None]
-        if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), padding=0, stride=2)
-        else:
-            out = F.conv2d(x, weight, padding=self.padding)
+        out = self._upsampled(x, weight, groups=1) if self.upsample else F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
             out = out * self.demodulation(style)[:, :, None, None]
-        return self.blur(out) if self.upsample else out
+        return self._blurred(out) if self.upsample else out
 
     def demodulation(self, style: torch.Tensor) -> torch.Tensor:
         """rsqrt(Σ_{i,kh,kw} (scale·W[o,i]·s[b,i])² + eps) as [B, out], from static weights."""
