@@ -27,7 +27,7 @@ def test_version():
         ("run", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>", "<cpu|cuda>"]),
         ("serve", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>", "127.0.0.1"]),
         ("build", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>"]),
-        ("export", ["<grouped|scaled>"]),
+        ("export", ["<grouped|scaled>", "<transpose|phase>"]),
     ],
 )
 def test_help_lists_the_choices(command, choices):
@@ -40,7 +40,7 @@ def test_install_hints_keep_their_extra_in_brackets(bundles, tmp_path):
     root = bundles("rgb-scaled")[0].root
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
     cuda = _invoke("run", root, tmp_path / "photo.png", "-o", tmp_path / "out", "--device", "cuda")
-    assert cuda.exit_code == 2 and "pip install 'psp-deploy[gpu]'" in cuda.output, cuda.output
+    assert cuda.exit_code == 2 and "pip install onnxruntime-gpu" in cuda.output, cuda.output
     trt = _invoke("build", root, "--backend", "tensorrt")
     assert trt.exit_code == 2 and "pip install 'psp-deploy[trt]'" in trt.output, trt.output
 

@@ -10,10 +10,13 @@ import pytest
 import torch
 from skimage import data
 
+from psp_deploy.bundle import GRAPHS
 from psp_deploy.config import PspConfig
 from psp_deploy.errors import BundleError, InputError
-from psp_deploy.runtime import Pipeline, parse_latent_mask
+from psp_deploy.graph_io import IMAGE, IMAGE_256
+from psp_deploy.runtime import Pipeline, RunOptions, parse_latent_mask
 from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from psp_deploy.runtime.chunks import Chunk
 from psp_deploy.runtime.preprocess import preprocess, to_uint8
 
 TOL = 1e-3
@@ -171,6 +174,7 @@ def test_fixed_batch_pads_and_trims(grouped_synthesis, rgb_pipeline, astronaut):
     assert batched.shape == (4, 3, 64, 64)
     one_by_one = np.concatenate([rgb_pipeline.synthesize(codes[i : i + 1])[0] for i in range(4)])
     assert np.abs(batched - one_by_one).max() <= 1e-4
+    np.testing.assert_array_equal(grouped.resident.synthesize(codes, [IMAGE])[IMAGE], to_uint8(batched))
     with pytest.raises(InputError, match=r"synthesis input 'codes': expected batch size 3 \(shape \[3, 10, 512\]\)"):
         grouped.synthesis_net.infer({"codes": codes[:2]})
     with pytest.raises(InputError, match="expected dtype float32, got float64"):
@@ -244,3 +248,71 @@ def test_runtime_imports_and_runs_without_torch(bundles):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok ['torch']"  # only the poisoned entry: nothing imported it
+
+
+def numpy_path(pipeline):
+    """A pipeline over the same sessions that takes the numpy path (the one before the resident chain)."""
+    host = Pipeline(pipeline.bundle, pipeline.nets, max_batch=pipeline.max_batch)
+    host.resident = None
+    return host
+
+
+def test_resident_path_equals_the_numpy_path_bit_for_bit(rgb_pipeline, astronaut):
+    resident = Pipeline(rgb_pipeline.bundle, rgb_pipeline.nets, max_batch=1)  # two chunks for two faces
+    photos = [astronaut, astronaut[:, ::-1].copy()]
+    faces = np.stack([resident.prepare_face(p, align=False)[0] for p in photos])
+    assert faces.dtype == np.uint8 and faces.shape == (2, 256, 256, 3)  # normalised on the device
+    tensors = np.stack([resident.prepare(p, align=False)[0] for p in photos])
+    rows = [RunOptions(align=False), RunOptions(align=False, resize=True)]
+    expected = numpy_path(resident).generate(tensors, rows)
+    for done in (resident.generate(faces, rows), resident.generate(tensors, rows)):  # uint8 up, or float32 up
+        assert set(done.timings) == {"encode", "synthesize"}
+        for out, ref in zip(done.outputs, expected.outputs, strict=True):
+            np.testing.assert_array_equal(out.codes, ref.codes)
+            np.testing.assert_array_equal(out.images, ref.images)
+        assert [o.images.shape for o in done.outputs] == [(1, 64, 64, 3), (1, 256, 256, 3)]
+
+
+def test_resident_mixing_equals_the_numpy_path(rgb_pipeline, astronaut):
+    face = rgb_pipeline.prepare_face(astronaut, align=False)[0][None]
+    rows = [RunOptions(align=False, resize=True, latent_mask=(6, 7, 8, 9), seed=1, n_outputs=2)]
+    done, expected = rgb_pipeline.generate(face, rows), numpy_path(rgb_pipeline).generate(face, rows)
+    assert set(done.timings) == {"encode", "mix", "synthesize"}
+    np.testing.assert_array_equal(done.outputs[0].mixed, expected.outputs[0].mixed)
+    np.testing.assert_array_equal(done.outputs[0].images, expected.outputs[0].images)
+    assert done.outputs[0].images.shape == (2, 256, 256, 3)
+
+
+def test_bucketed_chunks_equal_unpadded_ones(rgb_pipeline):
+    chain = Pipeline(rgb_pipeline.bundle, rgb_pipeline.nets, max_batch=4).resident
+    codes = np.random.default_rng(1).normal(0, 1, (3, 10, 512)).astype(np.float32)
+    plain = chain.synthesize(codes, [IMAGE, IMAGE_256])
+    chain.capturing = True  # what CUDA graphs do to a plan (a CPU session ignores the graph id each run names)
+    assert chain._chunks(3) == [Chunk(0, 3, 4)]
+    bucketed = chain.synthesize(codes, [IMAGE, IMAGE_256])
+    for name in (IMAGE, IMAGE_256):
+        assert bucketed[name].shape == plain[name].shape and bucketed[name].shape[0] == 3
+        assert np.abs(bucketed[name].astype(int) - plain[name]).max() <= 1  # a padded batch may round differently
+
+
+def test_describe_says_what_runs(rgb_pipeline):
+    described = rgb_pipeline.describe()
+    assert described["backend"] == "onnxruntime" and described["precisions"] == dict.fromkeys(GRAPHS, "fp32")
+    chosen = {k: described[k] for k in ("device", "tf32", "cuda_graph", "resident", "pinned_host")}
+    assert chosen == {"device": "cpu", "tf32": False, "cuda_graph": False, "resident": True, "pinned_host": False}
+    providers = {graph: session["providers"] for graph, session in described["sessions"].items()}
+    assert providers == dict.fromkeys(GRAPHS, ["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize(
+    "x,message",
+    [
+        (np.zeros((1, 256, 256, 1), np.uint8), r"rgb pipeline: expected uint8 faces \['N', 256, 256, 3\], got uint8"),
+        (np.zeros((1, 3, 256, 256), np.float64), "encoder input 'image': expected dtype float32, got float64"),
+        (np.zeros((1, 3, 128, 128), np.float32), r"encoder input 'image': expected dimension 2 256"),
+        (np.zeros((0, 256, 256, 3), np.uint8), "no inputs given"),
+    ],
+)
+def test_generate_refuses_what_it_cannot_bind(rgb_pipeline, x, message):
+    with pytest.raises(InputError, match=message):
+        rgb_pipeline.generate(x, [RunOptions(align=False)] * len(x))

@@ -31,6 +31,7 @@ from .common import (
     ResizeOpt,
     SaveLatentsOpt,
     SeedOpt,
+    Tf32Opt,
     ThreadsOpt,
     app,
     console,
@@ -41,6 +42,9 @@ from .common import (
 if TYPE_CHECKING:
     from ..runtime import Output, Pipeline
     from ..runtime.align import AlignedFace
+
+NOutputsOpt = Annotated[int, typer.Option(min=1, help="Mixed outputs per input, each with its own random style.")]
+BatchSizeOpt = Annotated[int | None, typer.Option(min=1, help="Images per batch (default: the bundle's, else 4).")]
 
 
 def run_batch(items: list[Item], title: str, **runner: Any) -> Summary:
@@ -143,18 +147,17 @@ def run(
     backend: BackendOpt = "auto",
     precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "cpu",
+    tf32: Tf32Opt = False,
     force_bf16: ForceBf16Opt = False,
     threads: ThreadsOpt = None,
     align: AlignOpt = None,
     resize: ResizeOpt = False,
     latent_mask: LatentMaskOpt = None,
     mix_alpha: MixAlphaOpt = None,
-    n_outputs: Annotated[int, typer.Option(min=1, help="Mixed outputs per input, each with its own random style.")] = 1,
+    n_outputs: NOutputsOpt = 1,
     seed: SeedOpt = 0,
     save_latents: SaveLatentsOpt = False,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Images per batch (default: the bundle's, else 4).")
-    ] = None,
+    batch_size: BatchSizeOpt = None,
     face: FaceOpt = FacePolicy.largest,
     engines: EnginesOpt = True,
     overwrite: OverwriteOpt = False,
@@ -178,7 +181,7 @@ def run(
         mask = None if latent_mask is None else tuple(parse_latent_mask(latent_mask, n_styles))
         row = RunOptions(align, resize, mask, mix_alpha, seed, n_outputs)
         items = collect_inputs(inputs, exclude=output)
-        options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir)
+        options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir, tf32=tf32)
         pipeline = open_pipeline(bundle, backend.value, precision.value, options, face.value)
         read_mode = "RGB" if pipeline.config.input_kind == "rgb" else "L"
         tags = [f"_{k}" for k in range(n_outputs)] if n_outputs > 1 else [""]
@@ -187,7 +190,7 @@ def run(
             "running",
             out_dir=output,
             outputs=lambda item: [item.output(output, ".png", t) for t in tags] + latents(item, output, save_latents),
-            prepare=lambda item: noted(item, *pipeline.prepare(read_image(item.source, read_mode), align)),
+            prepare=lambda item: noted(item, *pipeline.prepare_face(read_image(item.source, read_mode), align)),
             compute=lambda tensors: pipeline.generate(np.stack(tensors), [row] * len(tensors)).outputs,
             write=lambda item, out: write_output(item, out, output, tags, save_latents),
             overwrite=overwrite,

@@ -1,7 +1,7 @@
 """What every command shares: the app, the console, error handling, progress and option types.
 
 Every message that shows text from outside (paths, errors, install hints such as
-``psp-deploy[gpu]``) goes through ``escape``: rich would read its brackets as markup.
+``psp-deploy[trt]``) goes through ``escape``: rich would read its brackets as markup.
 """
 
 from __future__ import annotations

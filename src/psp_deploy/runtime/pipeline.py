@@ -8,17 +8,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..bundle import GRAPHS, INFERENCE_PRECISIONS, Bundle
-from ..config import STYLE_DIM
+from ..config import ENCODER_INPUT_SIZE, STYLE_DIM
 from ..errors import InputError
 from ..graph_io import CODES, IMAGE, IMAGE_256, W, Z
 from .align import AlignedFace, FaceAligner
-from .backends import Backend, BackendOptions, backend_class, check_precision
+from .backends import Backend, BackendOptions, backend_class, check_feeds, check_precision
+from .chunks import padded, plan
+from .io_graphs import CHANNELS, face_pixels
 from .preprocess import preprocess, to_uint8
+
+if TYPE_CHECKING:
+    from .resident import ResidentChain
 
 DEFAULT_MAX_BATCH = 8
 MASK_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")  # an index, or a range LO-HI
@@ -105,14 +110,10 @@ def run_batched(
 ) -> list[np.ndarray]:
     """Run ``fn`` over ``x`` in chunks. A fixed-batch graph gets full batches: the last partial one
     is padded with copies of its last row and the padding trimmed from the outputs."""
-    size = fixed or max_batch
-    pieces: list[list[np.ndarray]] = []
-    for start in range(0, len(x), size):
-        chunk = x[start : start + size]
-        n = len(chunk)
-        if fixed and n < fixed:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-        pieces.append([out[:n] for out in fn(chunk)])
+    pieces = [
+        [out[: c.rows] for out in fn(padded(x[c.start : c.start + c.rows], c.batch))]
+        for c in plan(len(x), max_batch, fixed)
+    ]
     return [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
 
 
@@ -129,6 +130,7 @@ class Pipeline:
         self.max_batch, self.face = max_batch, face
         self._aligner: FaceAligner | None = None
         self._aligner_lock = threading.Lock()
+        self.resident = self._resident_chain()
 
     @classmethod
     def from_bundle(
@@ -160,6 +162,37 @@ class Pipeline:
             raise
         return cls(bundle, backends, max_batch=max_batch, face=face)
 
+    def _resident_chain(self) -> ResidentChain | None:
+        """The device-resident chain (resident.py) when ONNX Runtime runs the encoder and the synthesis
+        on one device and the encoder takes any batch (as exported); None: the numpy path."""
+        encoder, synthesis = self.encoder, self.synthesis_net
+        if encoder.name != "onnxruntime" or synthesis.name != "onnxruntime" or encoder.record.batch is not None:
+            return None
+        if encoder.options.device != synthesis.options.device:
+            return None
+        from .resident import ResidentChain  # imports onnxruntime: only when it runs
+
+        return ResidentChain(encoder, synthesis, self.config.input_kind, self.max_batch)
+
+    def describe(self) -> dict[str, Any]:
+        """What runs, to record beside results: backend, device and precision per graph; on ONNX Runtime
+        also TF32, CUDA graphs, whether the device-resident path and page-locked host buffers are used,
+        and each session's providers and provider options as ONNX Runtime reports them."""
+        backend = self.encoder.name
+        described: dict[str, Any] = {"backend": backend, "precisions": self.precisions}
+        if backend != "onnxruntime":
+            return {**described, "device": "cuda" if backend == "tensorrt" else "cpu", "resident": False}
+        options = self.encoder.options
+        return {
+            **described,
+            "device": options.device,
+            "tf32": options.tf32,
+            "cuda_graph": options.cuda_graph,
+            "resident": self.resident is not None,
+            "pinned_host": self.resident is not None and self.resident.buffers.pinned,
+            "sessions": {graph: net.settings() for graph, net in self.nets.items()},
+        }
+
     @property
     def nets(self) -> dict[str, Backend]:
         """The backend running each graph."""
@@ -188,6 +221,15 @@ class Pipeline:
         """One input image → encoder tensor [C, 256, 256] (and the aligned face, if aligned)."""
         face = self.aligner.align(image) if self.wants_alignment(align) else None
         return preprocess(face.image if face else image, self.config), face
+
+    def prepare_face(self, image: np.ndarray, align: bool | None = None) -> tuple[np.ndarray, AlignedFace | None]:
+        """One input image → what ``generate`` uploads: a photo's or sketch's face resized to uint8
+        [256, 256, C], normalised later (on the device when resident); a label map's one-hot encoder
+        tensor, as ``prepare``. And the aligned face, if aligned."""
+        if self.config.input_kind not in CHANNELS:
+            return self.prepare(image, align)
+        face = self.aligner.align(image) if self.wants_alignment(align) else None
+        return face_pixels(face.image if face else image, self.config.input_kind), face
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """[N, C, 256, 256] float32 → W+ codes [N, n_styles, 512] (latent_avg included)."""
@@ -233,23 +275,60 @@ class Pipeline:
         return mixed
 
     def generate(self, x: np.ndarray, rows: Sequence[RunOptions], inject: np.ndarray | None = None) -> Generated:
-        """Encoder tensors [N, C, 256, 256] and each row's options → each row's outputs: one encode,
-        every row's style variants mixed, ONE synthesis over all of them. ``inject`` (w or W+)
-        replaces the seeded styles of every masked row."""
-        clock, timings = time.perf_counter(), {}
-        codes = self.encode(x)
-        timings["encode"], clock = time.perf_counter() - clock, time.perf_counter()
-        variants = self._variants(codes, rows, inject)
-        if any(row.latent_mask is not None for row in rows):
-            timings["mix"], clock = time.perf_counter() - clock, time.perf_counter()
-        image, pooled = self.synthesize(np.concatenate(variants))
-        timings["synthesize"] = time.perf_counter() - clock
+        """Inputs and each row's options → each row's outputs: one encode, every row's style variants
+        mixed, ONE synthesis over all of them. ``x`` holds ``prepare_face`` faces (uint8 [N, 256, 256, C])
+        or ``prepare`` tensors (float32 [N, C, 256, 256]). ``inject`` (w or W+) replaces the seeded
+        styles of every masked row. On the resident path (resident.py) codes go from the encoder to the
+        synthesis on the device, unless rows mix styles (mixed on the host, a few kB up again)."""
+        x = self._checked(x)
+        wanted = {IMAGE_256 if row.resize else IMAGE for row in rows}
+        names = [name for name in (IMAGE, IMAGE_256) if name in wanted]  # the pooled image only when asked
+        timings: dict[str, float] = {}
+        if self.resident is not None and all(row.latent_mask is None for row in rows):
+            codes, pixels = self.resident.chained(x, names, timings)
+            variants = [c[None] for c in codes]
+        else:
+            clock = time.perf_counter()
+            codes = self.resident.encode(x) if self.resident else self.encode(self._normalised(x))
+            timings["encode"], clock = time.perf_counter() - clock, time.perf_counter()
+            variants = self._variants(codes, rows, inject)
+            if any(row.latent_mask is not None for row in rows):
+                timings["mix"], clock = time.perf_counter() - clock, time.perf_counter()
+            pixels = self._pixels(np.concatenate(variants), names)
+            timings["synthesize"] = time.perf_counter() - clock
         ends = np.cumsum([len(v) for v in variants])
         outputs = [
-            Output(c, v, to_uint8((pooled if row.resize else image)[end - len(v) : end]))
+            Output(c, v, pixels[IMAGE_256 if row.resize else IMAGE][end - len(v) : end])
             for c, v, row, end in zip(codes, variants, rows, ends, strict=True)
         ]
         return Generated(outputs, timings)
+
+    def _checked(self, x: np.ndarray) -> np.ndarray:
+        """``generate``'s input, refused unless it is uint8 faces or (resident) the encoder's tensors."""
+        x = np.asarray(x)
+        if len(x) == 0:
+            raise InputError("no inputs given")
+        if x.dtype == np.uint8:
+            face = (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, CHANNELS.get(self.config.input_kind))
+            if x.ndim != 4 or x.shape[1:] != face or face[2] is None:
+                what = f"uint8 faces {['N', *face]}" if face[2] else "float32 encoder tensors (label maps are one-hot)"
+                raise InputError(f"{self.config.input_kind} pipeline: expected {what}, got uint8 {list(x.shape)}")
+            return np.ascontiguousarray(x)
+        # the numpy path checks in the backend; the resident one binds memory by address: check here
+        return check_feeds({IMAGE: x}, self.encoder.inputs, "encoder")[IMAGE] if self.resident else x
+
+    def _normalised(self, x: np.ndarray) -> np.ndarray:
+        """Encoder tensors of uint8 faces, normalised on the host (the numpy path)."""
+        if x.dtype != np.uint8:
+            return x
+        return np.stack([preprocess(face if face.shape[2] == 3 else face[..., 0], self.config) for face in x])
+
+    def _pixels(self, codes: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Codes → the named synthesis outputs as uint8 [N, H, W, 3]."""
+        if self.resident is not None:
+            return self.resident.synthesize(codes, outputs)
+        image, pooled = self.synthesize(codes)
+        return {name: to_uint8(image if name == IMAGE else pooled) for name in outputs}
 
     def _variants(self, codes: np.ndarray, rows: Sequence[RunOptions], inject: np.ndarray | None) -> list[np.ndarray]:
         """Per row, the codes of each output [n_outputs, n_styles, 512]. Output k of a row mixes in
@@ -297,7 +376,7 @@ class Pipeline:
             images = [images]  # one image; a batch is a list or an [N, H, W, C] array
         if len(images) == 0:
             raise InputError("no images given")
-        prepared = [self.prepare(image, align) for image in images]
+        prepared = [self.prepare_face(image, align) for image in images]
         prepare_s = time.perf_counter() - clock
         mask = None if latent_mask is None else tuple(latent_mask)
         row = RunOptions(align, resize, mask, mix_alpha, seed)
@@ -311,6 +390,7 @@ class Pipeline:
         )
 
     def close(self) -> None:
+        self.resident = None  # its sessions and buffers go with it
         for backend in self.nets.values():
             backend.close()
 

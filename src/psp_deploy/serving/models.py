@@ -94,7 +94,7 @@ class ServedModels:
         options = request_options(request.parameters, self.config.n_styles)
         mode = "RGB" if self.config.input_kind == "rgb" else "L"
         photo = decode_image(bytes(request["photo"].reshape(-1)[0]), "request photo", mode)
-        x, face = self.pipeline.prepare(photo, options.align)
+        x, face = self.pipeline.prepare_face(photo, options.align)  # uint8 up: normalised on the device
         return options, x, face
 
     def _psp_response(

@@ -13,16 +13,21 @@ from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError, EngineError
 from ...machine import cpu_info
 from .base import Backend
-from .options import BackendOptions
+from .options import BackendOptions, CudaConv
 
 DEVICES = ("cpu", "cuda")
+CUDA_DEVICE_ID = 0  # the GPU every session and device buffer uses
+CAPTURED = ("encoder", "synthesis")  # the graphs the pipeline runs at fixed shapes: CUDA graphs pay off there
+GRAPH_ID = "gpu_graph_id"  # run-config key: which captured CUDA graph a run replays (-1: none)
 
 
 def session_options(threads: int | None, preoptimized: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    if preoptimized:  # an engine built by `psp-deploy build --backend onnxruntime`: optimizing again is waste
+    # ``preoptimized``: an engine built by `psp-deploy build --backend onnxruntime` (optimizing again is
+    # waste), or a graph whose formula must run exactly as written (io_graphs.py)
+    if preoptimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return options
 
@@ -46,17 +51,52 @@ def optimized_model(bundle: Bundle, resolved: Resolved) -> Path | None:
     return bundle.verified_path(engine.file, engine.sha256)
 
 
-def providers_for(device: str) -> list[str]:
+def check_device(device: str) -> None:
     if device not in DEVICES:
         raise BackendUnavailableError(f"onnxruntime device must be one of {DEVICES}, got {device!r}")
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise BackendUnavailableError(
-            "onnxruntime has no CUDA provider here; install onnxruntime-gpu (pip install 'psp-deploy[gpu]') "
-            "on a machine with an NVIDIA GPU, or use --device cpu"
+            f"onnxruntime {ort.__version__} has no CUDA provider here: on a machine with an NVIDIA GPU, install "
+            "onnxruntime-gpu in place of onnxruntime, which shares its module name (pip uninstall -y onnxruntime "
+            "onnxruntime-gpu; pip install onnxruntime-gpu), or use --device cpu"
         )
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def provider_options(graph: str, options: BackendOptions) -> list[tuple[str, dict[str, str]]]:
+    """The execution providers of one graph's session, with their options: the one place they are chosen.
+
+    On CUDA every choice is explicit, so what ran is what the session reports: TF32 off unless asked
+    (ONNX Runtime's default is on, which makes "fp32" mean TF32), CUDA graphs for the graphs the
+    pipeline runs at fixed shapes when asked, and the graph's convolution settings."""
+    if options.device == "cpu":
+        return [("CPUExecutionProvider", {})]
+    conv = options.cuda_conv.get(graph, CudaConv())
+    cuda = {
+        "device_id": str(CUDA_DEVICE_ID),
+        "use_tf32": str(int(options.tf32)),
+        "enable_cuda_graph": str(int(options.cuda_graph and graph in CAPTURED)),
+        "cudnn_conv_algo_search": conv.algo_search,
+        "prefer_nhwc": str(int(conv.prefer_nhwc)),
+    }
+    return [("CUDAExecutionProvider", cuda), ("CPUExecutionProvider", {})]
+
+
+def open_session(
+    model: Path | bytes, graph: str, options: BackendOptions, *, optimize: bool = True
+) -> ort.InferenceSession:
+    """A session over a model file (or a model's bytes) with ``graph``'s providers. ``optimize`` False
+    runs the graph as written: an optimized model saved by `build`, or a formula that must stay exact."""
+    check_device(options.device)
+    source = model if isinstance(model, bytes) else str(model)
+    providers = provider_options(graph, options)
+    return ort.InferenceSession(source, session_options(options.threads, not optimize), providers=providers)
+
+
+def run_options(graph_id: int) -> ort.RunOptions:
+    """Run options replaying the CUDA graph captured for ``graph_id`` (-1: neither capture nor replay)."""
+    run = ort.RunOptions()
+    run.add_run_config_entry(GRAPH_ID, str(graph_id))
+    return run
 
 
 class OnnxRuntimeBackend(Backend):
@@ -69,32 +109,27 @@ class OnnxRuntimeBackend(Backend):
         """The ONNX graph, or its saved optimized model when one was built for this machine."""
         engine = optimized_model(bundle, resolved) if options.engines and options.device == "cpu" else None
         path = engine or bundle.model_path(resolved.graph, resolved.record.precision)
-        return cls(
-            path,
-            resolved.record,
-            resolved.graph,
-            device=options.device,
-            threads=options.threads,
-            preoptimized=engine is not None,
-        )
+        return cls(path, resolved.record, resolved.graph, options, preoptimized=engine is not None)
 
     def __init__(
         self,
         path: Path,
         record: ModelRecord,
         graph: str,
+        options: BackendOptions | None = None,
         *,
-        device: str = "cpu",
-        threads: int | None = None,
         preoptimized: bool = False,
     ):
         super().__init__(path, record, graph)
-        self.device = device
+        self.options = options or BackendOptions()
+        self.device = self.options.device
         try:
-            options = session_options(threads, preoptimized)
-            self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
+            self.session = open_session(path, graph, self.options, optimize=not preoptimized)
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as err:
             raise BundleError(f"{path}: ONNX Runtime cannot load it: {err}") from err
+        # A session that captures CUDA graphs must be fed device buffers at fixed addresses; numpy
+        # feeds (``infer``) opt out of capture and replay run by run.
+        self.captures = self.device == "cuda" and self.options.cuda_graph and graph in CAPTURED
         self._check_io([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         self._check_batch()
 
@@ -112,16 +147,20 @@ class OnnxRuntimeBackend(Backend):
         inputs, outputs = shapes(self.session.get_inputs()), shapes(self.session.get_outputs())
         return GraphDeclaration(self.path.name, inputs, outputs, self.session.get_modelmeta().custom_metadata_map)
 
+    def settings(self) -> dict[str, Any]:
+        """What the session runs with, as ONNX Runtime reports it: providers and their options."""
+        return {"providers": self.session.get_providers(), "provider_options": self.session.get_provider_options()}
+
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
         if self.device == "cpu":
             return dict(zip(names, self.session.run(names, feeds), strict=True))
         binding = self.session.io_binding()
         for name, value in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", CUDA_DEVICE_ID))
         for name in names:
-            binding.bind_output(name, "cuda", 0)
-        self.session.run_with_iobinding(binding)
+            binding.bind_output(name, "cuda", CUDA_DEVICE_ID)
+        self.session.run_with_iobinding(binding, run_options(-1) if self.captures else None)
         return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
 
 

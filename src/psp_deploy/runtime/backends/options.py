@@ -3,8 +3,28 @@ backend reads the fields it needs and ignores the rest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ...errors import InputError
+
+CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # cuDNN's, as ONNX Runtime names them
+
+
+@dataclass(frozen=True)
+class CudaConv:
+    """How ONNX Runtime's CUDA provider runs one graph's convolutions; which is fastest is a
+    per-graph, per-GPU measurement (ONNX Runtime's defaults until one is made)."""
+
+    algo_search: str = "EXHAUSTIVE"  # cuDNN algorithm choice: timed (EXHAUSTIVE), its heuristic, or its default
+    prefer_nhwc: bool = False  # run convolutions in NHWC (tensor-core friendly; costs layout transposes)
+
+    def __post_init__(self) -> None:
+        if self.algo_search not in CONV_ALGO_SEARCHES:
+            raise InputError(
+                f"cudnn algo_search must be one of {', '.join(CONV_ALGO_SEARCHES)}, got {self.algo_search!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -15,3 +35,15 @@ class BackendOptions:
     force_bf16: bool = False  # openvino: bf16 on a CPU without native BF16
     hint: str = "latency"  # openvino performance hint: latency or throughput
     cache_dir: Path | None = None  # openvino: compiled-model caches (None: the user cache folder)
+    tf32: bool = False  # onnxruntime on cuda: FP32 convolutions and matmuls in TF32 (else IEEE FP32)
+    # onnxruntime on cuda: replay CUDA graphs of the encoder and synthesis, one per batch bucket. Off
+    # until measured on a GPU: capture costs a run per bucket and pads partial batches to the bucket.
+    cuda_graph: bool = False
+    cuda_conv: Mapping[str, CudaConv] = field(default_factory=dict)  # per graph name; unnamed graphs: CudaConv()
+
+    def __post_init__(self) -> None:
+        for flag, on in (("tf32", self.tf32), ("cuda_graph", self.cuda_graph)):
+            if on and self.device != "cuda":
+                raise InputError(
+                    f"{flag} is a mode of ONNX Runtime's CUDA provider: it needs --device cuda, not {self.device}"
+                )

@@ -1,0 +1,100 @@
+"""The buffers the device-resident pipeline binds to ONNX Runtime sessions by address.
+
+One OrtValue per role, allocated at its full capacity (the largest batch the pipeline runs) on
+first use and never reallocated: nothing is allocated per call, and the addresses a captured CUDA
+graph recorded stay valid. A call binds the first rows of a buffer, by pointer, with its own shape
+(rows of a C-ordered tensor are contiguous from its start).
+
+Host buffers are page-locked on CUDA where ONNX Runtime offers its CUDA provider's host-accessible
+memory (an OrtEpDevice's HOST_ACCESSIBLE allocator), so copies to and from the GPU run at full bus
+speed with no staging copy of the driver's; elsewhere, and on CPU, they are plain host memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .backends.onnxruntime import CUDA_DEVICE_ID
+
+
+def pinned_memory(device_id: int = CUDA_DEVICE_ID) -> Any | None:
+    """The OrtMemoryInfo of the CUDA provider's page-locked host memory on ``device_id``, or None where
+    this ONNX Runtime offers none: releases before EP devices and OrtValues allocated from a memory
+    info, or builds that do not register the CUDA provider as an EP device."""
+    allocates = "memory_info" in inspect.signature(ort.OrtValue.ortvalue_from_shape_and_type).parameters
+    if not (allocates and hasattr(ort, "get_ep_devices")):
+        return None
+    for ep in ort.get_ep_devices():
+        if ep.ep_name == "CUDAExecutionProvider" and dict(ep.ep_options).get("device_id", "0") == str(device_id):
+            return ep.memory_info(ort.OrtDeviceMemoryType.HOST_ACCESSIBLE)
+    return None
+
+
+@dataclass
+class Buffer:
+    value: ort.OrtValue
+    where: str  # what ONNX Runtime is told the memory is: "cuda" (device) or "cpu" (host, page-locked or not)
+    dtype: np.dtype
+    capacity: tuple[int, ...]
+
+    def shape(self, rows: int) -> tuple[int, ...]:
+        return (rows, *self.capacity[1:])
+
+    def bind_input(self, binding: ort.IOBinding, name: str, rows: int) -> None:
+        binding.bind_input(name, self.where, CUDA_DEVICE_ID, self.dtype, self.shape(rows), self.value.data_ptr())
+
+    def bind_output(self, binding: ort.IOBinding, name: str, rows: int) -> None:
+        binding.bind_output(name, self.where, CUDA_DEVICE_ID, self.dtype, self.shape(rows), self.value.data_ptr())
+
+    def view(self) -> np.ndarray:
+        """The whole buffer as a writable numpy array over its memory (host buffers only)."""
+        if self.where != "cpu":
+            raise ValueError("only host buffers can be viewed from Python")
+        nbytes = int(np.prod(self.capacity)) * self.dtype.itemsize
+        raw = (ctypes.c_uint8 * nbytes).from_address(self.value.data_ptr())
+        return np.frombuffer(raw, np.uint8).view(self.dtype).reshape(self.capacity)
+
+    def fill(self, x: np.ndarray) -> None:
+        """Copy ``x`` into the first rows, through ONNX Runtime (device buffers: one upload of the whole buffer)."""
+        full = np.zeros(self.capacity, self.dtype)
+        full[: len(x)] = x
+        self.value.update_inplace(full)
+
+    def rows(self, rows: int) -> np.ndarray:
+        """A copy of the first rows (device buffers: through one download of the whole buffer)."""
+        whole = self.view() if self.where == "cpu" else self.value.numpy()
+        return np.array(whole[:rows])
+
+
+class Buffers:
+    """The buffers of one pipeline, by role; ``pinned`` says whether its host buffers are page-locked."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.host_memory = pinned_memory() if device == "cuda" else None
+        self.pinned = self.host_memory is not None
+        self._buffers: dict[str, Buffer] = {}
+
+    def on_device(self, role: str, capacity: Sequence[int], dtype: type) -> Buffer:
+        return self._get(role, capacity, dtype, on_host=False)
+
+    def on_host(self, role: str, capacity: Sequence[int], dtype: type) -> Buffer:
+        return self._get(role, capacity, dtype, on_host=True)
+
+    def _get(self, role: str, capacity: Sequence[int], dtype: type, on_host: bool) -> Buffer:
+        if role not in self._buffers:
+            shape = tuple(int(d) for d in capacity)
+            where = "cpu" if on_host else self.device
+            if on_host and self.host_memory is not None:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, memory_info=self.host_memory)
+            else:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, where, CUDA_DEVICE_ID)
+            self._buffers[role] = Buffer(value, where, np.dtype(dtype), shape)
+        return self._buffers[role]

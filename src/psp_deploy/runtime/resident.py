@@ -1,0 +1,155 @@
+"""The device-resident pipeline on ONNX Runtime: data crosses the bus once each way.
+
+uint8 faces go up into a host buffer and are normalised on the device (io_graphs.normalise); the
+encoder's codes stay on the device and feed the synthesis (they also come down: they are small);
+the synthesis output becomes uint8 NHWC on the device (io_graphs.to_uint8) and comes down once,
+into reused host buffers, page-locked where ONNX Runtime offers them. Every tensor passed between
+sessions is a Buffer bound by address (ort_buffers.py). With style mixing the codes are mixed on
+the host and uploaded again: a few kB per image.
+
+With CUDA graphs the encoder and synthesis run at bucket sizes (chunks.py), each run naming its
+bucket's captured graph. On CPU the same code runs with host buffers: that is how it is tested.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import EngineError
+from ..graph_io import CODES, IMAGE
+from .backends.onnxruntime import OnnxRuntimeBackend, open_session, run_options
+from .chunks import Chunk, padded, plan
+from .io_graphs import (
+    CHANNELS,
+    FACES,
+    FLOATS,
+    NORMALISED,
+    PIXELS,
+    TENSORS,
+    UPLOADED,
+    normalise_graph,
+    to_uint8_graph,
+    upload_graph,
+)
+from .ort_buffers import Buffer, Buffers
+
+
+@dataclass(frozen=True)
+class Stager:
+    """The small graph that takes one input dtype from a host buffer to the encoder's device buffer."""
+
+    session: ort.InferenceSession
+    graph: str
+    source: str  # its input's name
+    result: str  # its output's name
+
+
+class ResidentChain:
+    """Encoder → synthesis on one device with ONE set of buffers: ``lock`` serializes calls."""
+
+    def __init__(self, encoder: OnnxRuntimeBackend, synthesis: OnnxRuntimeBackend, kind: str, limit: int) -> None:
+        options = encoder.options
+        self.encoder, self.synthesis = encoder, synthesis
+        self.size, self.fixed = synthesis.record.batch or limit, synthesis.record.batch
+        self.capturing = encoder.captures and synthesis.captures
+        # The small graphs run as written (no graph optimizations): their formulas must stay exact. Inputs
+        # are staged in a host buffer, then normalised (uint8 faces) or copied (float32 tensors) onto the device.
+        small = lambda graph, name: open_session(graph, name, options, optimize=False)
+        channels = encoder.record.inputs[0].shape[1]
+        self.stagers = {
+            np.dtype(np.float32): Stager(small(upload_graph(channels), "upload"), "upload", TENSORS, UPLOADED)
+        }
+        if kind in CHANNELS:
+            normalise = small(normalise_graph(kind), "normalise")
+            self.stagers[np.dtype(np.uint8)] = Stager(normalise, "normalise", FACES, NORMALISED)
+        self.to_uint8 = small(to_uint8_graph(), "to_uint8")
+        self.buffers = Buffers(options.device)
+        self.lock = threading.Lock()
+
+    def _chunks(self, total: int) -> list[Chunk]:
+        return plan(total, self.size, self.fixed, self.capturing)
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Faces (uint8 [N, 256, 256, C]) or encoder tensors (float32 [N, C, 256, 256]) → codes [N, n_styles, 512]."""
+        with self.lock:
+            return np.concatenate([self._encode(x, chunk) for chunk in self._chunks(len(x))])
+
+    def synthesize(self, codes: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Codes [N, n_styles, 512] → the named outputs as uint8 [N, H, W, 3]."""
+        with self.lock:
+            pieces = []
+            for chunk in self._chunks(len(codes)):
+                self._codes.fill(padded(codes[chunk.start : chunk.start + chunk.rows], chunk.batch))
+                pieces.append(self._synthesize(chunk, outputs))
+            return {name: np.concatenate([p[name] for p in pieces]) for name in outputs}
+
+    def chained(
+        self, x: np.ndarray, outputs: Sequence[str], timings: dict[str, float]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Encode and synthesize, each chunk's codes passed on the device; seconds per stage added to ``timings``."""
+        codes, pieces = [], []
+        with self.lock:
+            for chunk in self._chunks(len(x)):
+                clock = time.perf_counter()
+                codes.append(self._encode(x, chunk))
+                middle = time.perf_counter()
+                pieces.append(self._synthesize(chunk, outputs))
+                end = time.perf_counter()
+                timings["encode"] = timings.get("encode", 0.0) + middle - clock
+                timings["synthesize"] = timings.get("synthesize", 0.0) + end - middle
+        return np.concatenate(codes), {name: np.concatenate([p[name] for p in pieces]) for name in outputs}
+
+    def _encode(self, x: np.ndarray, chunk: Chunk) -> np.ndarray:
+        """One chunk up and through the encoder; its codes left in the device codes buffer, and returned."""
+        stager = self.stagers[x.dtype]  # uint8 faces only in a photo or sketch pipeline (Pipeline checks)
+        staged = self.buffers.on_host(f"{x.dtype}_inputs", (self.size, *x.shape[1:]), x.dtype)
+        staged.view()[: chunk.batch] = padded(x[chunk.start : chunk.start + chunk.rows], chunk.batch)
+        image = self._device("encoder_input", self.encoder.record.inputs[0].shape)
+        self._run(stager.session, stager.graph, {stager.source: staged}, {stager.result: image}, chunk.batch)
+        self._run(self.encoder.session, "encoder", {IMAGE: image}, {CODES: self._codes}, chunk.batch, captured=True)
+        return self._codes.rows(chunk.rows)
+
+    def _synthesize(self, chunk: Chunk, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """The codes buffer through the synthesis, then the named outputs to uint8 on the device and down."""
+        floats = {spec.name: self._device(spec.name, spec.shape) for spec in self.synthesis.record.outputs}
+        self._run(self.synthesis.session, "synthesis", {CODES: self._codes}, floats, chunk.batch, captured=True)
+        pixels = {}
+        for name in outputs:
+            _, c, h, w = floats[name].capacity
+            host = self.buffers.on_host(f"{name}_uint8", (self.size, h, w, c), np.uint8)
+            self._run(self.to_uint8, "to_uint8", {FLOATS: floats[name]}, {PIXELS: host}, chunk.rows)
+            pixels[name] = host.rows(chunk.rows)
+        return pixels
+
+    @property
+    def _codes(self) -> Buffer:
+        return self._device(CODES, self.encoder.record.outputs[0].shape)
+
+    def _device(self, role: str, shape: Sequence[int | str]) -> Buffer:
+        return self.buffers.on_device(role, (self.size, *shape[1:]), np.float32)
+
+    def _run(
+        self,
+        session: ort.InferenceSession,
+        graph: str,
+        inputs: dict[str, Buffer],
+        outputs: dict[str, Buffer],
+        rows: int,
+        captured: bool = False,
+    ) -> None:
+        """One session over the first ``rows`` rows of its buffers; a captured graph replays its bucket's CUDA graph."""
+        binding = session.io_binding()
+        for name, buffer in inputs.items():
+            buffer.bind_input(binding, name, rows)
+        for name, buffer in outputs.items():
+            buffer.bind_output(binding, name, rows)
+        try:
+            session.run_with_iobinding(binding, run_options(rows) if captured and self.capturing else None)
+        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as err:
+            raise EngineError(f"{graph}: ONNX Runtime failed on the device-resident path: {err}") from err
