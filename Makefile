@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.13.0
 EXTRAS := export,align,openvino,serve,dev
 
-.PHONY: test demo venv clean cpp-example
+.PHONY: test demo venv clean cpp-example gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ demo: $(STAMP)
 # The C++ consumer of a bundle (examples/cpp): headers fetched into build/cpp, never installed.
 cpp-example: $(STAMP)
 	examples/cpp/build.sh $(PY) build/cpp
+
+# The GPU check on a machine with an NVIDIA GPU and onnxruntime-gpu (benchmarks/gpu_check.py, steps printed as they
+# run): the installed $(PYTHON) and its torch, never the .venv (whose torch is the CPU wheel) and nothing installed.
+# Writes benchmarks/results/<gpu>.{json,md} and plots; exits 2, saying why, on a machine that cannot run it.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo build .pytest_cache

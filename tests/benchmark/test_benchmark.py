@@ -1,6 +1,10 @@
-"""The benchmark harness: FLOP counts by hand, a small real run, the report. No timing asserted."""
+"""The benchmark harness: FLOP counts by hand, a small real run with graphs alone bound on the CPU, the report,
+the GPU facts and refusals that a CPU machine can check. No timing asserted."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -8,12 +12,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from psp_deploy.benchmark.device import BoundGraph
 from psp_deploy.benchmark.flops import graph_flops
+from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug, parse_nvidia_smi
 from psp_deploy.benchmark.harness import busy_rows
-from psp_deploy.benchmark.report import latency_table, warnings_section
+from psp_deploy.benchmark.report import latency_table, speedup_section, warnings_section
 from psp_deploy.benchmark.timing import measure
 from psp_deploy.bundle import ModelRecord, TensorSpec
 from psp_deploy.cli import app
+from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+REPO = Path(__file__).resolve().parents[2]
+NO_CUDA = cuda_problem()  # None where ONNX Runtime runs on a GPU: there the refusals below cannot happen
 
 pytestmark = pytest.mark.xdist_group("rgb2")
 
@@ -44,10 +54,11 @@ def test_flops_by_hand(tmp_path):
     assert graph_flops(path, record, batch=3) == 3 * (conv + deconv + matmul)
 
 
-def test_measure_reports_ordered_statistics():
-    calls = []
-    latency = measure(lambda: calls.append(1), warmup=2, runs=5)
+def test_measure_reports_ordered_statistics_and_synchronises_every_call():
+    calls, syncs = [], []
+    latency = measure(lambda: calls.append(1), warmup=2, runs=5, sync=lambda: syncs.append(len(calls)))
     assert len(calls) == 7 and latency.runs == 5
+    assert syncs == [1, 2, 3, 4, 5, 6, 7]  # after each call, before the next starts
     assert 0 <= latency.min <= latency.p50 <= latency.p90 <= latency.p99 <= latency.max
     assert latency.min <= latency.mean <= latency.max
 
@@ -78,24 +89,93 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
     )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["machine"]["model"] and "onnxruntime" in data["versions"]
-    rows = {(r["batch"], r["stage"]): r for r in data["results"]}
-    assert set(rows) == {(1, "encode"), (1, "synthesize"), (2, "encode"), (2, "synthesize")}
-    assert rows[(2, "synthesize")]["gflops_per_s"] > 0 and data["gflop_per_image"]["encoder"] > 10
+    assert data["machine"]["model"] and "onnxruntime" in data["versions"] and "gpu" not in data
+    rows = {(r["batch"], r["stage"], r["part"]): r for r in data["results"]}
+    parts = ("pipeline", "graphs", "host")  # graphs alone: bound with "cpu" OrtValues, as on a GPU
+    assert set(rows) == {(b, s, p) for b in (1, 2) for s in ("encode", "synthesize") for p in parts}
+    assert all(r["device"] == "cpu" and r["tf32"] is False for r in data["results"])
+    assert data["pipelines"]["onnxruntime fp32"]["device"] == "cpu" and data["synchronised_by"] is None
+    assert rows[(2, "synthesize", "pipeline")]["gflops_per_s"] > 0 and data["gflop_per_image"]["encoder"] > 10
+    host, pipeline, alone = (rows[(2, "synthesize", p)]["latency_s"] for p in ("host", "pipeline", "graphs"))
+    assert host["mean"] == pytest.approx(pipeline["mean"] - alone["mean"]) and alone["mean"] > 0
     assert "benchmarking: 1/4 onnxruntime fp32 batch 1: encode" in result.output
     assert "benchmarking: 4/4 onnxruntime fp32 batch 2: synthesize" in result.output
     assert f"results: {out}" in result.output and not (tmp_path / "bench-results.json").exists()
     report = (tmp_path / "report" / "bench-results.md").read_text()
-    assert "| onnxruntime fp32 (scaled) | 2 | synthesize |" in report
+    assert "| onnxruntime fp32 (scaled) | 2 | synthesize | pipeline |" in report
+    assert "| onnxruntime fp32 (scaled) | 2 | synthesize | graphs alone |" in report
+    assert "| onnxruntime fp32 (scaled) | 2 | synthesize | host overhead (" in report
     assert "against the official path" not in report and "machine's limit" not in report  # no empty tables
     assert (tmp_path / "report" / "bench-results-throughput.png").exists()
     synthesis_ops = data["profiles"]["onnxruntime fp32"]["synthesis"]
     assert next(iter(synthesis_ops)) == "Conv" and "| Conv |" in report, synthesis_ops
 
 
-def test_bench_refuses_unknown_stages(bundles, tmp_path):
-    result = CliRunner().invoke(app, ["bench", str(bundles("rgb-scaled")[0].root), "--stages", "warp"])
-    assert result.exit_code == 2 and "unknown stages ['warp']" in result.output
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--stages", "warp"], "unknown stages ['warp']"),
+        (["--tf32"], "--tf32 is a mode of NVIDIA tensor cores: it needs --device cuda"),
+        (["--device", "cuda", "--stages", "align"], "align is CPU work (dlib) whatever the device"),
+        pytest.param(
+            ["--device", "cuda"],
+            f"--device cuda needs an NVIDIA GPU with onnxruntime-gpu: {NO_CUDA}",
+            marks=pytest.mark.skipif(NO_CUDA is None, reason="ONNX Runtime runs on this machine's GPU"),
+        ),
+    ],
+)
+def test_bench_refuses_what_it_cannot_measure(bundles, args, message):
+    result = CliRunner().invoke(app, ["bench", str(bundles("rgb-scaled")[0].root), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.skipif(NO_CUDA is None, reason="this machine can run make gpu-check: the refusal is for the others")
+def test_make_gpu_check_refuses_a_machine_without_a_cuda_gpu():
+    run = subprocess.run(["make", "gpu-check", f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr  # make passes the script's exit code 2 on as its own
+    assert f"gpu-check: this machine cannot run the GPU check: {NO_CUDA}" in run.stderr
+    assert "[1/6] preflight" in run.stderr and "[2/6]" not in run.stderr
+
+
+def test_graphs_bound_once_compute_what_the_backend_does(bundles):
+    bundle = bundles("rgb-scaled")[0]
+    codes = np.random.default_rng(0).standard_normal((2, bundle.config.n_styles, 512)).astype(np.float32)
+    with OnnxRuntimeBackend.from_bundle(bundle, "synthesis", "fp32") as net:
+        expected = net.infer({"codes": codes})
+        bound = BoundGraph(net.session, {"codes": codes}, net.record.outputs, "cpu")
+        bound()
+        written = [value.data_ptr() for value in bound.binding.get_outputs()]
+    assert written == [value.data_ptr() for value in bound.outputs.values()]  # into the buffers allocated once
+    for name, value in bound.outputs.items():
+        np.testing.assert_allclose(value.numpy(), expected[name], atol=1e-5)
+
+
+def test_nvidia_smi_facts_and_file_name():
+    query = "NVIDIA H100 80GB HBM3, 550.54.15, 81559, 9.0\nNVIDIA H100 80GB HBM3, 550.54.15, 81559, 9.0\n"
+    banner = "| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4     |"
+    facts = parse_nvidia_smi(query, banner)
+    assert facts == {
+        "name": "NVIDIA H100 80GB HBM3",
+        "driver": "550.54.15",
+        "memory_mib": "81559",
+        "compute_capability": "9.0",
+        "count": 2,
+        "driver_cuda": "12.4",
+    }
+    assert parse_nvidia_smi("", "") == {} and gpu_slug(facts["name"]) == "nvidia-h100-80gb-hbm3"
+
+
+def test_tf32_mode_is_set_inside_and_restored_after():
+    import torch
+
+    from psp_deploy.benchmark.baseline import tf32_mode
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    for enabled, mode in ((True, "tf32"), (False, "ieee")):
+        with tf32_mode(enabled):
+            assert (conv.fp32_precision, matmul.fp32_precision) == (mode, mode)
+        assert (conv.fp32_precision, matmul.fp32_precision) == before
 
 
 def _row(backend, precision, stage, gflops, min_s=1.0, max_s=1.1):
@@ -119,6 +199,14 @@ def test_each_rate_is_held_against_the_conv_rate_of_its_own_precision():
     }
     fp32, int8 = latency_table(results)[2:]
     assert fp32.endswith("| 50.0 | 50% |") and int8.endswith("| 150.0 | 50% |")  # not "150% of FP32"
+
+
+def test_end_to_end_is_held_against_the_official_path_at_the_same_precision_where_it_ran():
+    official = [_row("torch-official", p, "e2e", None, min_s=s) for p, s in (("fp32", 4.0), ("fp16", 2.0))]
+    ours = [_row("onnxruntime", "fp16", "e2e", None, min_s=0.5), _row("onnxruntime", "int8", "e2e", None, min_s=1.0)]
+    table = speedup_section({"results": [*ours, *official]})
+    assert "| onnxruntime fp16 (scaled) | 1 | 0.500 | torch fp16 | 2.000 | 4.0× |" in table  # not against fp32
+    assert "| onnxruntime int8 (scaled) | 1 | 1.000 | torch fp32 | 4.000 | 4.0× |" in table  # no torch int8
 
 
 def test_a_busy_machine_is_warned_about_naming_the_rows():

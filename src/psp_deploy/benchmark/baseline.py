@@ -1,61 +1,101 @@
-"""The official path, as the official code runs on a CPU: the baseline every figure is compared with.
+"""The official path, as the official code runs it: the baseline every figure is compared with.
 
 The torch reference with its default forms is that algorithm: grouped modulated conv,
 conv_transpose + blur and ToRGB upsampling through the reference upfirdn2d (zero
 insertion, pad, convolution with the flipped kernel), bias + leaky ReLU unfused, FP32,
 fixed noise. Alignment is the official procedure too (full-size dlib detection
 upsampled once, PIL Lanczos shrink, scipy blur, PIL QUAD transform).
+
+On a GPU it runs eager on the same device, in IEEE FP32 (TF32 only when asked) and under
+FP16 autocast; alignment is CPU work there as in the official code, so its stages start
+from an aligned face and a CPU bench times alignment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .timing import Latency, measure
 
-
-def official_stages(checkpoint: Path, photo: np.ndarray, batch: int, threads: int | None) -> dict[str, Callable]:
-    """Callables for each stage at ``batch``, ready to be timed."""
+def load_official(checkpoint: Path, device: str, threads: int | None) -> Any:
     import torch
 
     from ..models import load_psp
-    from ..runtime.align import predictor_path
-    from .official_align import official_align, official_landmarks
 
     if threads:
         torch.set_num_threads(threads)
-    net = load_psp(checkpoint)
-    x = torch.rand(batch, net.config.input_nc, 256, 256) * 2 - 1
-    with torch.no_grad():
-        codes = net.encode(x)
-    predictor = str(predictor_path())
+    return load_psp(checkpoint, device)
 
-    def align() -> list[np.ndarray]:
-        return [official_align(photo, official_landmarks(photo, predictor)) for _ in range(batch)]
+
+@contextlib.contextmanager
+def tf32_mode(enabled: bool) -> Iterator[None]:
+    """cuDNN convolutions and CUDA matmuls in TF32 or IEEE FP32 while inside; the previous modes after.
+
+    torch 2.9 added per-backend ``fp32_precision`` settings, and refuses to read the older
+    ``allow_tf32`` flags once they disagree: use the newer where it exists, never both."""
+    import torch
+
+    conv, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(conv, "conv") and hasattr(conv.conv, "fp32_precision"):
+        targets, name, value = (conv.conv, matmul), "fp32_precision", "tf32" if enabled else "ieee"
+    else:
+        targets, name, value = (conv, matmul), "allow_tf32", enabled
+    before = [getattr(target, name) for target in targets]
+    for target in targets:
+        setattr(target, name, value)
+    try:
+        yield
+    finally:
+        for target, old in zip(targets, before, strict=True):
+            setattr(target, name, old)
+
+
+@contextlib.contextmanager
+def _inference(device_type: str, half: bool) -> Iterator[None]:
+    import torch
+
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.float16, enabled=half):
+        yield
+
+
+def _aligner(photo: np.ndarray, batch: int) -> Callable[[], list[np.ndarray]]:
+    from ..runtime.align import predictor_path
+    from .official_align import official_align, official_landmarks
+
+    predictor = str(predictor_path())
+    return lambda: [official_align(photo, official_landmarks(photo, predictor)) for _ in range(batch)]
+
+
+def official_stages(net: Any, photo: np.ndarray, face: np.ndarray, batch: int, half: bool = False) -> dict[str, Any]:
+    """Callables for each stage at ``batch`` on the net's device, ready to be timed; ``half`` runs them
+    under FP16 autocast. On the CPU e2e aligns ``photo``; on a GPU it starts from ``face`` (256² uint8)."""
+    import torch
+
+    device = next(net.parameters()).device
+    x = torch.rand(batch, net.config.input_nc, 256, 256, device=device) * 2 - 1
+    with _inference(device.type, half):
+        codes = net.encode(x)
+    align = _aligner(photo, batch) if device.type == "cpu" else None
+    faces = align or (lambda: [face] * batch)
 
     def encode() -> object:
-        with torch.no_grad():
+        with _inference(device.type, half):
             return net.encode(x)
 
     def synthesize() -> object:
-        with torch.no_grad():
+        with _inference(device.type, half):
             return net.synthesize(codes)
 
     def e2e() -> object:
-        faces = np.stack(align()).astype(np.float32) / 255.0
-        tensor = torch.from_numpy((faces - 0.5) / 0.5).permute(0, 3, 1, 2).contiguous()
-        with torch.no_grad():
+        pixels = np.stack(faces()).astype(np.float32) / 255.0
+        tensor = torch.from_numpy((pixels - 0.5) / 0.5).permute(0, 3, 1, 2).contiguous().to(device)
+        with _inference(device.type, half):
             images = net.synthesize(net.encode(tensor))
-        return ((images.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
+        return ((images.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).cpu()  # down to the host, as ours
 
-    return {"align": align, "encode": encode, "synthesize": synthesize, "e2e": e2e}
-
-
-def time_official(
-    checkpoint: Path, photo: np.ndarray, batch: int, stages: list[str], warmup: int, runs: int, threads: int | None
-) -> dict[str, Latency]:
-    fns = official_stages(checkpoint, photo, batch, threads)
-    return {stage: measure(fns[stage], warmup, runs) for stage in stages}
+    stages = {"encode": encode, "synthesize": synthesize, "e2e": e2e}
+    return {"align": align, **stages} if align else stages

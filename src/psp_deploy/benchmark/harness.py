@@ -1,7 +1,14 @@
-"""`psp-deploy bench`: per-stage and end-to-end latency and throughput of a bundle."""
+"""`psp-deploy bench`: per-stage and end-to-end latency and throughput of a bundle.
+
+Each stage is timed through the pipeline ("pipeline" rows) and, on ONNX Runtime, as its graphs
+alone with inputs and outputs bound on the device ("graphs" rows, benchmark/device.py); their
+difference is a row of its own ("host": the host's overhead). With --device cuda every timed call
+ends with a device-wide synchronise, and the GPU, driver, CUDA and library versions are recorded.
+"""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,17 +18,38 @@ from typing import Any
 import numpy as np
 
 from ..bundle import Bundle
-from ..errors import InputError
+from ..errors import BackendUnavailableError, InputError
+from ..graph_io import IMAGE
 from ..machine import cpu_info, library_versions
 from ..runtime import Pipeline
 from ..runtime.backends import BackendOptions, resolve_backend
+from .device import STAGE_GRAPHS, stage_graphs
 from .flops import flops_per_image
+from .gpu import cuda_problem, cuda_synchronizer, gpu_info
 from .timing import Latency, measure
 
 STAGES = ("align", "encode", "synthesize", "e2e")
+DEVICES = ("cpu", "cuda")
+BACKEND_DEVICE = {"openvino": "cpu", "tensorrt": "cuda"}  # backends that run on one device whatever --device says
+OFFICIAL_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}  # fp16: the FP32 model under torch.autocast
 PROFILED = ("onnxruntime", "openvino")  # backends with a per-op profiler wired in
 SPREAD_LIMIT = 1.5  # max/min latency of one measurement's runs; a quiet machine stays well below
 Progress = Callable[[str], None]
+Timer = Callable[[Callable[[], object]], Latency]
+
+ALIGN_NOTE = (
+    "align is not timed with --device cuda: alignment (dlib) is CPU work whatever the device (a CPU bench times "
+    "it), so e2e starts from an aligned 256² face, for psp-deploy and the official path alike"
+)
+LIMITS_NOTE = "no single-conv limits with --device cuda: they are measured on CPU backends"
+AUTOCAST_NOTE = "torch-official fp16 is the official FP32 model run under torch.autocast(float16), as a user would"
+GRAPHS_NOTE = "graphs-alone and host rows exist for ONNX Runtime backends only (their sessions are bound directly)"
+
+
+def forms_label(modconv: dict[str, Any]) -> str:
+    """'scaled', or 'scaled+phase' for a bundle whose upsampling convs are in the phase form."""
+    upsample = modconv.get("upsample", "transpose")
+    return modconv["form"] if upsample == "transpose" else f"{modconv['form']}+{upsample}"
 
 
 @dataclass
@@ -34,6 +62,8 @@ class BenchSettings:
     runs: int = 5
     threads: int | None = None
     profile: bool = False
+    device: str = "cpu"
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.stages) - set(STAGES)
@@ -41,6 +71,26 @@ class BenchSettings:
             raise InputError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
         if min(self.batches) < 1 or self.runs < 1 or self.warmup < 0:
             raise InputError("batches and --runs must be at least 1, --warmup at least 0")
+        if self.device not in DEVICES:
+            raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device == "cuda":
+            self._check_cuda()
+        elif self.tf32:
+            raise InputError("--tf32 is a mode of NVIDIA tensor cores: it needs --device cuda")
+
+    def _check_cuda(self) -> None:
+        if self.profile:
+            raise InputError("--profile reads the CPU sessions' profilers: leave it out with --device cuda")
+        if "openvino" in self.backends:
+            raise InputError("openvino runs on the CPU: leave it out with --device cuda")
+        self.stages = [stage for stage in self.stages if stage != "align"]
+        if not self.stages:
+            raise InputError("align is CPU work (dlib) whatever the device: time it without --device cuda")
+
+    @property
+    def align(self) -> bool | None:
+        """How e2e treats photos: as `run` does on a CPU (None: align photos); from aligned faces on a GPU."""
+        return None if self.device == "cpu" else False
 
 
 def benchmark_photo() -> np.ndarray:
@@ -51,16 +101,34 @@ def benchmark_photo() -> np.ndarray:
     return cv2.resize(data.astronaut(), (1024, 1024), interpolation=cv2.INTER_CUBIC)
 
 
-def _stage_calls(pipeline: Pipeline, photo: np.ndarray, batch: int) -> dict[str, Callable[[], Any]]:
-    x = np.repeat(pipeline.prepare(photo)[0][None], batch, axis=0)
+def benchmark_face(photo: np.ndarray) -> np.ndarray:
+    """The photo shrunk to 256², standing in for an aligned face where alignment is not timed: the graphs'
+    work does not depend on what the face looks like."""
+    import cv2
+
+    return cv2.resize(photo, (256, 256), interpolation=cv2.INTER_AREA)
+
+
+def stage_inputs(
+    pipeline: Pipeline, photo: np.ndarray, batch: int, align: bool | None
+) -> tuple[dict[str, Callable[[], Any]], dict[str, np.ndarray]]:
+    """Each stage's call at ``batch`` the way `run` makes it, and each graph's input for the graphs-alone
+    timing. With a device-resident chain (ONNX Runtime), encode takes uint8 faces up and brings codes down,
+    synthesize takes codes up and brings uint8 images down; otherwise both take and give host floats."""
+    face = photo if align is None else benchmark_face(photo)
+    x = np.repeat(pipeline.prepare(face, align)[0][None], batch, axis=0)
     codes = pipeline.encode(x)
-    photos = [photo] * batch
-    return {
-        "align": lambda: [pipeline.aligner.align(p) for p in photos],
+    inputs = [face] * batch
+    calls = {
+        "align": lambda: [pipeline.aligner.align(p) for p in inputs],
         "encode": lambda: pipeline.encode(x),
         "synthesize": lambda: pipeline.synthesize(codes),
-        "e2e": lambda: pipeline.run(photos),
+        "e2e": lambda: pipeline.run(inputs, align=align),
     }
+    if (resident := pipeline.resident) is not None:
+        faces = np.repeat(pipeline.prepare_face(face, align)[0][None], batch, axis=0)
+        calls.update(encode=lambda: resident.encode(faces), synthesize=lambda: resident.synthesize(codes, [IMAGE]))
+    return calls, {"encoder": x, "synthesis": codes}
 
 
 def result_row(label: dict[str, Any], batch: int, stage: str, latency: Latency, flops: dict[str, float]) -> dict:
@@ -80,6 +148,21 @@ def result_row(label: dict[str, Any], batch: int, stage: str, latency: Latency, 
     }
 
 
+def host_row(pipeline_row: dict[str, Any], graphs_row: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's time outside its graphs (pipeline − graphs alone) at the median and the mean, and its
+    share of the pipeline's median. Extremes do not subtract: the slowest runs of each need not coincide."""
+    pipeline, graphs = pipeline_row["latency_s"], graphs_row["latency_s"]
+    latency = {stat: pipeline[stat] - graphs[stat] for stat in ("p50", "mean")}
+    return {
+        **pipeline_row,
+        "part": "host",
+        "latency_s": latency,
+        "share_of_pipeline": latency["p50"] / pipeline["p50"],
+        "images_per_s": None,
+        "gflops_per_s": None,
+    }
+
+
 def bench_pipeline(
     pipeline: Pipeline,
     settings: BenchSettings,
@@ -87,13 +170,21 @@ def bench_pipeline(
     photo: np.ndarray,
     label: dict[str, Any],
     say: Progress,
+    timer: Timer,
 ) -> list[dict[str, Any]]:
     rows = []
     for batch in settings.batches:
-        calls = _stage_calls(pipeline, photo, batch)
+        calls, feeds = stage_inputs(pipeline, photo, batch, settings.align)
         for stage in settings.stages:
             say(f"{label['backend']} {label['precision']} batch {batch}: {stage}")
-            rows.append(result_row(label, batch, stage, measure(calls[stage], settings.warmup, settings.runs), flops))
+            row = result_row({**label, "part": "pipeline"}, batch, stage, timer(calls[stage]), flops)
+            rows.append(row)
+            graphs = stage_graphs(pipeline.nets, stage, feeds, batch, label["device"])
+            if graphs is not None:
+                alone = result_row({**label, "part": "graphs"}, batch, stage, timer(graphs), flops)
+                # e2e from photos also aligns them (CPU work): the difference is not the runtime's overhead alone
+                aligned = stage == "e2e" and pipeline.wants_alignment(settings.align)
+                rows += [alone, {**host_row(row, alone), "includes_alignment": aligned}]
     return rows
 
 
@@ -112,6 +203,51 @@ def _profile(
     return profile_bundle(bundle, backend, precision, x, pipeline.encode(x), threads)
 
 
+def _bench_backends(
+    bundle: Bundle,
+    settings: BenchSettings,
+    photo: np.ndarray,
+    flops: dict[str, float],
+    say: Progress,
+    measured: Progress,
+    timer: Timer,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Rows of every backend × precision, their profiles, and what each pipeline ran (Pipeline.describe:
+    devices, providers and their options per session). ``measured`` reports each measurement, ``say`` the rest."""
+    rows, profiles, pipelines = [], {}, {}
+    for name in settings.backends:
+        for precision in settings.precisions:
+            backend = resolve_backend(name, settings.device, precision)
+            options = BackendOptions(device=settings.device, threads=settings.threads, tf32=settings.tf32)
+            say(f"loading {backend} {precision}")
+            with Pipeline.from_bundle(
+                bundle.root, backend, precision, options=options, max_batch=max(settings.batches)
+            ) as pipeline:
+                label = {
+                    "backend": backend,
+                    "precision": precision,
+                    "modconv": forms_label(bundle.manifest.modconv),
+                    "graphs": pipeline.precisions,
+                    "device": BACKEND_DEVICE.get(backend, settings.device),
+                    "tf32": settings.tf32,
+                }
+                rows += bench_pipeline(pipeline, settings, flops, photo, label, measured, timer)
+                pipelines[f"{backend} {precision}"] = pipeline.describe()
+                if settings.profile and backend in PROFILED:
+                    say(f"profiling {backend} {precision}")
+                    profiles[f"{backend} {precision}"] = _profile(
+                        bundle, pipeline, photo, backend, precision, settings.threads
+                    )
+    return rows, profiles, pipelines
+
+
+def _timer(settings: BenchSettings) -> tuple[Timer, str | None]:
+    """The measuring function, and what synchronises the device after each call (None on a CPU)."""
+    sync = cuda_synchronizer() if settings.device == "cuda" else None
+    timer = functools.partial(measure, warmup=settings.warmup, runs=settings.runs, sync=sync[1] if sync else None)
+    return timer, sync[0] if sync else None
+
+
 def run_benchmark(
     bundle_dir: str | Path,
     settings: BenchSettings,
@@ -120,46 +256,36 @@ def run_benchmark(
     limits: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Time every backend × precision × batch × stage; optionally the official torch path and the
-    machine's single-conv limits in the same run."""
+    """Time every backend × precision × batch × stage; optionally the official torch path and (on a CPU)
+    the machine's single-conv limits in the same run."""
+    if settings.device == "cuda" and (problem := cuda_problem()):
+        raise BackendUnavailableError(f"--device cuda needs an NVIDIA GPU with onnxruntime-gpu: {problem}")
     say = progress or (lambda _m: None)
     measured = _numbered(say, _measurements(settings, baseline))
+    timer, synchronised_by = _timer(settings)
     bundle = Bundle.open(bundle_dir)
     photo = benchmark_photo()
     flops = graph_flops(bundle)
-    rows, profiles = [], {}
-    for name in settings.backends:
-        for precision in settings.precisions:
-            backend = resolve_backend(name, "cpu", precision)
-            options = BackendOptions(threads=settings.threads)
-            say(f"loading {backend} {precision}")
-            with Pipeline.from_bundle(bundle.root, backend, precision, options=options) as pipeline:
-                label = {
-                    "backend": backend,
-                    "precision": precision,
-                    "modconv": bundle.manifest.modconv["form"],
-                    "graphs": pipeline.precisions,
-                }
-                rows += bench_pipeline(pipeline, settings, flops, photo, label, measured)
-                if settings.profile and backend in PROFILED:
-                    say(f"profiling {backend} {precision}")
-                    profiles[f"{backend} {precision}"] = _profile(
-                        bundle, pipeline, photo, backend, precision, settings.threads
-                    )
+    rows, profiles, pipelines = _bench_backends(bundle, settings, photo, flops, say, measured, timer)
     if baseline is not None:
-        rows += official_rows(baseline, photo, settings, flops, measured)
+        rows += official_rows(baseline, photo, settings, flops, measured, timer)
     results: dict[str, Any] = {
         "machine": cpu_info(),
         "versions": library_versions(),
         "settings": {**settings.__dict__},
+        "synchronised_by": synchronised_by,
+        "pipelines": pipelines,
         "bundle": {"path": str(bundle.root), "config": bundle.config.to_dict(), "modconv": bundle.manifest.modconv},
         "gflop_per_image": {g: f / 1e9 for g, f in flops.items()},
         "results": rows,
         "warnings": busy_rows(rows),
+        "notes": _notes(settings, rows, limits),
     }
+    if settings.device == "cuda":
+        results["gpu"] = gpu_info()
     if profiles:
         results["profiles"] = profiles
-    if limits:
+    if limits and settings.device == "cpu":
         from .roofline import machine_limits
 
         say("measuring the machine's single-conv rate")
@@ -172,9 +298,23 @@ def run_benchmark(
     return results
 
 
+def _notes(settings: BenchSettings, rows: list[dict[str, Any]], limits: bool) -> list[str]:
+    """What a reader of the results must know about what was (not) measured."""
+    notes = []
+    if settings.device == "cuda":
+        notes += [ALIGN_NOTE, LIMITS_NOTE] if limits else [ALIGN_NOTE]
+    if any(row["backend"] == "torch-official" and row["precision"] == "fp16" for row in rows):
+        notes.append(AUTOCAST_NOTE)
+    with_graphs = {r["backend"] for r in rows if r["stage"] in STAGE_GRAPHS and r["backend"] != "torch-official"}
+    if with_graphs - {r["backend"] for r in rows if r["part"] == "graphs"}:
+        notes.append(GRAPHS_NOTE)
+    return notes
+
+
 def _measurements(settings: BenchSettings, baseline: Path | None) -> int:
     per_config = len(settings.batches) * len(settings.stages)
-    return len(settings.backends) * len(settings.precisions) * per_config + (len(settings.batches) if baseline else 0)
+    official = len(settings.batches) * len(OFFICIAL_PRECISIONS[settings.device]) if baseline else 0
+    return len(settings.backends) * len(settings.precisions) * per_config + official
 
 
 def _numbered(say: Progress, total: int) -> Progress:
@@ -188,26 +328,37 @@ def busy_rows(rows: list[dict[str, Any]]) -> list[str]:
     machine (or it changed clock speed) meanwhile, so their figures are not the machine's."""
     warnings = []
     for row in rows:
+        if row.get("part") == "host":  # a difference of two measurements, warned about through them
+            continue
         spread = row["latency_s"]["max"] / row["latency_s"]["min"]
         if spread > SPREAD_LIMIT:
+            alone = " (graphs alone)" if row.get("part") == "graphs" else ""
             warnings.append(
-                f"{row['backend']} {row['precision']} batch {row['batch']} {row['stage']}: the slowest run took "
-                f"{spread:.1f}× the fastest (over {SPREAD_LIMIT:g}×): the machine was busy, rerun it quiet"
+                f"{row['backend']} {row['precision']} batch {row['batch']} {row['stage']}{alone}: the slowest run "
+                f"took {spread:.1f}× the fastest (over {SPREAD_LIMIT:g}×): the machine was busy, rerun it quiet"
             )
     return warnings
 
 
 def official_rows(
-    checkpoint: Path, photo: np.ndarray, settings: BenchSettings, flops: dict[str, float], say: Progress
+    checkpoint: Path,
+    photo: np.ndarray,
+    settings: BenchSettings,
+    flops: dict[str, float],
+    say: Progress,
+    timer: Timer,
 ) -> list[dict[str, Any]]:
-    from .baseline import time_official
+    """The official algorithm in eager torch on the bench's device; on a GPU in FP32 and under FP16 autocast."""
+    from .baseline import load_official, official_stages, tf32_mode
 
-    rows = []
-    label = {"backend": "torch-official", "precision": "fp32", "modconv": "grouped"}
-    for batch in settings.batches:
-        say(f"official torch path, batch {batch}")
-        timings = time_official(
-            checkpoint, photo, batch, settings.stages, settings.warmup, settings.runs, settings.threads
-        )
-        rows += [result_row(label, batch, stage, latency, flops) for stage, latency in timings.items()]
+    net = load_official(checkpoint, settings.device, settings.threads)
+    face, rows = benchmark_face(photo), []
+    with tf32_mode(settings.tf32):
+        for batch in settings.batches:
+            for precision in OFFICIAL_PRECISIONS[settings.device]:
+                say(f"official torch path {precision}, batch {batch}")
+                stages = official_stages(net, photo, face, batch, half=precision == "fp16")
+                label = {"backend": "torch-official", "precision": precision, "modconv": "grouped", "part": "pipeline"}
+                label.update(device=settings.device, tf32=settings.tf32)
+                rows += [result_row(label, batch, stage, timer(stages[stage]), flops) for stage in settings.stages]
     return rows

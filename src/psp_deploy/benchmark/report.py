@@ -6,10 +6,19 @@ from pathlib import Path
 from typing import Any
 
 Row = dict[str, Any]
+PARTS = {"pipeline": "pipeline", "graphs": "graphs alone", "host": "host overhead"}
 
 
 def _config(row: Row) -> str:
     return f"{row['backend']} {row['precision']} ({row['modconv']})"
+
+
+def _part(row: Row) -> str:
+    return row.get("part", "pipeline")  # results from before graphs-alone timing have pipeline rows only
+
+
+def _pipeline(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if _part(r) == "pipeline"]
 
 
 def conv_rate(results: dict[str, Any], row: Row) -> float | None:
@@ -23,36 +32,57 @@ def _find(rows: list[Row], **where: Any) -> Row | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in where.items())), None)
 
 
+def _time(row: Row) -> str:
+    if _part(row) == "host":
+        what = "alignment + host overhead" if row.get("includes_alignment") else "host overhead"
+        return f"{what} ({row['share_of_pipeline']:.0%} of pipeline)"
+    return PARTS[_part(row)]
+
+
+def _stat(latency: dict[str, float], key: str) -> str:
+    return f"{latency[key]:.3f}" if key in latency else ""  # host rows have a median and a mean only
+
+
 def latency_table(results: dict[str, Any]) -> list[str]:
     lines = [
-        "| configuration | batch | stage | p50 s | p90 s | mean s | images/s | GFLOP/s "
+        "| configuration | batch | stage | time | p50 s | p90 s | mean s | images/s | GFLOP/s "
         "| of the conv rate, same backend and precision |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["results"]:
         lat, gf, limit = r["latency_s"], r["gflops_per_s"], conv_rate(results, r)
         share = f"{gf / limit:.0%}" if gf and limit else ""
+        host = _part(r) == "host"  # a difference of times: no rate of its own
+        rate, gflops = ("", "") if host else (f"{r['images_per_s']:.3f}", f"{gf or 0:.1f}")
         lines.append(
-            f"| {_config(r)} | {r['batch']} | {r['stage']} | {lat['p50']:.3f} | {lat['p90']:.3f} | "
-            f"{lat['mean']:.3f} | {r['images_per_s']:.3f} | {gf or 0:.1f} | {share} |"
+            f"| {_config(r)} | {r['batch']} | {r['stage']} | {_time(r)} | {_stat(lat, 'p50')} | {_stat(lat, 'p90')} | "
+            f"{_stat(lat, 'mean')} | {rate} | {gflops} | {share} |"
         )
     return lines
 
 
 def speedup_section(results: dict[str, Any]) -> list[str]:
-    """End to end against the official path; nothing when there is no official row to hold against."""
-    rows = results["results"]
+    """End to end against the official path at the same precision where it ran in one (FP16 autocast on a
+    GPU), else against its FP32; nothing when there is no official row to hold against."""
+    rows = _pipeline(results["results"])
     table = []
     for r in rows:
         if r["stage"] != "e2e" or r["backend"] == "torch-official":
             continue
-        base = _find(rows, backend="torch-official", stage="e2e", batch=r["batch"])
+        official = dict(backend="torch-official", stage="e2e", batch=r["batch"])
+        base = _find(rows, **official, precision=r["precision"]) or _find(rows, **official, precision="fp32")
         if base:
             ours, theirs = 1 / r["images_per_s"], 1 / base["images_per_s"]
-            table.append(f"| {_config(r)} | {r['batch']} | {ours:.2f} | {theirs:.2f} | {theirs / ours:.1f}× |")
+            table.append(
+                f"| {_config(r)} | {r['batch']} | {ours:.3f} | torch {base['precision']} | {theirs:.3f} | "
+                f"{theirs / ours:.1f}× |"
+            )
     if not table:
         return []
-    header = ["| configuration | batch | e2e s / image | official s / image | speed-up |", "|---|---:|---:|---:|---:|"]
+    header = [
+        "| configuration | batch | e2e s / image | official path | official s / image | speed-up |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
     return ["## End to end against the official path", "", *header, *table, ""]
 
 
@@ -60,6 +90,12 @@ def warnings_section(results: dict[str, Any]) -> list[str]:
     if not results.get("warnings"):
         return []
     return ["## Warnings", "", *(f"- {w}" for w in results["warnings"]), ""]
+
+
+def notes_section(results: dict[str, Any]) -> list[str]:
+    if not results.get("notes"):
+        return []
+    return ["## Notes", "", *(f"- {note}" for note in results["notes"]), ""]
 
 
 def limits_section(results: dict[str, Any]) -> list[str]:
@@ -87,17 +123,9 @@ def profile_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results["results"]
+def _latency_plot(plt: Any, rows: list[Row], out: Path) -> Path:
     configs = list(dict.fromkeys(_config(r) for r in rows))
     stages = [s for s in ("align", "encode", "synthesize") if any(r["stage"] == s for r in rows)]
-    paths = []
-
     fig, ax = plt.subplots(figsize=(10, 5))
     width = 0.8 / max(len(stages), 1)
     for i, stage in enumerate(stages):
@@ -108,11 +136,13 @@ def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     ax.set_xticks([x + width * (len(stages) - 1) / 2 for x in range(len(configs))], configs, rotation=30, ha="right")
     ax.set_ylabel("seconds per batch of 1 (p50)")
     ax.set_title("Latency per stage, batch 1")
-    ax.legend()
-    paths.append(_save(fig, out / f"{stem}-latency.png"))
+    _legend(ax)
+    return _save(fig, out)
 
+
+def _throughput_plot(plt: Any, rows: list[Row], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
-    for config in configs:
+    for config in dict.fromkeys(_config(r) for r in rows):
         points = sorted((r["batch"], r["images_per_s"]) for r in rows if r["stage"] == "e2e" and _config(r) == config)
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=config)
@@ -120,18 +150,56 @@ def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     ax.set_ylabel("images / s (end to end)")
     ax.set_title("Throughput vs batch")
     _legend(ax)
-    paths.append(_save(fig, out / f"{stem}-throughput.png"))
+    return _save(fig, out)
 
+
+def _roofline_plot(plt: Any, rows: list[Row], rates: dict[str, dict[str, float]], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 5))
-    e2e = [r for r in rows if r["stage"] == "synthesize" and r["gflops_per_s"]]
-    ax.bar(range(len(e2e)), [r["gflops_per_s"] for r in e2e])
-    ax.set_xticks(range(len(e2e)), [f"{_config(r)} b{r['batch']}" for r in e2e], rotation=35, ha="right", fontsize=8)
-    for i, (precision, rates) in enumerate(results.get("conv_gflops_per_s", {}).items()):
-        ax.axhline(max(rates.values()), linestyle="--", label=f"single-conv limit, {precision}", color=f"C{i + 1}")
+    synthesis = [r for r in rows if r["stage"] == "synthesize" and r["gflops_per_s"]]
+    ax.bar(range(len(synthesis)), [r["gflops_per_s"] for r in synthesis])
+    labels = [f"{_config(r)} b{r['batch']}" for r in synthesis]
+    ax.set_xticks(range(len(synthesis)), labels, rotation=35, ha="right", fontsize=8)
+    for i, (precision, by_backend) in enumerate(rates.items()):
+        ax.axhline(max(by_backend.values()), linestyle="--", label=f"single-conv limit, {precision}", color=f"C{i + 1}")
     ax.set_ylabel("GFLOP/s")
     ax.set_title("Synthesis: achieved rate against the machine's single-conv rate")
     _legend(ax)
-    paths.append(_save(fig, out / f"{stem}-roofline.png"))
+    return _save(fig, out)
+
+
+def _overhead_plot(plt: Any, rows: list[Row], out: Path) -> Path:
+    """End to end per configuration and batch: the graphs' own time and the host's overhead, stacked."""
+    pairs = [
+        (r, _find(rows, **{k: r[k] for k in ("backend", "precision", "modconv", "batch")}, stage="e2e", part="host"))
+        for r in rows
+        if r["stage"] == "e2e" and _part(r) == "graphs"
+    ]
+    graphs = [g["latency_s"]["p50"] for g, _ in pairs]
+    host = [h["latency_s"]["p50"] if h else 0 for _, h in pairs]
+    fig, ax = plt.subplots(figsize=(10, 5))
+    ax.bar(range(len(pairs)), graphs, label="graphs alone (device-resident)")
+    ax.bar(range(len(pairs)), host, bottom=graphs, label="host overhead")
+    ax.set_xticks(range(len(pairs)), [f"{_config(g)} b{g['batch']}" for g, _ in pairs], rotation=35, ha="right")
+    ax.set_ylabel("seconds per batch, end to end (p50)")
+    ax.set_title("Where end-to-end time goes: the graphs or the host")
+    _legend(ax)
+    return _save(fig, out)
+
+
+def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, pipeline = results["results"], _pipeline(results["results"])
+    paths = [
+        _latency_plot(plt, pipeline, out / f"{stem}-latency.png"),
+        _throughput_plot(plt, pipeline, out / f"{stem}-throughput.png"),
+        _roofline_plot(plt, pipeline, results.get("conv_gflops_per_s", {}), out / f"{stem}-roofline.png"),
+    ]
+    if any(_part(r) == "graphs" and r["stage"] == "e2e" for r in rows):
+        paths.append(_overhead_plot(plt, rows, out / f"{stem}-overhead.png"))
     return paths
 
 
@@ -154,24 +222,46 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def machine_lines(results: dict[str, Any]) -> list[str]:
+    """The CPU, and on a GPU run the GPU, its driver and CUDA, TF32 and how timings were synchronised."""
+    machine = results["machine"]
+    lines = [
+        f"- CPU: {machine['model']}, {machine['logical_cores']} logical cores, ISA flags: {', '.join(machine['flags'])}"
+    ]
+    gpu = results.get("gpu")
+    if gpu:
+        ort, torch = gpu["onnxruntime"], gpu.get("torch", {})
+        lines += [
+            f"- GPU: {gpu['name']}, driver {gpu.get('driver', '?')} (CUDA {gpu.get('driver_cuda', '?')}), "
+            f"{gpu.get('memory_mib', '?')} MiB, compute capability {gpu.get('compute_capability', '?')}",
+            f"- CUDA builds: onnxruntime {ort['version']} ({ort['package']}, CUDA {ort.get('cuda') or '?'}), "
+            f"torch {torch.get('version', 'absent')} (CUDA {torch.get('cuda') or '?'})",
+            f"- TF32: {'on' if results['settings'].get('tf32') else 'off (IEEE FP32)'}; every timed call ends with "
+            f"{results.get('synchronised_by') or 'host results (no device synchronise was available)'}",
+        ]
+    return lines
+
+
 def write_report(results: dict[str, Any], out: Path, stem: str, command: str, notes: list[str] | None = None) -> Path:
     """``out/<stem>.md`` with the tables and plots; returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(results, out, stem)
-    machine, settings = results["machine"], results["settings"]
+    settings = results["settings"]
+    title = results["gpu"]["name"] if results.get("gpu") else results["machine"]["model"]
     lines = [
-        f"# psp-deploy benchmark: {machine['model']}",
+        f"# psp-deploy benchmark: {title}",
         "",
-        f"- CPU: {machine['model']}, {machine['logical_cores']} logical cores, "
-        f"ISA flags: {', '.join(machine['flags'])}",
+        *machine_lines(results),
         f"- versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
-        f"- settings: threads {settings.get('threads') or 'all'}, warmup {settings['warmup']}, runs {settings['runs']}",
+        f"- settings: device {settings.get('device', 'cpu')}, threads {settings.get('threads') or 'all'}, "
+        f"warmup {settings['warmup']}, runs {settings['runs']}",
         f"- model: {results['bundle']['config']['task']} {results['bundle']['config']['output_size']}² (synthetic "
         f"weights, official shapes); GFLOP per image: "
         + ", ".join(f"{g} {f:.1f}" for g, f in results["gflop_per_image"].items()),
         f"- reproduce: `{command}`",
         "",
         *warnings_section(results),
+        *notes_section(results),
         *limits_section(results),
         *speedup_section(results),
         "## Every measurement",

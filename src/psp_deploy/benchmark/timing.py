@@ -23,15 +23,19 @@ class Latency:
         return asdict(self)
 
 
-def measure(fn: Callable[[], object], warmup: int, runs: int) -> Latency:
-    """Seconds per call over ``runs`` calls after ``warmup`` untimed ones. Backends synchronize
-    inside their calls (results are host arrays), so wall clock is the whole latency."""
+def measure(fn: Callable[[], object], warmup: int, runs: int, sync: Callable[[], object] | None = None) -> Latency:
+    """Seconds per call over ``runs`` calls after ``warmup`` untimed ones. ``sync`` (a device-wide
+    synchronise) runs inside each timed call, so work a call left queued on a GPU is counted; without
+    it, wall clock is the whole latency only of calls that return host results."""
+    finish = sync or (lambda: None)
     for _ in range(warmup):
         fn()
+        finish()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
+        finish()
         times.append(time.perf_counter() - start)
     t = np.array(times)
     percentiles = (float(np.percentile(t, q)) for q in (50, 90, 99))

@@ -1,0 +1,184 @@
+"""`make gpu-check`: psp-deploy's GPU runtime checked and measured on this machine, from nothing.
+
+    make gpu-check [PYTHON=python3]          or          python3 benchmarks/gpu_check.py [--runs 5]
+
+Runs with the Python and torch installed here and installs nothing (psp-deploy runs from src/:
+installing it would pull the CPU onnxruntime package over onnxruntime-gpu). Steps:
+
+  1. preflight: an NVIDIA GPU, onnxruntime-gpu whose CUDA provider starts, torch with CUDA, the
+     packages the steps import; exit 2 with the reason where one is missing
+  2. a synthetic 1024² FFHQ-encode checkpoint (official format, seeded; no weights downloaded)
+  3. its scaled bundle, exported and checked against torch
+  4. FP16 graphs: psp-deploy calibrate BUNDLE --precision fp16 --synthetic 4
+  5. the GPU tests: pytest -m gpu tests/gpu
+  6. the benchmark matrix: ONNX Runtime CUDA FP32 and FP16 × batch 1, 8, 32 (pipeline, graphs alone,
+     host overhead; TF32 off) and the official path in eager torch on the same GPU (FP32, FP16
+     autocast) → benchmarks/results/<gpu>.json, <gpu>.md and plots
+
+The checkpoint and bundle are kept in benchmarks/.work and reused. Exit codes: 0 done; 1 a step
+failed; 2 this machine cannot run the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+STEPS = 6
+BATCHES = [1, 8, 32]
+# What the steps import, beyond the standard library: module → what to install.
+NEEDED = {
+    "numpy": "numpy",
+    "onnxruntime": "onnxruntime-gpu",
+    "onnx": "onnx",
+    "onnxscript": "onnxscript",
+    "onnxconverter_common": "onnxconverter-common",
+    "torch": "torch",
+    "cv2": "opencv-python-headless",
+    "PIL": "pillow",
+    "typer": "typer",
+    "rich": "rich",
+    "skimage": "scikit-image",
+    "matplotlib": "matplotlib",
+    "pytest": "pytest",
+    "xdist": "pytest-xdist",
+    "filelock": "filelock",
+}
+NOTES = [
+    "## How to read this",
+    "",
+    "- `pipeline` rows time psp-deploy's Pipeline as a user calls it (host arrays in and out); `graphs alone` times "
+    "the same graphs' ONNX Runtime sessions with inputs and outputs bound on the GPU (I/O binding); `host overhead` "
+    "is their difference: what the pipeline spends outside the graphs (copies, pre- and post-processing).",
+    "- Every timed call ends with a device-wide CUDA synchronise. FP32 is IEEE FP32 (TF32 off) for ONNX Runtime "
+    "and torch alike.",
+    "- `torch-official` is the official algorithm (grouped modconv, reference upfirdn2d, unfused activations) in "
+    "eager torch on the same GPU; its fp16 rows run the FP32 model under torch.autocast(float16).",
+    "- FP16 graphs were calibrated on 4 synthetic faces (`psp-deploy calibrate --precision fp16 --synthetic 4`); "
+    "their accuracy against FP32 is in the bundle's reports/fp16.json.",
+]
+
+
+def say(message: str) -> None:
+    print(f"gpu-check: {message}", file=sys.stderr, flush=True)
+
+
+def missing_packages() -> list[str]:
+    return [package for module, package in NEEDED.items() if importlib.util.find_spec(module) is None]
+
+
+def preflight() -> str | None:
+    """Why this machine cannot run the check, or None. The GPU comes first: it is what most machines lack."""
+    from psp_deploy.benchmark.gpu import cuda_problem, nvidia_gpu_present
+
+    if not nvidia_gpu_present():
+        return cuda_problem()
+    if missing := missing_packages():
+        return f"missing Python packages for {sys.executable}: pip install {' '.join(missing)}"
+    if problem := cuda_problem():
+        return problem
+    import torch
+
+    if not torch.cuda.is_available():
+        built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return f"torch {torch.__version__} here cannot use the GPU ({built}): the torch baseline needs it"
+    return None
+
+
+@contextlib.contextmanager
+def step(number: int, title: str) -> Iterator[None]:
+    say(f"[{number}/{STEPS}] {title}")
+    start = time.perf_counter()
+    yield
+    say(f"[{number}/{STEPS}] done in {time.perf_counter() - start:.0f} s")
+
+
+class StepFailed(Exception):
+    """A step's command failed; its own output says why."""
+
+
+def command(*args: str) -> None:
+    """Run a command with this Python, psp-deploy importable from src/, its output passed through."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    code = subprocess.run([sys.executable, *args], cwd=REPO, env=env).returncode
+    if code != 0:
+        what = "no GPU tests were collected" if args[:2] == ("-m", "pytest") and code == 5 else f"exit code {code}"
+        raise StepFailed(f"{' '.join(args)}: {what}")
+
+
+def calibrate_fp16(bundle: Path) -> None:
+    from psp_deploy.bundle import Bundle
+
+    if "fp16" in Bundle.open(bundle).manifest.models["encoder"]:
+        say("FP16 graphs already there: reused")
+        return
+    command("-m", "psp_deploy.cli", "calibrate", str(bundle), "--precision", "fp16", "--synthetic", "4")
+
+
+def bench_matrix(checkpoint: Path, bundle: Path, warmup: int, runs: int) -> Path:
+    """The matrix, written as benchmarks/results/<gpu>.json and .md with plots; returns the report's path."""
+    from common import RESULTS
+
+    from psp_deploy.benchmark.gpu import gpu_slug
+    from psp_deploy.benchmark.harness import BenchSettings, run_benchmark
+    from psp_deploy.benchmark.report import write_report
+    from psp_deploy.files import write_json
+
+    stages = ["encode", "synthesize", "e2e"]
+    settings = BenchSettings(["onnxruntime"], ["fp32", "fp16"], BATCHES, stages, warmup, runs, device="cuda")
+    results = run_benchmark(bundle, settings, baseline=checkpoint, limits=False, progress=say)
+    stem = gpu_slug(results["gpu"]["name"])
+    write_json(RESULTS / f"{stem}.json", results)
+    return write_report(results, RESULTS, stem, "make gpu-check", NOTES)
+
+
+def run(warmup: int, runs: int) -> Path:
+    from common import bundle, checkpoint
+
+    with step(2, "a synthetic 1024² FFHQ-encode checkpoint"):
+        ckpt = checkpoint(1024)
+    with step(3, "its scaled bundle, exported and checked against torch"):
+        scaled = bundle(ckpt, "scaled")
+    with step(4, "FP16 graphs: psp-deploy calibrate --precision fp16 --synthetic 4"):
+        calibrate_fp16(scaled)
+    with step(5, "the GPU tests: pytest -m gpu tests/gpu"):
+        command("-m", "pytest", "-m", "gpu", "tests/gpu")
+    with step(6, f"the benchmark matrix: FP32, FP16 × batch {', '.join(map(str, BATCHES))}, torch baseline"):
+        return bench_matrix(ckpt, scaled, warmup, runs)
+
+
+def main() -> int:
+    summary, details = __doc__.split("\n\n", 1)
+    parser = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default 2)")
+    parser.add_argument("--runs", type=int, default=5, help="timed calls per measurement (default 5)")
+    args = parser.parse_args()
+    if args.runs < 1 or args.warmup < 0:
+        parser.error("--runs must be at least 1 and --warmup at least 0")  # exits 2, as bad input does
+    sys.path.insert(0, str(SRC))  # psp-deploy from this checkout, installed or not
+    say(f"[1/{STEPS}] preflight: an NVIDIA GPU, onnxruntime-gpu, torch with CUDA, the packages the steps import")
+    if problem := preflight():
+        say(f"this machine cannot run the GPU check: {problem}")
+        return 2
+    from psp_deploy.errors import PspDeployError
+
+    try:
+        report = run(args.warmup, args.runs)
+    except (StepFailed, PspDeployError) as err:
+        say(f"failed: {err}")
+        return 1
+    say(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
