@@ -28,15 +28,16 @@ def checkpoint(output_size: int = 1024) -> Path:
     return path
 
 
-def bundle(ckpt: Path, modconv: str, batch: int = 1) -> Path:
+def bundle(ckpt: Path, modconv: str, batch: int = 1, upsample: str = "transpose") -> Path:
     """An exported bundle of ``ckpt``, reused while it matches the checkpoint."""
     from psp_deploy.export import export_bundle
 
-    out = WORK / f"{ckpt.stem}-{modconv}{'-b' + str(batch) if modconv == 'grouped' else ''}"
+    batched = f"-b{batch}" if modconv == "grouped" else ""
+    out = WORK / f"{ckpt.stem}-{modconv}{batched}{'' if upsample == 'transpose' else '-' + upsample}"
     if reusable_bundle(ckpt, out) is not None:
         return out
     say(f"exporting {out.name}")
-    export_bundle(ckpt, out, modconv=modconv, batch=batch, force=True, progress=say)
+    export_bundle(ckpt, out, modconv=modconv, batch=batch, upsample=upsample, force=True, progress=say)
     return out
 
 

@@ -1,0 +1,68 @@
+"""The synthesis graph's forms on this CPU: transposed vs phase upsampling convs, scaled vs grouped
+modulated convs, FP32 on each CPU backend (and OpenVINO BF16 where the CPU has it natively), batch 1
+(and 4 for the scaled form); written to benchmarks/results/<cpu>-forms.{json,md}.
+
+FFHQ-encode 1024 (synthetic weights, official shapes). The encoder is the same graph in every form,
+so it is timed once per backend on the scaled bundle; the rest times synthesis and end to end.
+
+    .venv/bin/python benchmarks/cpu_forms.py [--runs 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common import RESULTS, bundle, checkpoint, save_json, say
+
+from psp_deploy.benchmark.harness import BenchSettings, run_benchmark
+from psp_deploy.benchmark.report import write_report
+from psp_deploy.machine import has_native_bf16, machine_slug
+
+NOTES = [
+    "## How to read this",
+    "",
+    "- `transpose` runs each upsampling conv as one ConvTranspose (the official form); `phase` as four Convs on "
+    "the low-resolution input plus a one-hot depthwise interleave (same multiply-adds; models/modconv.py).",
+    "- `scaled` keeps the conv weights static (any batch); `grouped` folds each sample's style into its weights "
+    "(batch fixed at export, here 1).",
+    "- `of … conv rate` divides by the same backend's single 512→512 3×3 conv rate at the same precision, "
+    "measured in the same run.",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3, help="at 1024² ONNX Runtime needs ~3 runs to settle")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    ckpt = checkpoint()
+    common = dict(warmup=args.warmup, runs=args.runs, threads=args.threads)
+    precisions = ["fp32"] + (["bf16"] if has_native_bf16() else [])
+    say("scaled, transpose: encoder, synthesis, end to end; the machine's conv rates")
+    results = run_benchmark(
+        bundle(ckpt, "scaled"),
+        BenchSettings(["onnxruntime", "openvino"], ["fp32"], [1, 4], ["encode", "synthesize", "e2e"], **common),
+        progress=say,
+    )
+    rows = results["results"]
+    for modconv, upsample in (("scaled", "phase"), ("grouped", "transpose"), ("grouped", "phase")):
+        say(f"{modconv}, {upsample}")
+        batches = [1, 4] if modconv == "scaled" else [1]
+        settings = BenchSettings(["onnxruntime", "openvino"], ["fp32"], batches, ["synthesize", "e2e"], **common)
+        rows += run_benchmark(bundle(ckpt, modconv, 1, upsample), settings, limits=False, progress=say)["results"]
+    for upsample in ("transpose", "phase") if "bf16" in precisions else ():
+        say(f"openvino bf16, scaled, {upsample}")
+        settings = BenchSettings(["openvino"], ["bf16"], [1, 4], ["encode", "synthesize", "e2e"], **common)
+        rows += run_benchmark(bundle(ckpt, "scaled", 1, upsample), settings, limits=False, progress=say)["results"]
+    results["results"] = rows
+    path = save_json(results, "-forms")
+    command = "python benchmarks/cpu_forms.py " + " ".join(sys.argv[1:])
+    report = write_report(results, RESULTS, machine_slug() + "-forms", command.strip(), NOTES)
+    say(f"results: {path}\nreport: {report}")
+
+
+if __name__ == "__main__":
+    main()
