@@ -15,7 +15,7 @@ import sys
 
 from common import RESULTS, bundle, checkpoint, save_json, say
 
-from psp_deploy.benchmark.harness import BenchSettings, run_benchmark
+from psp_deploy.benchmark.harness import BenchSettings, busy_rows, run_benchmark
 from psp_deploy.benchmark.report import write_report
 from psp_deploy.machine import has_native_bf16, machine_slug
 
@@ -57,11 +57,18 @@ def main() -> None:
         say(f"openvino bf16, scaled, {upsample}")
         settings = BenchSettings(["openvino"], ["bf16"], [1, 4], ["encode", "synthesize", "e2e"], **common)
         rows += run_benchmark(bundle(ckpt, "scaled", 1, upsample), settings, limits=False, progress=say)["results"]
-    results["results"] = rows
+    merge(results, rows, precisions)
     path = save_json(results, "-forms")
     command = "python benchmarks/cpu_forms.py " + " ".join(sys.argv[1:])
     report = write_report(results, RESULTS, machine_slug() + "-forms", command.strip(), NOTES)
     say(f"results: {path}\nreport: {report}")
+
+
+def merge(results: dict, rows: list[dict], precisions: list[str]) -> None:
+    """The first run's results with every run's rows: their precisions and their busy-machine warnings."""
+    results["results"] = rows
+    results["settings"]["precisions"] = precisions
+    results["warnings"] = busy_rows(rows)
 
 
 if __name__ == "__main__":

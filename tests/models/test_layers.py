@@ -144,7 +144,7 @@ def test_scaled_form_equals_grouped_form(upsample, demodulate, k):
 
 @pytest.mark.parametrize("groups", [1, 3])
 def test_phase_conv_transpose_equals_conv_transpose(groups):
-    """Four sub-kernel convs + DepthToSpace = the stride-2 transposed conv, with one zero row and
+    """Four sub-kernel convs, interleaved = the stride-2 transposed conv, with one zero row and
     column after it; a non-square input catches swapped axes, random kernels a flipped tap."""
     x = torch.randn(1, 4 * groups, 5, 7, dtype=torch.float64)
     weight = torch.randn(6 * groups, 4, 3, 3, dtype=torch.float64)  # conv2d layout [out, in / groups, k, k]

@@ -1,6 +1,8 @@
 """The device-resident path's parts without a bundle: the runtime's own graphs against preprocess.py,
 bit for bit; batch plans; provider options; buffers bound by address."""
 
+import inspect
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,9 +14,9 @@ from psp_deploy.runtime.backends import BackendOptions
 from psp_deploy.runtime.backends.onnxruntime import open_session, provider_options
 from psp_deploy.runtime.backends.options import CudaConv
 from psp_deploy.runtime.chunks import Chunk, buckets, padded, plan
-from psp_deploy.runtime.io_graphs import face_pixels, normalise_graph, to_uint8_graph, upload_graph
+from psp_deploy.runtime.io_graphs import normalise_graph, to_uint8_graph, upload_graph
 from psp_deploy.runtime.ort_buffers import Buffer, Buffers
-from psp_deploy.runtime.preprocess import preprocess_rgb, preprocess_sketch, to_uint8
+from psp_deploy.runtime.preprocess import face_pixels, preprocess_rgb, preprocess_sketch, to_uint8
 
 CPU = BackendOptions()
 
@@ -204,6 +206,16 @@ def test_buffers_are_allocated_once_and_bound_by_rows():
 def test_ort_api_the_gpu_path_relies_on_exists():
     """The CUDA-only calls, checked where no GPU is: their names and signatures in this ONNX Runtime."""
     assert hasattr(ort, "get_ep_devices") and hasattr(ort.OrtDeviceMemoryType, "HOST_ACCESSIBLE")
-    run_options = ort.RunOptions()
-    run_options.add_run_config_entry("gpu_graph_id", "4")
-    assert run_options.get_run_config_entry("gpu_graph_id") == "4"
+    assert "memory_info" in inspect.signature(ort.OrtValue.ortvalue_from_shape_and_type).parameters
+    assert callable(getattr(ort.OrtEpDevice, "memory_info", None))
+
+
+def test_a_buffer_is_never_rebound_with_another_shape_or_dtype():
+    """A role keeps its capacity for the pipeline's life (a captured CUDA graph recorded its address)."""
+    buffers = Buffers("cpu")
+    first = buffers.on_device("codes", (4, 18, 512), np.float32)
+    assert buffers.on_device("codes", (4, 18, 512), np.float32) is first
+    with pytest.raises(ValueError, match=r"'codes' is float32 \(4, 18, 512\), asked for float32 \(8, 18, 512\)"):
+        buffers.on_device("codes", (8, 18, 512), np.float32)
+    with pytest.raises(ValueError, match="asked for uint8"):
+        buffers.on_host("codes", (4, 18, 512), np.uint8)

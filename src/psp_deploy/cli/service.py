@@ -50,7 +50,13 @@ def serve(
     max_queue_delay_us: Annotated[
         int, typer.Option(help="How long a request may wait for others to batch with.")
     ] = 2000,
-    instances: Annotated[int, typer.Option(help="Batches run at once per model.")] = 1,
+    instances: Annotated[
+        int,
+        typer.Option(
+            help="Batches run at once per model (TensorRT, OpenVINO; ONNX Runtime's device-resident path has one "
+            "set of buffers and runs one batch at a time)."
+        ),
+    ] = 1,
     access_token: Annotated[
         str | None,
         typer.Option(

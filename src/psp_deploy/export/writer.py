@@ -24,7 +24,7 @@ from ..bundle import LATENT_AVG_FILE, Bundle, Manifest, ModelRecord, declared_se
 from ..errors import ExportError
 from ..files import sha256_file
 from ..models.checkpoint import build_psp, read_checkpoint
-from ..models.forms import set_forms
+from ..models.forms import using_forms
 from ..models.modconv import MODCONV_FORMS, UPSAMPLE_FORMS
 from ..models.psp import Psp
 from .checks import check_graph, check_io
@@ -136,19 +136,10 @@ def export_net(net: Psp, out_dir: str | Path, *, source: dict, **options: Any) -
 
 def _export(net: Psp, out_dir: Path, source: dict, options: ExportOptions) -> tuple[Bundle, list[ParityResult]]:
     staging = _prepare_target(out_dir, options.force)
+    forms = using_forms(net, modconv=options.modconv, fir="depthwise", upsample=options.upsample)
     try:
-        set_forms(net, modconv=options.modconv, fir="depthwise", upsample=options.upsample)
-        specs = graph_specs(net, options.fixed_batch)
-        form = {"form": options.modconv, "batch": options.fixed_batch, "upsample": options.upsample}
-        metadata = graph_metadata(declared_sections(net.config, form))
-        records, results = {}, []
-        for spec in specs:
-            options.say(f"exporting {spec.name}")
-            records[spec.name] = {"fp32": write_graph(spec, staging, options.opset, metadata)}
-            if options.verify:
-                options.say(f"checking {spec.name} against torch")
-                path = staging / records[spec.name]["fp32"].file
-                results += [check_parity(spec, path, b) for b in parity_batches(spec)]
+        with forms:
+            records, results, form = _write_graphs(net, staging, options)
         np.save(staging / LATENT_AVG_FILE, net.latent_avg.numpy().astype(np.float32))
         manifest = Manifest(
             config=net.config,
@@ -169,9 +160,25 @@ def _export(net: Psp, out_dir: Path, source: dict, options: ExportOptions) -> tu
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    finally:
-        set_forms(net, modconv="grouped", fir="reference", upsample="transpose")
     return Bundle.open(out_dir), results
+
+
+def _write_graphs(
+    net: Psp, staging: Path, options: ExportOptions
+) -> tuple[dict[str, dict[str, ModelRecord]], list[ParityResult], dict[str, Any]]:
+    """Each graph exported in the forms ``net`` is set to, tagged, saved and (``verify``) checked against torch."""
+    specs = graph_specs(net, options.fixed_batch)
+    form = {"form": options.modconv, "batch": options.fixed_batch, "upsample": options.upsample}
+    metadata = graph_metadata(declared_sections(net.config, form))
+    records, results = {}, []
+    for spec in specs:
+        options.say(f"exporting {spec.name}")
+        records[spec.name] = {"fp32": write_graph(spec, staging, options.opset, metadata)}
+        if options.verify:
+            options.say(f"checking {spec.name} against torch")
+            path = staging / records[spec.name]["fp32"].file
+            results += [check_parity(spec, path, b) for b in parity_batches(spec)]
+    return records, results, form
 
 
 def export_bundle(checkpoint: str | Path, out_dir: str | Path, **options: Any) -> tuple[Bundle, list[ParityResult]]:

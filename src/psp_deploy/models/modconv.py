@@ -10,7 +10,8 @@ The upsampling layers' stride-2 transposed convolution has two forms too: ``tran
 (one ConvTranspose, as the official code) and ``phase``: the four output phases of a
 3×3 stride-2 transposed conv are plain convolutions of the low-resolution input with
 the kernel's 2×2, 2×1, 1×2 and 1×1 sub-kernels (the same multiply-adds), interleaved by
-a DepthToSpace. CPU backends run ConvTranspose far below their Conv rate.
+a one-hot depthwise transposed conv. ONNX Runtime's CPU ConvTranspose runs far below its
+Conv rate; benchmarks/results/*-forms.md says where the phase form pays.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def phase_conv_transpose(x: torch.Tensor, weight: torch.Tensor, groups: int = 1)
         for col in (0, 1):
             (rows, (top, bottom)), (cols, (left, right)) = PHASE_TAPS[row], PHASE_TAPS[col]
             # index_select exports as Gather (TensorRT parses it; advanced indexing would give GatherND)
-            kernel = weight.index_select(2, torch.tensor(rows)).index_select(3, torch.tensor(cols))
+            taps = lambda index: torch.tensor(index, device=weight.device)  # noqa: E731
+            kernel = weight.index_select(2, taps(rows)).index_select(3, taps(cols))
             phases.append(F.conv2d(F.pad(x, [left, right, top, bottom]), kernel, groups=groups))
     return interleave(phases)
 
@@ -52,10 +54,10 @@ def interleave(phases: list[torch.Tensor]) -> torch.Tensor:
     """Four [B, C, h, w] phases (row parity, column parity: 00, 01, 10, 11) → [B, C, 2h, 2w].
 
     A depthwise stride-2 transposed conv with one-hot 2×2 kernels: each output takes exactly one
-    input (exact), and CPU backends run it several times faster than DepthToSpace."""
+    input, so it is exact; unlike DepthToSpace it runs on the CPU backends' convolution kernels."""
     batch, channels, height, width = phases[0].shape
     stacked = torch.stack(phases, dim=2).reshape(batch, 4 * channels, height, width)
-    one_hot = torch.eye(4, dtype=stacked.dtype).reshape(4, 1, 2, 2).repeat(channels, 1, 1, 1)
+    one_hot = torch.eye(4, dtype=stacked.dtype, device=stacked.device).reshape(4, 1, 2, 2).repeat(channels, 1, 1, 1)
     return F.conv_transpose2d(stacked, one_hot, stride=2, groups=channels)
 
 

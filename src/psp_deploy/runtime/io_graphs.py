@@ -17,26 +17,19 @@ before the Cast (equal for values ≥ 0), so it does not depend on how a Cast ro
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..config import ENCODER_INPUT_SIZE
-from ..errors import InputError
 from .onnx_writer import FLOAT, UINT8, Node, Tensor, model
-from .preprocess import _resized, to_gray
+from .preprocess import PIXEL_CHANNELS, check_pixel_kind
 
 FACES, NORMALISED = "faces", "normalised"  # normalise: input, output
 TENSORS, UPLOADED = "tensors", "uploaded"  # upload: input, output
 FLOATS, PIXELS = "floats", "pixels"  # to_uint8: input, output
-CHANNELS = {"rgb": 3, "sketch": 1}  # the input kinds that start from uint8 pixels (not label maps)
 SIZE = ENCODER_INPUT_SIZE
 
 
 def normalise_graph(kind: str) -> bytes:
     """uint8 [N, 256, 256, C] → float32 [N, C, 256, 256], as preprocess_rgb / preprocess_sketch after their resize."""
-    if kind not in CHANNELS:
-        raise InputError(
-            f"only {' and '.join(CHANNELS)} inputs are uint8 pixels; {kind} inputs are prepared on the host"
-        )
+    check_pixel_kind(kind)
     nodes = [
         Node("Transpose", (FACES,), "nchw", lists={"perm": (0, 3, 1, 2)}),
         Node("Cast", ("nchw",), "float", ints={"to": FLOAT}),
@@ -44,7 +37,7 @@ def normalise_graph(kind: str) -> bytes:
     ]
     if kind == "rgb":  # mean = std = 0.5: [0, 1] → [−1, 1]
         nodes += [Node("Sub", ("unit", "c0_5"), "centred"), Node("Div", ("centred", "c0_5"), NORMALISED)]
-    c = CHANNELS[kind]
+    c = PIXEL_CHANNELS[kind]
     faces = Tensor(FACES, UINT8, ("batch", SIZE, SIZE, c))
     normalised = Tensor(NORMALISED, FLOAT, ("batch", c, SIZE, SIZE))
     constants = {"c255": 255.0, "c0_5": 0.5} if kind == "rgb" else {"c255": 255.0}
@@ -78,21 +71,3 @@ def to_uint8_graph() -> bytes:
     pixels = Tensor(PIXELS, UINT8, ("batch", "height", "width", 3))
     constants = {"c0": 0.0, "c1": 1.0, "c2": 2.0, "c255": 255.0}
     return model("to_uint8", nodes, constants, [floats], [pixels])
-
-
-def face_pixels(image: np.ndarray, kind: str) -> np.ndarray:
-    """What ``normalise`` takes for one input: the face resized as preprocess_rgb / preprocess_sketch
-    resize it, uint8 [256, 256, 3] (RGB) or [256, 256, 1] (a sketch's PIL grayscale)."""
-    image = np.asarray(image)
-    if kind == "rgb":
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {list(image.shape)}")
-        return _resized(image)
-    if kind != "sketch":
-        raise InputError(
-            f"only {' and '.join(CHANNELS)} inputs are uint8 pixels; {kind} inputs are prepared on the host"
-        )
-    gray = to_gray(image) if image.ndim == 3 else image
-    if gray.dtype != np.uint8 or gray.ndim != 2:
-        raise InputError(f"expected a uint8 sketch [H, W] or [H, W, 3], got {image.dtype} {list(image.shape)}")
-    return _resized(gray)[..., None]

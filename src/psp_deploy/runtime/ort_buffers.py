@@ -37,6 +37,18 @@ def pinned_memory(device_id: int = CUDA_DEVICE_ID) -> Any | None:
     return None
 
 
+def _allocates(memory: Any | None) -> Any | None:
+    """``memory`` if ONNX Runtime allocates from it here, else None: the API can exist while the CUDA
+    provider registers no shared allocator for its host memory (then pageable host memory is used)."""
+    if memory is None:
+        return None
+    try:
+        ort.OrtValue.ortvalue_from_shape_and_type((1,), np.uint8, memory_info=memory)
+    except Exception:  # noqa: BLE001 - ONNX Runtime's error types are not one hierarchy; any failure means "no"
+        return None
+    return memory
+
+
 @dataclass
 class Buffer:
     value: ort.OrtValue
@@ -78,7 +90,7 @@ class Buffers:
 
     def __init__(self, device: str) -> None:
         self.device = device
-        self.host_memory = pinned_memory() if device == "cuda" else None
+        self.host_memory = _allocates(pinned_memory()) if device == "cuda" else None
         self.pinned = self.host_memory is not None
         self._buffers: dict[str, Buffer] = {}
 
@@ -89,8 +101,11 @@ class Buffers:
         return self._get(role, capacity, dtype, on_host=True)
 
     def _get(self, role: str, capacity: Sequence[int], dtype: type, on_host: bool) -> Buffer:
+        shape = tuple(int(d) for d in capacity)
+        if role in self._buffers and (self._buffers[role].capacity, self._buffers[role].dtype) != (shape, dtype):
+            known = self._buffers[role]
+            raise ValueError(f"buffer {role!r} is {known.dtype} {known.capacity}, asked for {np.dtype(dtype)} {shape}")
         if role not in self._buffers:
-            shape = tuple(int(d) for d in capacity)
             where = "cpu" if on_host else self.device
             if on_host and self.host_memory is not None:
                 value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, memory_info=self.host_memory)

@@ -19,8 +19,7 @@ from ..graph_io import CODES, IMAGE, IMAGE_256, W, Z
 from .align import AlignedFace, FaceAligner
 from .backends import Backend, BackendOptions, backend_class, check_feeds, check_precision
 from .chunks import padded, plan
-from .io_graphs import CHANNELS, face_pixels
-from .preprocess import preprocess, to_uint8
+from .preprocess import PIXEL_CHANNELS, face_pixels, preprocess, to_uint8
 
 if TYPE_CHECKING:
     from .resident import ResidentChain
@@ -226,7 +225,7 @@ class Pipeline:
         """One input image → what ``generate`` uploads: a photo's or sketch's face resized to uint8
         [256, 256, C], normalised later (on the device when resident); a label map's one-hot encoder
         tensor, as ``prepare``. And the aligned face, if aligned."""
-        if self.config.input_kind not in CHANNELS:
+        if self.config.input_kind not in PIXEL_CHANNELS:
             return self.prepare(image, align)
         face = self.aligner.align(image) if self.wants_alignment(align) else None
         return face_pixels(face.image if face else image, self.config.input_kind), face
@@ -309,7 +308,7 @@ class Pipeline:
         if len(x) == 0:
             raise InputError("no inputs given")
         if x.dtype == np.uint8:
-            face = (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, CHANNELS.get(self.config.input_kind))
+            face = (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, PIXEL_CHANNELS.get(self.config.input_kind))
             if x.ndim != 4 or x.shape[1:] != face or face[2] is None:
                 what = f"uint8 faces {['N', *face]}" if face[2] else "float32 encoder tensors (label maps are one-hot)"
                 raise InputError(f"{self.config.input_kind} pipeline: expected {what}, got uint8 {list(x.shape)}")

@@ -16,6 +16,7 @@ from ..config import ENCODER_INPUT_SIZE, PspConfig
 from ..errors import InputError
 
 SIZE = ENCODER_INPUT_SIZE
+PIXEL_CHANNELS = {"rgb": 3, "sketch": 1}  # the input kinds that start from uint8 pixels (not label maps)
 
 
 def _resized(array: np.ndarray) -> np.ndarray:
@@ -29,18 +30,35 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).convert("L"))
 
 
+def check_pixel_kind(kind: str) -> None:
+    if kind not in PIXEL_CHANNELS:
+        raise InputError(
+            f"only {' and '.join(PIXEL_CHANNELS)} inputs are uint8 pixels; {kind} inputs are prepared on the host"
+        )
+
+
+def face_pixels(image: np.ndarray, kind: str) -> np.ndarray:
+    """A photo (kind rgb) or sketch as the encoder sees it before normalising: resized to uint8
+    [256, 256, 3], or a sketch's PIL grayscale [256, 256, 1]."""
+    check_pixel_kind(kind)
+    image = np.asarray(image)
+    if kind == "rgb":
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {list(image.shape)}")
+        return _resized(image)
+    gray = to_gray(image) if image.ndim == 3 else image
+    if gray.dtype != np.uint8 or gray.ndim != 2:
+        raise InputError(f"expected a uint8 sketch [H, W] or [H, W, 3], got {image.dtype} {list(image.shape)}")
+    return _resized(gray)[..., None]
+
+
 def preprocess_rgb(rgb: np.ndarray) -> np.ndarray:
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise InputError(f"expected a uint8 RGB image [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
-    x = _resized(rgb).astype(np.float32) / 255.0
+    x = face_pixels(rgb, "rgb").astype(np.float32) / 255.0
     return ((x - 0.5) / 0.5).transpose(2, 0, 1)
 
 
 def preprocess_sketch(image: np.ndarray) -> np.ndarray:
-    gray = to_gray(image) if image.ndim == 3 else image
-    if gray.dtype != np.uint8 or gray.ndim != 2:
-        raise InputError(f"expected a uint8 sketch [H, W] or [H, W, 3], got {image.dtype} {list(image.shape)}")
-    return (_resized(gray).astype(np.float32) / 255.0)[None]
+    return face_pixels(image, "sketch").astype(np.float32).transpose(2, 0, 1) / 255.0
 
 
 def preprocess_labels(labels: np.ndarray, label_nc: int) -> np.ndarray:

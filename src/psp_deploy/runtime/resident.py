@@ -23,10 +23,9 @@ import onnxruntime as ort
 
 from ..errors import EngineError
 from ..graph_io import CODES, IMAGE
-from .backends.onnxruntime import OnnxRuntimeBackend, open_session, run_options
+from .backends.onnxruntime import RUN_ERRORS, OnnxRuntimeBackend, open_session, run_options
 from .chunks import Chunk, padded, plan
 from .io_graphs import (
-    CHANNELS,
     FACES,
     FLOATS,
     NORMALISED,
@@ -38,6 +37,7 @@ from .io_graphs import (
     upload_graph,
 )
 from .ort_buffers import Buffer, Buffers
+from .preprocess import PIXEL_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class ResidentChain:
         self.stagers = {
             np.dtype(np.float32): Stager(small(upload_graph(channels), "upload"), "upload", TENSORS, UPLOADED)
         }
-        if kind in CHANNELS:
+        if kind in PIXEL_CHANNELS:
             normalise = small(normalise_graph(kind), "normalise")
             self.stagers[np.dtype(np.uint8)] = Stager(normalise, "normalise", FACES, NORMALISED)
         self.to_uint8 = small(to_uint8_graph(), "to_uint8")
@@ -144,12 +144,12 @@ class ResidentChain:
         captured: bool = False,
     ) -> None:
         """One session over the first ``rows`` rows of its buffers; a captured graph replays its bucket's CUDA graph."""
-        binding = session.io_binding()
-        for name, buffer in inputs.items():
-            buffer.bind_input(binding, name, rows)
-        for name, buffer in outputs.items():
-            buffer.bind_output(binding, name, rows)
         try:
+            binding = session.io_binding()
+            for name, buffer in inputs.items():
+                buffer.bind_input(binding, name, rows)
+            for name, buffer in outputs.items():
+                buffer.bind_output(binding, name, rows)
             session.run_with_iobinding(binding, run_options(rows) if captured and self.capturing else None)
-        except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail) as err:
+        except RUN_ERRORS as err:
             raise EngineError(f"{graph}: ONNX Runtime failed on the device-resident path: {err}") from err

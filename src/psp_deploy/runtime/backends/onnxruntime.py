@@ -15,6 +15,10 @@ from ...machine import cpu_info
 from .base import Backend
 from .options import BackendOptions, CudaConv
 
+_state = ort.capi.onnxruntime_pybind11_state
+# What a run can raise: ONNX Runtime's error types are siblings under Exception, not one hierarchy
+# (CUDA out of memory is a RuntimeException, a bad binding an InvalidArgument).
+RUN_ERRORS = (RuntimeError, _state.Fail, _state.InvalidArgument, _state.RuntimeException, _state.EPFail)
 DEVICES = ("cpu", "cuda")
 CUDA_DEVICE_ID = 0  # the GPU every session and device buffer uses
 CAPTURED = ("encoder", "synthesis")  # the graphs the pipeline runs at fixed shapes: CUDA graphs pay off there
