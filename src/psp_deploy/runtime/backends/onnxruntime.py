@@ -104,7 +104,9 @@ def run_options(graph_id: int) -> ort.RunOptions:
 
 
 class OnnxRuntimeBackend(Backend):
-    """``InferenceSession.run`` is thread-safe, and so is this backend."""
+    """``InferenceSession.run`` is thread-safe, and so is this backend; except with CUDA graphs
+    (``cuda_graph``), which ONNX Runtime replays for one thread at a time: the resident chain's lock
+    serialises its calls, and calls from other threads must not overlap them."""
 
     name = "onnxruntime"
 
