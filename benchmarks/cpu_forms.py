@@ -24,6 +24,8 @@ NOTES = [
     "",
     "- `transpose` runs each upsampling conv as one ConvTranspose (the official form); `phase` as four Convs on "
     "the low-resolution input plus a one-hot depthwise interleave (same multiply-adds; models/modconv.py).",
+    "- GFLOP/s counts each bundle's own graphs: the phase form's interleave adds ~2% of counted (one-hot) "
+    "multiply-adds to the synthesis, so compare the forms by their times.",
     "- `scaled` keeps the conv weights static (any batch); `grouped` folds each sample's style into its weights "
     "(batch fixed at export, here 1).",
     "- `of … conv rate` divides by the same backend's single 512→512 3×3 conv rate at the same precision, "

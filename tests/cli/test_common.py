@@ -41,6 +41,9 @@ def test_install_hints_keep_their_extra_in_brackets(bundles, tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
     cuda = _invoke("run", root, tmp_path / "photo.png", "-o", tmp_path / "out", "--device", "cuda")
     assert cuda.exit_code == 2 and "pip install onnxruntime-gpu" in cuda.output, cuda.output
+    cpu_only = ("--backend", "openvino", "--device", "cuda")
+    openvino = _invoke("run", root, tmp_path / "photo.png", "-o", tmp_path / "out", *cpu_only)
+    assert openvino.exit_code == 2 and "openvino runs on the CPU, not cuda" in openvino.output, openvino.output
     trt = _invoke("build", root, "--backend", "tensorrt")
     assert trt.exit_code == 2 and "pip install 'psp-deploy[trt]'" in trt.output, trt.output
 

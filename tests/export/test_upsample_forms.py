@@ -33,10 +33,17 @@ def test_phase_synthesis_matches_torch_without_dense_transposed_convs(small_psp,
     assert any(shape[2] == 2 for _, shape in convs)
 
 
-def test_unknown_upsample_form_is_refused_before_any_work(small_ckpt, tmp_path):
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(upsample="subpixel"), "--upsample must be one of transpose, phase"),
+        (dict(modconv="scaled", batch=4), "the scaled form takes any batch: leave --batch out"),
+    ],
+)
+def test_bad_export_options_are_refused_before_any_work(small_ckpt, tmp_path, options, message):
     from psp_deploy.errors import ExportError
     from psp_deploy.export import export_bundle
 
-    with pytest.raises(ExportError, match="--upsample must be one of transpose, phase"):
-        export_bundle(small_ckpt, tmp_path / "b", upsample="subpixel")
+    with pytest.raises(ExportError, match=message):
+        export_bundle(small_ckpt, tmp_path / "b", **options)
     assert not (tmp_path / "b").exists()

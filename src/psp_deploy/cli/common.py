@@ -162,7 +162,8 @@ ResizeOpt = Annotated[bool, typer.Option(help="Write 256×256 outputs (the offic
 LatentMaskOpt = Annotated[
     str | None,
     typer.Option(
-        help="Style mixing: style indices to take from a random face, e.g. 8-17 (fine styles: colours, texture)."
+        help="Style mixing: style indices to take from a random face, e.g. 8-17 at 1024² (fine styles: colours, "
+        "texture; a 256² model has 14 styles, 0-13)."
     ),
 ]
 MixAlphaOpt = Annotated[float | None, typer.Option(help="Blend factor of the injected styles (default: replace).")]

@@ -55,6 +55,10 @@ class ExportOptions:
             raise ExportError(f"--upsample must be one of {', '.join(UPSAMPLE_FORMS)}, got {self.upsample!r}")
         if self.batch < 1:
             raise ExportError(f"--batch must be at least 1, got {self.batch}")
+        if self.batch != 1 and self.modconv == "scaled":
+            raise ExportError(
+                "--batch fixes the grouped form's batch; the scaled form takes any batch: leave --batch out"
+            )
         if self.opset not in OPSETS:
             raise ExportError(f"--opset must be one of {OPSETS}, got {self.opset}")
 
