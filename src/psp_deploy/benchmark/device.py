@@ -27,21 +27,21 @@ class BoundGraph:
     with the batch filled in)."""
 
     def __init__(self, session: Any, feeds: Mapping[str, np.ndarray], outputs: list[TensorSpec], device: str) -> None:
-        import onnxruntime as ort
+        from ..runtime.ort_buffers import Buffers  # the runtime's own bound buffers, as the resident chain binds them
 
         batch = len(next(iter(feeds.values())))
         self.session, self.binding = session, session.io_binding()
-        self.inputs = {name: ort.OrtValue.ortvalue_from_numpy(value, device, 0) for name, value in feeds.items()}
-        self.outputs = {
-            spec.name: ort.OrtValue.ortvalue_from_shape_and_type(
-                [batch if dim == BATCH else dim for dim in spec.shape], np.dtype(spec.dtype).type, device, 0
-            )
-            for spec in outputs
-        }
-        for name, value in self.inputs.items():
-            self.binding.bind_ortvalue_input(name, value)
-        for name, value in self.outputs.items():
-            self.binding.bind_ortvalue_output(name, value)
+        self.buffers = buffers = Buffers(device)  # kept: the binding holds their addresses, not the memory
+        for name, value in feeds.items():
+            buffer = buffers.on_device(name, value.shape, value.dtype.type)
+            buffer.fill(value)
+            buffer.bind_input(self.binding, name, batch)
+        self.outputs = {}  # name → OrtValue
+        for spec in outputs:
+            shape = [batch if dim == BATCH else dim for dim in spec.shape]
+            buffer = buffers.on_device(spec.name, shape, np.dtype(spec.dtype).type)
+            buffer.bind_output(self.binding, spec.name, batch)
+            self.outputs[spec.name] = buffer.value
 
     def __call__(self) -> None:
         # Run synchronises the execution providers at its end (ONNX Runtime's default); synchronising the

@@ -13,6 +13,7 @@ speed with no staging copy of the driver's; elsewhere, and on CPU, they are plai
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,15 +70,24 @@ class Buffer:
         """The whole buffer as a writable numpy array over its memory (host buffers only)."""
         if self.where != "cpu":
             raise ValueError("only host buffers can be viewed from Python")
+        return self._host
+
+    @functools.cached_property
+    def _host(self) -> np.ndarray:
         nbytes = int(np.prod(self.capacity)) * self.dtype.itemsize
         raw = (ctypes.c_uint8 * nbytes).from_address(self.value.data_ptr())
         return np.frombuffer(raw, np.uint8).view(self.dtype).reshape(self.capacity)
 
+    @functools.cached_property
+    def _staging(self) -> np.ndarray:
+        """The buffer's image in Python's memory, allocated once: an upload copies a whole buffer."""
+        return np.zeros(self.capacity, self.dtype)
+
     def fill(self, x: np.ndarray) -> None:
-        """Copy ``x`` into the first rows, through ONNX Runtime (device buffers: one upload of the whole buffer)."""
-        full = np.zeros(self.capacity, self.dtype)
-        full[: len(x)] = x
-        self.value.update_inplace(full)
+        """Copy ``x`` into the first rows through ONNX Runtime (one copy of the whole buffer, on the device
+        or not: one code path); rows past ``x`` hold earlier rows, which no run binds."""
+        self._staging[: len(x)] = x
+        self.value.update_inplace(self._staging)
 
     def rows(self, rows: int) -> np.ndarray:
         """A copy of the first rows (device buffers: through one download of the whole buffer)."""

@@ -25,13 +25,13 @@ CAPTURED = ("encoder", "synthesis")  # the graphs the pipeline runs at fixed sha
 GRAPH_ID = "gpu_graph_id"  # run-config key: which captured CUDA graph a run replays (-1: none)
 
 
-def session_options(threads: int | None, preoptimized: bool = False) -> ort.SessionOptions:
+def session_options(threads: int | None, optimize: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    # ``preoptimized``: an engine built by `psp-deploy build --backend onnxruntime` (optimizing again is
+    # not ``optimize``: an engine built by `psp-deploy build --backend onnxruntime` (optimizing again is
     # waste), or a graph whose formula must run exactly as written (io_graphs.py)
-    if preoptimized:
+    if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return options
 
@@ -66,6 +66,11 @@ def check_device(device: str) -> None:
         )
 
 
+def captures(graph: str, options: BackendOptions) -> bool:
+    """Whether ``graph``'s session captures CUDA graphs: asked for, on CUDA, and a graph run at fixed shapes."""
+    return options.device == "cuda" and options.cuda_graph and graph in CAPTURED
+
+
 def provider_options(graph: str, options: BackendOptions) -> list[tuple[str, dict[str, str]]]:
     """The execution providers of one graph's session, with their options: the one place they are chosen.
 
@@ -78,7 +83,7 @@ def provider_options(graph: str, options: BackendOptions) -> list[tuple[str, dic
     cuda = {
         "device_id": str(CUDA_DEVICE_ID),
         "use_tf32": str(int(options.tf32)),
-        "enable_cuda_graph": str(int(options.cuda_graph and graph in CAPTURED)),
+        "enable_cuda_graph": str(int(captures(graph, options))),
         "cudnn_conv_algo_search": conv.algo_search,
         "prefer_nhwc": str(int(conv.prefer_nhwc)),
     }
@@ -93,7 +98,7 @@ def open_session(
     check_device(options.device)
     source = model if isinstance(model, bytes) else str(model)
     providers = provider_options(graph, options)
-    return ort.InferenceSession(source, session_options(options.threads, not optimize), providers=providers)
+    return ort.InferenceSession(source, session_options(options.threads, optimize), providers=providers)
 
 
 def run_options(graph_id: int) -> ort.RunOptions:
@@ -135,7 +140,7 @@ class OnnxRuntimeBackend(Backend):
             raise BundleError(f"{path}: ONNX Runtime cannot load it: {err}") from err
         # A session that captures CUDA graphs must be fed device buffers at fixed addresses; numpy
         # feeds (``infer``) opt out of capture and replay run by run.
-        self.captures = self.device == "cuda" and self.options.cuda_graph and graph in CAPTURED
+        self.captures = captures(graph, self.options)
         self._check_io([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         self._check_batch()
 
