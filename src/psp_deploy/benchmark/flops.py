@@ -55,11 +55,20 @@ def _node_flops(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> float:
     return 0.0
 
 
-def graph_flops(path: Path, record: ModelRecord, batch: int = 1) -> float:
-    """FLOPs of one run of the graph at ``batch`` (a fixed-batch graph: at its own batch)."""
+def _counted(path: Path, record: ModelRecord, batch: int) -> list[tuple[onnx.NodeProto, float]]:
     model = onnx.load(path)
     shapes = _shapes(model, record, record.batch or batch)
-    return float(sum(_node_flops(n, shapes) for n in model.graph.node if n.op_type in COUNTED))
+    return [(n, float(_node_flops(n, shapes))) for n in model.graph.node if n.op_type in COUNTED]
+
+
+def node_flops(path: Path, record: ModelRecord, batch: int = 1) -> dict[str, float]:
+    """FLOPs of each counted node, by node name (exported graphs name every node), in one run at ``batch``."""
+    return {node.name: flops for node, flops in _counted(path, record, batch)}
+
+
+def graph_flops(path: Path, record: ModelRecord, batch: int = 1) -> float:
+    """FLOPs of one run of the graph at ``batch`` (a fixed-batch graph: at its own batch)."""
+    return sum(flops for _, flops in _counted(path, record, batch))
 
 
 def flops_per_image(path: Path, record: ModelRecord) -> float:

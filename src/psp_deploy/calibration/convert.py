@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..benchmark.flops import node_flops
 from ..bundle import Bundle
 from ..export.checks import check_graph
 from ..graph_io import GRAPH_IO
 from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
 from .evaluate import open_graph, runner
 from .fp16 import decide, to_fp16
-from .int8 import calibrate_int8
+from .int8 import LIGHT_SHARE, calibrate_int8, light_nodes
 from .ranges import capture_ranges
 from .report import cosines, psnr_db
 
@@ -26,7 +27,8 @@ def target_path(bundle: Bundle, graph: str, precision: str) -> Path:
     return bundle.root / f"{graph}.{precision}.onnx"
 
 
-def _feeds(samples: np.ndarray, graph: str, batch: int | None) -> list[dict[str, np.ndarray]]:
+def sample_feeds(samples: np.ndarray, graph: str, batch: int | None) -> list[dict[str, np.ndarray]]:
+    """``samples`` as feeds of ``graph``: whole batches of a fixed-batch graph, else one sample each."""
     b = batch or 1
     usable = len(samples) - len(samples) % b or b
     name = GRAPH_IO[graph].input
@@ -36,7 +38,7 @@ def _feeds(samples: np.ndarray, graph: str, batch: int | None) -> list[dict[str,
 def make_fp16(bundle: Bundle, graph: str, samples: np.ndarray) -> dict:
     src, batch = bundle.model_path(graph), bundle.record(graph).batch
     model = onnx.load(src)
-    decisions = decide(model, capture_ranges(src, _feeds(samples, graph, batch)))
+    decisions = decide(model, capture_ranges(src, sample_feeds(samples, graph, batch)))
     converted = to_fp16(model, decisions)
     check_graph(converted, f"{graph} fp16")
     target_path(bundle, graph, "fp16").write_bytes(converted.SerializeToString())
@@ -65,12 +67,19 @@ def make_int8(
 ) -> dict:
     src, dst, batch = bundle.model_path(graph), target_path(bundle, graph, "int8"), bundle.record(graph).batch
     score = _int8_score(bundle, graph, samples[:PROBE])
+    flops = node_flops(src, bundle.record(graph))
+    light = light_nodes(flops)
     best, tried = calibrate_int8(
-        src, dst, _feeds(samples, graph, batch), score, methods=methods, rounds=rounds, progress=say
+        src, dst, sample_feeds(samples, graph, batch), score, light=light, methods=methods, rounds=rounds, progress=say
     )
     check_graph(onnx.load(dst, load_external_data=False), f"{graph} int8")
     return {
         "method": best.method,
+        "light": {
+            "nodes": light,
+            "below": LIGHT_SHARE,
+            "flops_share": sum(flops[n] for n in light) / sum(flops.values()),
+        },
         "kept_float": best.excluded,
         "tried": [{"method": a.method, "kept_float": a.excluded, "score": a.score} for a in tried],
         "score": "min codes cosine" if graph == "encoder" else "mean image PSNR (dB)",

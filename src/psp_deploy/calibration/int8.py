@@ -2,9 +2,12 @@
 
 Symmetric per-channel INT8 weights and symmetric per-tensor INT8 activations (zero
 points 0, as TensorRT requires), Q/DQ only around Conv, ConvTranspose, Gemm and MatMul.
-The calibration method is picked by measured accuracy; nodes whose quantized outputs
-match the float ones worst (per-tensor SQNR) are kept in float, one round at a time,
-while that improves the held-back error.
+Light nodes stay in float from the start: each carries under LIGHT_SHARE of the graph's
+multiply-adds (squeeze-excitation 1×1 convs, the style heads and modulations, ToRGB, the
+low-resolution layers), so INT8 buys no speed there, and they are where it cost the most
+accuracy (benchmarks/results/*-int8.md). The calibration method is then picked by measured
+accuracy; nodes whose quantized outputs match the float ones worst (per-tensor SQNR) are
+kept in float, one round at a time, while that improves the held-back error.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from .data import FeedReader
 
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 METHODS = ("minmax", "entropy", "percentile")
+LIGHT_SHARE = 1e-3
+
+
+def light_nodes(flops: dict[str, float], share: float = LIGHT_SHARE) -> list[str]:
+    """The nodes of ``flops`` (name → FLOPs) that each carry less than ``share`` of the total."""
+    total = sum(flops.values())
+    return [name for name, f in flops.items() if f < share * total]
 
 
 @dataclass
@@ -107,28 +117,32 @@ def calibrate_int8(
     calib: list[dict[str, np.ndarray]],
     score: Callable[[Path], float],
     *,
+    light: list[str],
     methods: tuple[str, ...] = METHODS,
     rounds: int = 2,
     per_round: int = 2,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> tuple[Int8Attempt, list[Int8Attempt]]:
-    """Pick the best method by ``score`` on held-back data, then exclude the worst nodes while it helps."""
+    """Pick the best method by ``score`` on held-back data, then exclude the worst nodes while it helps.
+
+    ``light`` nodes stay in float in every attempt; an attempt's ``excluded`` lists the others it keeps."""
     work = Path(tempfile.mkdtemp(prefix="int8-", dir=dst.parent))
     tried: list[Int8Attempt] = []
     try:
         for method in methods:
             progress(f"int8 {src.stem}: {method} calibration")
-            path = quantize(src, work / f"{method}.onnx", calib, method, [])
+            path = quantize(src, work / f"{method}.onnx", calib, method, light)
             tried.append(Int8Attempt(method, [], score(path), path))
         best = max(tried, key=lambda a: a.score)
         for r in range(rounds):
             progress(f"int8 {src.stem}: sensitivity round {r + 1}")
             sqnr = node_sqnr(src, best.path, calib[:1])  # every activation twice: ~5 GiB a sample at 1024²
-            worst = [n for n, _ in sorted(sqnr.items(), key=lambda kv: kv[1]) if n not in best.excluded][:per_round]
+            kept = set(light) | set(best.excluded)
+            worst = [n for n, _ in sorted(sqnr.items(), key=lambda kv: kv[1]) if n not in kept][:per_round]
             if not worst:
                 break
             excluded = best.excluded + worst
-            path = quantize(src, work / f"{best.method}-x{len(excluded)}.onnx", calib, best.method, excluded)
+            path = quantize(src, work / f"{best.method}-x{len(excluded)}.onnx", calib, best.method, light + excluded)
             attempt = Int8Attempt(best.method, excluded, score(path), path)
             tried.append(attempt)
             if attempt.score <= best.score:

@@ -164,7 +164,8 @@ class AccuracyReport:
             if "method" in decision:
                 scores = ", ".join(f"{t['method']} {t['score']:.4g}" for t in decision["tried"] if not t["kept_float"])
                 lines.append(f"{graph}: {decision['method']} calibration won ({decision['score']}: {scores})")
-                lines.append(f"{graph}: {_kept('float', decision['kept_float'])}")
+                lines.append(f"{graph}: {_light(decision['light'])}")
+                lines.append(f"{graph}: {_kept('float for accuracy', decision['kept_float'])}")
             if "kept_fp32" in decision:
                 lines.append(f"{graph}: {_kept('FP32', list(decision['kept_fp32']))}")
         return lines
@@ -175,6 +176,13 @@ class AccuracyReport:
 
 
 SHOWN_NODES = 12  # the rest are in the saved report
+
+
+def _light(light: dict[str, Any]) -> str:
+    return (
+        f"{len(light['nodes'])} light nodes in float ({light['flops_share']:.2%} of the multiply-adds, "
+        f"each under {light['below']:.1%}: INT8 buys no speed there)"
+    )
 
 
 def _kept(precision: str, nodes: list[str]) -> str:

@@ -1,0 +1,123 @@
+"""INT8 accuracy against how much of each graph stays in float: the study behind calibration's light nodes.
+
+For each share S, every Conv/Gemm/MatMul carrying less than S of its graph's multiply-adds stays
+in float and the rest is quantized (minmax, symmetric Q/DQ, no sensitivity rounds: the light-node
+rule alone). Accuracy on held-back synthetic faces against FP32, all in ONNX Runtime on the CPU:
+the encoder's worst codes cosine, the synthesis' mean PSNR on held-back codes, and end to end
+(INT8 encoder → INT8 synthesis). Written to benchmarks/results/<cpu>-int8-<size>.{json,md}.
+
+    .venv/bin/python benchmarks/int8_light.py [--size 256] [--shares 0,1e-5,1e-3,1e-2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, bundle, checkpoint, save_json, say
+
+from psp_deploy.benchmark.flops import node_flops
+from psp_deploy.bundle import Bundle
+from psp_deploy.calibration.convert import sample_feeds
+from psp_deploy.calibration.data import make_calibration_set
+from psp_deploy.calibration.evaluate import open_graph, runner
+from psp_deploy.calibration.int8 import light_nodes, quantize
+from psp_deploy.calibration.report import cosines, psnr_db
+from psp_deploy.files import atomic_file
+from psp_deploy.machine import machine_slug
+from psp_deploy.runtime import Pipeline
+from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+GRAPHS = ("encoder", "synthesis")
+
+
+def _quantized_runner(bundle_: Bundle, graph: str, path: Path):
+    backend = OnnxRuntimeBackend(path, bundle_.record(graph), graph)
+    return backend, runner(backend)
+
+
+def study(root: Path, samples: int, shares: list[float]) -> list[dict]:
+    """One row per share: the float share of each graph's work and the held-back accuracy."""
+    bundle_ = Bundle.open(root)
+    with Pipeline.from_bundle(root) as fp32:
+        data = make_calibration_set(fp32, synthetic=samples, holdout=0.25, seed=0)
+    images, codes = data.samples("encoder", True), data.samples("synthesis", True)
+    with open_graph(bundle_, "encoder", "fp32") as e, open_graph(bundle_, "synthesis", "fp32") as s:
+        ref_codes, synth = runner(e)(images), runner(s)
+        ref_images, ref_e2e = synth(codes), synth(ref_codes)
+    flops = {g: node_flops(bundle_.model_path(g), bundle_.record(g)) for g in GRAPHS}
+    rows = []
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        for share in shares:
+            say(f"share {share:g}: quantizing the encoder and the synthesis")
+            row: dict = {"share": share}
+            paths = {}
+            for g in GRAPHS:
+                light = light_nodes(flops[g], share)
+                row[f"{g}_float_share"] = sum(flops[g][n] for n in light) / sum(flops[g].values())
+                row[f"{g}_float_nodes"] = len(light)
+                src = bundle_.model_path(g)
+                feeds = sample_feeds(data.samples(g), g, bundle_.record(g).batch)
+                paths[g] = quantize(src, Path(tmp) / f"{g}-{share:g}.onnx", feeds, "minmax", light)
+            row.update(_accuracy(bundle_, paths, images, codes, ref_codes, ref_images, ref_e2e))
+            rows.append(row)
+    return rows
+
+
+def _accuracy(bundle_: Bundle, paths: dict, images, codes, ref_codes, ref_images, ref_e2e) -> dict:
+    latent_avg = bundle_.latent_avg()
+    enc, run_enc = _quantized_runner(bundle_, "encoder", paths["encoder"])
+    syn, run_syn = _quantized_runner(bundle_, "synthesis", paths["synthesis"])
+    with enc, syn:
+        test_codes = run_enc(images)
+        images_q, e2e_q = run_syn(codes), run_syn(test_codes)
+    mean_psnr = lambda a, b: float(np.mean([psnr_db(x, y) for x, y in zip(a, b, strict=True)]))  # noqa: E731
+    return {
+        "encoder_cosine_min": float(cosines(ref_codes - latent_avg, test_codes - latent_avg).min()),
+        "synthesis_psnr_db": mean_psnr(ref_images, images_q),
+        "end_to_end_psnr_db": mean_psnr(ref_e2e, e2e_q),
+    }
+
+
+def markdown(rows: list[dict], size: int, samples: int, command: str) -> str:
+    lines = [
+        f"# INT8 accuracy against the work kept in float: FFHQ-encode {size}² (synthetic weights), {machine_slug()}",
+        "",
+        f"`{command}`. {samples} synthetic faces, a quarter held back; minmax, symmetric Q/DQ, no sensitivity "
+        "rounds. Float share: the multiply-adds of the nodes left in float.",
+        "",
+        "| light below | encoder float share (nodes) | synthesis float share (nodes) | encoder codes cosine (worst) "
+        "| synthesis PSNR dB | end-to-end PSNR dB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['share']:.3%} | {r['encoder_float_share']:.2%} ({r['encoder_float_nodes']}) "
+            f"| {r['synthesis_float_share']:.2%} ({r['synthesis_float_nodes']}) | {r['encoder_cosine_min']:.4f} "
+            f"| {r['synthesis_psnr_db']:.1f} | {r['end_to_end_psnr_db']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256, choices=(256, 512, 1024))
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--shares", default="0,1e-5,1e-3,1e-2", help="comma-separated shares of a graph's work")
+    args = parser.parse_args()
+    root = bundle(checkpoint(args.size), "scaled")
+    rows = study(root, args.samples, [float(s) for s in args.shares.split(",")])
+    name = f"-int8-{args.size}"
+    path = save_json({"size": args.size, "samples": args.samples, "rows": rows}, name)
+    report = RESULTS / f"{machine_slug()}{name}.md"
+    command = "python benchmarks/int8_light.py " + " ".join(sys.argv[1:])
+    with atomic_file(report) as f:
+        f.write(markdown(rows, args.size, args.samples, command.strip()).encode())
+    say(f"results: {path}\nreport: {report}")
+
+
+if __name__ == "__main__":
+    main()
