@@ -46,6 +46,8 @@ def test_install_hints_keep_their_extra_in_brackets(bundles, tmp_path):
     assert openvino.exit_code == 2 and "openvino runs on the CPU, not cuda" in openvino.output, openvino.output
     trt = _invoke("build", root, "--backend", "tensorrt")
     assert trt.exit_code == 2 and "pip install 'psp-deploy[trt]'" in trt.output, trt.output
+    tf32 = _invoke("build", root, "--backend", "openvino", "--tf32")
+    assert tf32.exit_code == 2 and "--tf32 is a TensorRT build option" in tf32.output, tf32.output
 
 
 def test_build_defaults_to_a_backend_this_machine_has(bundle_copy):

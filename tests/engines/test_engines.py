@@ -104,7 +104,8 @@ def test_tensorrt_backend_says_why_it_is_unavailable(bundles):
 
 @pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
 def test_tensorrt_plans_build_and_match_onnxruntime(bundle_copy):
-    build_engines(bundle_copy, "tensorrt", "fp32", batch=BatchProfile(1, 2, 4))
+    engines = build_engines(bundle_copy, "tensorrt", "fp32", batch=BatchProfile(1, 2, 4))
+    assert all(e.details["tf32"] is False for e in engines)  # fp32 is IEEE FP32 unless --tf32 asks
     photo = data.astronaut()
     with Pipeline.from_bundle(bundle_copy, backend="tensorrt") as trt, Pipeline.from_bundle(bundle_copy) as ort:
         a, b = trt.run(photo), ort.run(photo)

@@ -187,6 +187,13 @@ def build(
     version_compatible: Annotated[
         bool, typer.Option(help="TensorRT: plans that later TensorRT versions can run.")
     ] = False,
+    tf32: Annotated[
+        bool,
+        typer.Option(
+            help="TensorRT: let FP32 layers run in TF32 on tensor cores (faster, 10-bit mantissa), recorded with "
+            "the plan. Default: IEEE FP32."
+        ),
+    ] = False,
 ) -> None:
     """Compile the bundle's graphs into engines and record them in the manifest.
 
@@ -208,6 +215,7 @@ def build(
             batch=BatchProfile(min_batch, opt_batch, max_batch),
             optimization_level=optimization_level,
             version_compatible=version_compatible,
+            tf32=tf32,
             force_bf16=force_bf16,
             progress=step,
         )

@@ -42,6 +42,7 @@ def build_engines(
     batch: BatchProfile | None = None,
     optimization_level: int = 3,
     version_compatible: bool = False,
+    tf32: bool = False,
     force_bf16: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[EngineRecord]:
@@ -50,6 +51,8 @@ def build_engines(
     say = progress or (lambda _m: None)
     if backend not in BACKENDS:
         raise EngineError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if tf32 and backend != "tensorrt":
+        raise EngineError(f"--tf32 is a TensorRT build option; {backend} engines run on the CPU")
     check_precision(backend, precision)
     bundle = Bundle.open(bundle_dir)
     resolved = [bundle.resolve(graph, precision, backend) for graph in GRAPHS]  # the runtimes' own rule
@@ -76,6 +79,7 @@ def build_engines(
                 timing_cache=bundle.root / ENGINE_DIR / backend / "timing.cache",
                 optimization_level=optimization_level,
                 version_compatible=version_compatible,
+                tf32=tf32,
             )
         else:
             from ..runtime.backends.onnxruntime import build_optimized

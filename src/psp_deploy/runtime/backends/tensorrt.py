@@ -176,9 +176,13 @@ def build_plan(
     timing_cache: Path,
     optimization_level: int = 3,
     version_compatible: bool = False,
+    tf32: bool = False,
     workspace_gb: float = 4.0,
 ) -> dict[str, Any]:
-    """Build and write one plan; return the engine record's details."""
+    """Build and write one plan; return the engine record's details.
+
+    TensorRT lets FP32 layers run in TF32 unless told not to; ``fp32`` here means IEEE FP32
+    unless ``tf32`` asks for it (the choice is baked into the plan and recorded with it)."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -192,6 +196,10 @@ def build_plan(
     config.builder_optimization_level = optimization_level
     if version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
     shapes = profile_shapes(record, batch)
     profile = builder.create_optimization_profile()
     for s in shapes:
@@ -212,5 +220,6 @@ def build_plan(
         "profiles": shapes,
         "optimization_level": optimization_level,
         "version_compatible": version_compatible,
+        "tf32": tf32,
         "source": onnx_path.name,
     }
