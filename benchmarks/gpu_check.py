@@ -11,7 +11,9 @@ installing it would pull the CPU onnxruntime package over onnxruntime-gpu). Step
   3. its scaled bundle, exported and checked against torch
   4. FP16 graphs: psp-deploy calibrate BUNDLE --precision fp16 --synthetic 4
   5. the GPU tests: pytest -m gpu tests/gpu
-  6. the benchmark matrix: ONNX Runtime CUDA FP32 and FP16 × batch 1, 8, 32 (pipeline, graphs alone,
+  6. each graph's CUDA settings, FP32 and FP16, measured at batch 8 and recorded in the bundle:
+     psp-deploy build BUNDLE --backend onnxruntime --device cuda --precision P --opt-batch 8
+  7. the benchmark matrix: ONNX Runtime CUDA FP32 and FP16 × batch 1, 8, 32 (pipeline, graphs alone,
      host overhead; TF32 off) and the official path in eager torch on the same GPU (FP32, FP16
      autocast) → benchmarks/results/<gpu>.json, <gpu>.md and plots
 
@@ -33,7 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
-STEPS = 6
+STEPS = 7
+TUNING_BATCH = 8  # the middle of the matrix's batches
 BATCHES = [1, 8, 32]
 # What the steps import, beyond the standard library: module → what to install.
 NEEDED = {
@@ -115,6 +118,9 @@ def command(*args: str) -> None:
         raise StepFailed(f"{' '.join(args)}: {what}")
 
 
+BUILD = ("-m", "psp_deploy.cli", "build", "--backend", "onnxruntime", "--device", "cuda")
+
+
 def calibrate_fp16(bundle: Path) -> None:
     from psp_deploy.bundle import Bundle
 
@@ -152,7 +158,10 @@ def run(warmup: int, runs: int) -> Path:
         calibrate_fp16(scaled)
     with step(5, "the GPU tests: pytest -m gpu tests/gpu"):
         command("-m", "pytest", "-m", "gpu", "tests/gpu")
-    with step(6, f"the benchmark matrix: FP32, FP16 × batch {', '.join(map(str, BATCHES))}, torch baseline"):
+    with step(6, f"CUDA settings measured: psp-deploy build --backend onnxruntime --device cuda, batch {TUNING_BATCH}"):
+        for precision in ("fp32", "fp16"):
+            command(*BUILD, str(scaled), "--precision", precision, "--opt-batch", str(TUNING_BATCH))
+    with step(7, f"the benchmark matrix: FP32, FP16 × batch {', '.join(map(str, BATCHES))}, torch baseline"):
         return bench_matrix(ckpt, scaled, warmup, runs)
 
 

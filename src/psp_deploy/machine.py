@@ -1,7 +1,8 @@
-"""What this machine is: CPU model, cores, ISA flags, library versions (torch-free).
+"""What this machine is: CPU model, cores, ISA flags, its NVIDIA GPU, library versions (torch-free).
 
 Benchmarks record it beside their figures and engine records carry it, since speed and
-even the numbers some kernels produce (BF16, AMX) depend on the CPU.
+even the numbers some kernels produce (BF16, AMX) depend on the CPU, and tuned GPU settings
+on the GPU.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
+import shutil
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,8 @@ ISA_FLAGS = (
     "amx_bf16",
     "amx_int8",
 )
+SMI_QUERY = ("name", "driver_version", "memory.total", "compute_cap")
+SMI_KEYS = ("name", "driver", "memory_mib", "compute_capability")
 LIBRARIES = ("numpy", "onnxruntime", "onnx", "torch", "openvino", "tensorrt", "opencv-python-headless", "psp-deploy")
 
 
@@ -70,3 +76,31 @@ def machine_slug() -> str:
         name = name.replace(noise, " ")
     words = [w for w in name.replace("-", " ").split() if not w.endswith("ghz") and w not in ("with", "radeon")]
     return "-".join(words[:5]) or "unknown-cpu"
+
+
+def _smi(*args: str) -> str:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return ""
+    try:
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def parse_nvidia_smi(query: str, banner: str) -> dict[str, Any]:
+    """nvidia-smi's CSV query (one line per GPU) and its banner → the first GPU's name, driver, memory
+    and compute capability, the GPU count, and the newest CUDA the driver supports (the banner's)."""
+    gpus = [line.split(",") for line in query.splitlines() if line.strip()]
+    if not gpus:
+        return {}
+    facts: dict[str, Any] = dict(zip(SMI_KEYS, (value.strip() for value in gpus[0]), strict=False))
+    facts["count"] = len(gpus)
+    if match := re.search(r"CUDA Version:\s*([\d.]+)", banner):
+        facts["driver_cuda"] = match[1]
+    return facts
+
+
+def nvidia_smi() -> dict[str, Any]:
+    query = _smi(f"--query-gpu={','.join(SMI_QUERY)}", "--format=csv,noheader,nounits")
+    return parse_nvidia_smi(query, _smi() if query else "")

@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 
 from psp_deploy.benchmark.device import BoundGraph
 from psp_deploy.benchmark.flops import graph_flops
-from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug, parse_nvidia_smi
+from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug
 from psp_deploy.benchmark.harness import busy_rows
 from psp_deploy.benchmark.report import latency_table, speedup_section, warnings_section
 from psp_deploy.benchmark.timing import measure
 from psp_deploy.bundle import ModelRecord, TensorSpec
 from psp_deploy.cli import app
+from psp_deploy.machine import parse_nvidia_smi
 from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +135,7 @@ def test_make_gpu_check_refuses_a_machine_without_a_cuda_gpu():
     run = subprocess.run(["make", "gpu-check", f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2, run.stderr  # make passes the script's exit code 2 on as its own
     assert f"gpu-check: this machine cannot run the GPU check: {NO_CUDA}" in run.stderr
-    assert "[1/6] preflight" in run.stderr and "[2/6]" not in run.stderr
+    assert "[1/7] preflight" in run.stderr and "[2/7]" not in run.stderr
 
 
 def test_graphs_bound_once_compute_what_the_backend_does(bundles):

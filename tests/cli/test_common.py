@@ -46,8 +46,12 @@ def test_install_hints_keep_their_extra_in_brackets(bundles, tmp_path):
     assert openvino.exit_code == 2 and "openvino runs on the CPU, not cuda" in openvino.output, openvino.output
     trt = _invoke("build", root, "--backend", "tensorrt")
     assert trt.exit_code == 2 and "pip install 'psp-deploy[trt]'" in trt.output, trt.output
-    tf32 = _invoke("build", root, "--backend", "openvino", "--tf32")
-    assert tf32.exit_code == 2 and "--tf32 is a TensorRT build option" in tf32.output, tf32.output
+    tuning = _invoke("build", root, "--backend", "onnxruntime", "--device", "cuda")
+    assert tuning.exit_code == 2 and "install onnxruntime-gpu" in tuning.output, tuning.output
+    cpu_builds = [("--backend", "openvino", "--tf32"), ("--backend", "openvino", "--device", "cuda")]
+    refusals = [_invoke("build", root, *args) for args in cpu_builds]
+    assert [r.exit_code for r in refusals] == [2, 2]
+    assert "--tf32 is a GPU build option" in refusals[0].output and "--device is ONNX Runtime's" in refusals[1].output
 
 
 def test_build_defaults_to_a_backend_this_machine_has(bundle_copy):

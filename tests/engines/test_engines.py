@@ -11,6 +11,7 @@ from psp_deploy.engines import build_engines
 from psp_deploy.errors import BackendUnavailableError, BundleError, EngineError
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.backends import BackendOptions
+from psp_deploy.runtime.backends.onnxruntime import TUNING, cuda_key, provider_options, tuned_options
 from psp_deploy.runtime.backends.tensorrt import BatchProfile, check_engine_matches_machine, plan_record, profile_shapes
 
 
@@ -135,3 +136,26 @@ def test_cuda_memory_round_trip_reuse_and_no_leak():
     memory.synchronize()
     assert check(cudart().cudaMemGetInfo())[0] >= free_before - (1 << 20)
     memory.close()
+
+
+def test_measured_cuda_settings_apply_on_their_gpu_only(bundles):
+    """What `build --backend onnxruntime --device cuda` records reaches the CUDA provider's options on the
+    GPU it was measured on, and is refused on another (measured itself in tests/gpu)."""
+    bundle = Bundle.open(bundles("rgb-scaled")[0].root)  # the manifest edited in memory only
+    settings = {"cuda_conv": {"algo_search": "HEURISTIC", "prefer_nhwc": True}, "cuda_graph": True}
+    record = EngineRecord(TUNING, "synthesis", "fp32", "synthesis.onnx", "", {**cuda_key(), **settings})
+    bundle.manifest.engines.append(record)
+    cuda = BackendOptions(device="cuda")
+    assert tuned_options(bundle, bundle.resolve("encoder", "fp32", "onnxruntime"), cuda) == cuda  # none measured
+    synthesis = bundle.resolve("synthesis", "fp32", "onnxruntime")
+    chosen = provider_options("synthesis", tuned_options(bundle, synthesis, cuda))[0][1]
+    assert (chosen["cudnn_conv_algo_search"], chosen["prefer_nhwc"], chosen["enable_cuda_graph"]) == (
+        "HEURISTIC",
+        "1",
+        "1",
+    )
+    record.details.update(gpu="NVIDIA H200", compute_capability="9.0")
+    with pytest.raises(
+        EngineError, match=r"measured for .*NVIDIA H200.*`psp-deploy build --backend onnxruntime --device cuda`"
+    ):
+        tuned_options(bundle, synthesis, cuda)

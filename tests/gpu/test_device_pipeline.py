@@ -116,3 +116,22 @@ def test_host_buffers_are_page_locked(gpu, inputs):
     assert pinned_memory() is not None, "this onnxruntime-gpu offers no page-locked host memory: buffers are pageable"
     gpu.generate(inputs[0][:1], PLAIN[:1])
     assert gpu.describe()["pinned_host"]
+
+
+def test_measured_cuda_settings_are_recorded_and_used(bundle_copy, inputs):
+    from psp_deploy.engines import build_engines
+
+    engines = build_engines(bundle_copy, "onnxruntime", device="cuda")
+    assert {e.graph for e in engines} == {"encoder", "synthesis"}
+    for e in engines:
+        assert len(e.details["timings_ms"]) == 4 and e.details["gpu"] and e.details["tf32"] is False
+    with Pipeline.from_bundle(bundle_copy, options=CUDA, max_batch=4) as tuned:
+        for e in engines:
+            cuda = tuned.nets[e.graph].session.get_provider_options()["CUDAExecutionProvider"]
+            assert cuda["prefer_nhwc"] == str(int(e.details["cuda_conv"]["prefer_nhwc"]))
+            assert cuda["enable_cuda_graph"] == str(int(e.details["cuda_graph"]))
+        tuned_codes = tuned.encode(inputs[1])
+        with Pipeline.from_bundle(bundle_copy) as cpu:
+            codes = cpu.encode(inputs[1])
+            assert np.abs(tuned_codes - codes).max() <= 1e-3
+            assert psnr_db(cpu.synthesize(codes)[0], tuned.synthesize(codes)[0]) >= 50

@@ -9,46 +9,15 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailableError, EngineError
+from ..machine import nvidia_smi
 
-SMI_QUERY = ("name", "driver_version", "memory.total", "compute_cap")
-SMI_KEYS = ("name", "driver", "memory_mib", "compute_capability")
 NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")  # one folder per GPU while the NVIDIA kernel driver is loaded
 CUDA_EP = "CUDAExecutionProvider"
-
-
-def _smi(*args: str) -> str:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return ""
-    try:
-        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def parse_nvidia_smi(query: str, banner: str) -> dict[str, Any]:
-    """nvidia-smi's CSV query (one line per GPU) and its banner → the first GPU's name, driver, memory
-    and compute capability, the GPU count, and the newest CUDA the driver supports (the banner's)."""
-    gpus = [line.split(",") for line in query.splitlines() if line.strip()]
-    if not gpus:
-        return {}
-    facts: dict[str, Any] = dict(zip(SMI_KEYS, (value.strip() for value in gpus[0]), strict=False))
-    facts["count"] = len(gpus)
-    if match := re.search(r"CUDA Version:\s*([\d.]+)", banner):
-        facts["driver_cuda"] = match[1]
-    return facts
-
-
-def nvidia_smi() -> dict[str, Any]:
-    query = _smi(f"--query-gpu={','.join(SMI_QUERY)}", "--format=csv,noheader,nounits")
-    return parse_nvidia_smi(query, _smi() if query else "")
 
 
 def torch_facts() -> dict[str, Any]:

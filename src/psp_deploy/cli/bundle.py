@@ -11,6 +11,7 @@ from .common import (
     BackendName,
     BundleArg,
     CalibrationBackend,
+    Device,
     Modconv,
     Precision,
     UpsampleForm,
@@ -180,6 +181,13 @@ def build(
         Precision, typer.Option(help="fp16 and int8 need `psp-deploy calibrate` first; bf16 is openvino's.")
     ] = "fp32",
     force_bf16: Annotated[bool, typer.Option(help="openvino: compile bf16 on a CPU without native BF16.")] = False,
+    device: Annotated[
+        Device,
+        typer.Option(
+            help="onnxruntime: cpu saves optimized models; cuda times each heavy graph's CUDA settings (NCHW or "
+            "NHWC convolutions, CUDA graph or not) at --opt-batch on this GPU and records the fastest."
+        ),
+    ] = Device.cpu,
     min_batch: Annotated[int, typer.Option(help="TensorRT profile, dynamic-batch graphs: smallest batch.")] = 1,
     opt_batch: Annotated[int, typer.Option(help="TensorRT profile: the batch to tune for.")] = 1,
     max_batch: Annotated[int, typer.Option(help="TensorRT profile: largest batch.")] = 8,
@@ -190,8 +198,8 @@ def build(
     tf32: Annotated[
         bool,
         typer.Option(
-            help="TensorRT: let FP32 layers run in TF32 on tensor cores (faster, 10-bit mantissa), recorded with "
-            "the plan. Default: IEEE FP32."
+            help="tensorrt, or onnxruntime --device cuda: let FP32 layers run in TF32 on tensor cores (faster, "
+            "10-bit mantissa), recorded with the plan or settings. Default: IEEE FP32."
         ),
     ] = False,
 ) -> None:
@@ -200,7 +208,9 @@ def build(
     TensorRT networks are strongly typed: the precision comes from the graph (FP16 casts,
     INT8 Q/DQ), so `--precision int8` needs `psp-deploy calibrate --precision int8` first.
     A timing cache is kept in the bundle. Runtimes refuse engines built for another GPU or
-    TensorRT version.
+    TensorRT version. `--backend onnxruntime --device cuda` builds no file: it times the encoder's
+    and synthesis' CUDA settings on this GPU and records the fastest, which `run --device cuda`
+    then uses on this GPU (and refuses on another).
     """
     from ..engines import BatchProfile, build_engines
     from ..engines.build import default_backend
@@ -212,6 +222,7 @@ def build(
             bundle,
             chosen,
             precision.value,
+            device=device.value,
             batch=BatchProfile(min_batch, opt_batch, max_batch),
             optimization_level=optimization_level,
             version_compatible=version_compatible,
@@ -220,7 +231,11 @@ def build(
             progress=step,
         )
     for e in engines:
-        say(f"  {e.graph:<9} {e.precision}: {e.file}")
+        if "timings_ms" in e.details:  # tuned CUDA settings: what won, against what
+            timings = ", ".join(f"{label} {ms:.2f} ms" for label, ms in e.details["timings_ms"].items())
+            say(f"  {e.graph:<9} {e.precision}: {e.details['chosen']} (batch {e.details['batch']}: {timings})")
+        else:
+            say(f"  {e.graph:<9} {e.precision}: {e.file}")
 
 
 @app.command()

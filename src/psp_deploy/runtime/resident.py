@@ -57,7 +57,7 @@ class ResidentChain:
         options = encoder.options
         self.encoder, self.synthesis = encoder, synthesis
         self.size, self.fixed = synthesis.record.batch or limit, synthesis.record.batch
-        self.capturing = encoder.captures and synthesis.captures
+        self.capturing = encoder.captures or synthesis.captures  # then chunks are padded to captured sizes
         # The small graphs run as written (no graph optimizations): their formulas must stay exact. Inputs
         # are staged in a host buffer, then normalised (uint8 faces) or copied (float32 tensors) onto the device.
         small = lambda graph, name: open_session(graph, name, options, optimize=False)
@@ -112,13 +112,17 @@ class ResidentChain:
         staged.view()[: chunk.batch] = padded(x[chunk.start : chunk.start + chunk.rows], chunk.batch)
         image = self._device("encoder_input", self.encoder.record.inputs[0].shape)
         self._run(stager.session, stager.graph, {stager.source: staged}, {stager.result: image}, chunk.batch)
-        self._run(self.encoder.session, "encoder", {IMAGE: image}, {CODES: self._codes}, chunk.batch, captured=True)
+        self._run(
+            self.encoder.session, "encoder", {IMAGE: image}, {CODES: self._codes}, chunk.batch, self.encoder.captures
+        )
         return self._codes.rows(chunk.rows)
 
     def _synthesize(self, chunk: Chunk, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """The codes buffer through the synthesis, then the named outputs to uint8 on the device and down."""
         floats = {spec.name: self._device(spec.name, spec.shape) for spec in self.synthesis.record.outputs}
-        self._run(self.synthesis.session, "synthesis", {CODES: self._codes}, floats, chunk.batch, captured=True)
+        self._run(
+            self.synthesis.session, "synthesis", {CODES: self._codes}, floats, chunk.batch, self.synthesis.captures
+        )
         pixels = {}
         for name in outputs:
             _, c, h, w = floats[name].capacity
@@ -150,6 +154,6 @@ class ResidentChain:
                 buffer.bind_input(binding, name, rows)
             for name, buffer in outputs.items():
                 buffer.bind_output(binding, name, rows)
-            session.run_with_iobinding(binding, run_options(rows) if captured and self.capturing else None)
+            session.run_with_iobinding(binding, run_options(rows) if captured else None)
         except RUN_ERRORS as err:
             raise EngineError(f"{graph}: ONNX Runtime failed on the device-resident path: {err}") from err

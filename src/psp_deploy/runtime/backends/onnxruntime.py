@@ -1,8 +1,10 @@
 """ONNX Runtime backend: CPU, or CUDA with I/O binding when onnxruntime-gpu is installed; and its
-"engines", session-optimized models saved by `psp-deploy build`."""
+"engines": session-optimized models saved by `psp-deploy build` for the CPU, and on CUDA the
+settings `build --device cuda` measured fastest on a GPU (engines/ort_cuda.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import onnxruntime as ort
 
 from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError, EngineError
-from ...machine import cpu_info
+from ...machine import cpu_info, nvidia_smi
 from .base import Backend
 from .options import BackendOptions, CudaConv
 
@@ -23,6 +25,7 @@ DEVICES = ("cpu", "cuda")
 CUDA_DEVICE_ID = 0  # the GPU every session and device buffer uses
 CAPTURED = ("encoder", "synthesis")  # the graphs the pipeline runs at fixed shapes: CUDA graphs pay off there
 GRAPH_ID = "gpu_graph_id"  # run-config key: which captured CUDA graph a run replays (-1: none)
+TUNING = "onnxruntime-cuda"  # the engine records of `build --device cuda`: settings, no file of their own
 
 
 def session_options(threads: int | None, optimize: bool = True) -> ort.SessionOptions:
@@ -53,6 +56,29 @@ def optimized_model(bundle: Bundle, resolved: Resolved) -> Path | None:
             "`psp-deploy build --backend onnxruntime`, or pass --no-engines"
         )
     return bundle.verified_path(engine.file, engine.sha256)
+
+
+def cuda_key() -> dict[str, object]:
+    """What tuned CUDA settings depend on: the GPU they were timed on and the ONNX Runtime that ran them."""
+    gpu = nvidia_smi()
+    return {"onnxruntime": ort.__version__, "gpu": gpu.get("name"), "compute_capability": gpu.get("compute_capability")}
+
+
+def tuned_options(bundle: Bundle, resolved: Resolved, options: BackendOptions) -> BackendOptions:
+    """``options`` with the CUDA settings `build --device cuda` measured fastest for this graph, when the
+    bundle has them; refused when they were measured on another GPU or ONNX Runtime."""
+    engine = bundle.resolve(resolved.graph, resolved.precision, TUNING).engine
+    if engine is None:
+        return options
+    if differences := engine.differences(cuda_key()):
+        built, here = ({k: v[i] for k, v in differences.items()} for i in (0, 1))
+        raise EngineError(
+            f"the {resolved.graph} graph's CUDA settings were measured for {built}, this machine is {here}; "
+            "measure them here with `psp-deploy build --backend onnxruntime --device cuda`, or pass --no-engines"
+        )
+    conv = CudaConv(**engine.details["cuda_conv"])
+    cuda_conv = {**options.cuda_conv, resolved.graph: conv}
+    return replace(options, cuda_conv=cuda_conv, cuda_graph=engine.details["cuda_graph"])
 
 
 def check_device(device: str) -> None:
@@ -117,8 +143,11 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> OnnxRuntimeBackend:
-        """The ONNX graph, or its saved optimized model when one was built for this machine."""
+        """The ONNX graph, or its saved optimized model when one was built for this machine; on CUDA with
+        the settings measured for this GPU, when they were."""
         engine = optimized_model(bundle, resolved) if options.engines and options.device == "cpu" else None
+        if options.engines and options.device == "cuda":
+            options = tuned_options(bundle, resolved, options)
         path = engine or bundle.model_path(resolved.graph, resolved.record.precision)
         return cls(path, resolved.record, resolved.graph, options, preoptimized=engine is not None)
 

@@ -1,0 +1,75 @@
+"""`psp-deploy build --backend onnxruntime --device cuda`: each graph's CUDA provider settings,
+chosen by timing them on this GPU and recorded in the bundle (the runtime applies them on this GPU
+only, as TensorRT plans are: onnxruntime.py's ``tuned_options``).
+
+Which is faster depends on the graph and the GPU: on an H200 NHWC convolutions sped the encoder up
+and slowed the synthesis, and replaying a captured CUDA graph saved ~10% of the synthesis at batch 1
+(issue 18's measurements). Each candidate is timed as the graph alone, input and output bound on the
+device, at the batch asked for; the record keeps every candidate's time beside the choice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle import BATCH, ModelRecord
+from ..runtime.backends.onnxruntime import cuda_key, open_session
+from ..runtime.backends.options import BackendOptions, CudaConv
+
+# NCHW or NHWC convolutions, each with and without CUDA-graph replay; cuDNN picks its algorithms by
+# timing them (EXHAUSTIVE), which finds the fastest kernels for the shapes at hand.
+CANDIDATES = [(CudaConv(prefer_nhwc=nhwc), graph) for nhwc in (False, True) for graph in (False, True)]
+WARMUP = 3  # the first run captures the CUDA graph and runs cuDNN's search
+RUNS = 10
+
+
+def _label(conv: CudaConv, cuda_graph: bool) -> str:
+    return f"{'nhwc' if conv.prefer_nhwc else 'nchw'}{', cuda graph' if cuda_graph else ''}"
+
+
+def time_candidate(path: Path, record: ModelRecord, graph: str, options: BackendOptions, batch: int) -> float:
+    """Median milliseconds of one run of ``graph`` with ``options``, bound on the device at ``batch``."""
+    from ..benchmark.device import BoundGraph
+
+    session = open_session(path, graph, options)
+    spec = record.inputs[0]
+    shape = [batch if d == BATCH else int(d) for d in spec.shape]
+    feed = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    bound = BoundGraph(session, {spec.name: feed}, record.outputs, "cuda")
+    for _ in range(WARMUP):
+        bound()
+    times = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        bound()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def tune_graph(
+    path: Path, record: ModelRecord, graph: str, batch: int, tf32: bool, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The engine record's details for ``graph``: the fastest settings on this GPU and every candidate's time."""
+    timings = {}
+    for conv, cuda_graph in CANDIDATES:
+        label = _label(conv, cuda_graph)
+        say(f"{graph}: timing {label}")
+        options = BackendOptions("cuda", tf32=tf32, cuda_graph=cuda_graph, cuda_conv={graph: conv})
+        timings[label] = time_candidate(path, record, graph, options, batch)
+    conv, cuda_graph = min(CANDIDATES, key=lambda c: timings[_label(*c)])
+    return {
+        **cuda_key(),
+        "chosen": _label(conv, cuda_graph),
+        "cuda_conv": asdict(conv),
+        "cuda_graph": cuda_graph,
+        "tf32": tf32,
+        "batch": record.batch or batch,
+        "timings_ms": timings,
+        "source": path.name,
+    }
