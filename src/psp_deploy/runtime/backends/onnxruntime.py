@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, Resolved
+from ...bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError, EngineError
 from ...machine import cpu_info, nvidia_smi
 from .base import Backend
@@ -44,15 +44,21 @@ def machine_key() -> dict[str, object]:
     return {"onnxruntime": ort.__version__, "cpu_flags": cpu_info()["flags"]}
 
 
+def _mismatch(engine: EngineRecord, key: dict[str, object]) -> str:
+    """'{what it was made for}, this machine is {what is here}', for the keys that differ; '' when none do."""
+    differences = engine.differences(key)
+    built, here = ({k: v[i] for k, v in differences.items()} for i in (0, 1))
+    return f"{built}, this machine is {here}" if differences else ""
+
+
 def optimized_model(bundle: Bundle, resolved: Resolved) -> Path | None:
     """The saved optimized model `build` made for this graph, if any; refused if made for another machine."""
     engine = resolved.engine
     if engine is None:
         return None
-    if differences := engine.differences(machine_key()):
-        built, here = ({k: v[i] for k, v in differences.items()} for i in (0, 1))
+    if mismatch := _mismatch(engine, machine_key()):
         raise EngineError(
-            f"{engine.file} was optimized for {built}, this machine is {here}; rebuild it with "
+            f"{engine.file} was optimized for {mismatch}; rebuild it with "
             "`psp-deploy build --backend onnxruntime`, or pass --no-engines"
         )
     return bundle.verified_path(engine.file, engine.sha256)
@@ -70,10 +76,9 @@ def tuned_options(bundle: Bundle, resolved: Resolved, options: BackendOptions) -
     engine = bundle.resolve(resolved.graph, resolved.precision, TUNING).engine
     if engine is None:
         return options
-    if differences := engine.differences(cuda_key()):
-        built, here = ({k: v[i] for k, v in differences.items()} for i in (0, 1))
+    if mismatch := _mismatch(engine, cuda_key()):
         raise EngineError(
-            f"the {resolved.graph} graph's CUDA settings were measured for {built}, this machine is {here}; "
+            f"the {resolved.graph} graph's CUDA settings were measured for {mismatch}; "
             "measure them here with `psp-deploy build --backend onnxruntime --device cuda`, or pass --no-engines"
         )
     conv = CudaConv(**engine.details["cuda_conv"])
