@@ -181,7 +181,7 @@ SHOWN_NODES = 12  # the rest are in the saved report
 def _light(light: dict[str, Any]) -> str:
     return (
         f"{len(light['nodes'])} light nodes in float ({light['flops_share']:.2%} of the multiply-adds, "
-        f"each under {light['below']:.1%}: INT8 buys no speed there)"
+        f"each under {light['below']:.0%}: INT8 buys little speed there)"
     )
 
 
