@@ -46,7 +46,7 @@ def test_install_hints_keep_their_extra_in_brackets(bundles, tmp_path):
     assert openvino.exit_code == 2 and "openvino runs on the CPU, not cuda" in openvino.output, openvino.output
     trt = _invoke("build", root, "--backend", "tensorrt")
     assert trt.exit_code == 2 and "pip install 'psp-deploy[trt]'" in trt.output, trt.output
-    tuning = _invoke("build", root, "--backend", "onnxruntime", "--device", "cuda")
+    tuning = _invoke("build", root, "--device", "cuda")  # auto: onnxruntime, which needs onnxruntime-gpu
     assert tuning.exit_code == 2 and "install onnxruntime-gpu" in tuning.output, tuning.output
     cpu_builds = [("--backend", "openvino", "--tf32"), ("--backend", "openvino", "--device", "cuda")]
     refusals = [_invoke("build", root, *args) for args in cpu_builds]

@@ -140,22 +140,30 @@ def test_cuda_memory_round_trip_reuse_and_no_leak():
 
 def test_measured_cuda_settings_apply_on_their_gpu_only(bundles):
     """What `build --backend onnxruntime --device cuda` records reaches the CUDA provider's options on the
-    GPU it was measured on, and is refused on another (measured itself in tests/gpu)."""
+    GPU it was measured on, and is refused elsewhere (measured itself in tests/gpu)."""
     bundle = Bundle.open(bundles("rgb-scaled")[0].root)  # the manifest edited in memory only
-    settings = {"cuda_conv": {"algo_search": "HEURISTIC", "prefer_nhwc": True}, "cuda_graph": True}
-    record = EngineRecord(TUNING, "synthesis", "fp32", "synthesis.onnx", "", {**cuda_key(), **settings})
+    synthesis = bundle.resolve("synthesis", "fp32", "onnxruntime")
+    settings = {"cuda_conv": {"algo_search": "HEURISTIC", "prefer_nhwc": True}, "cuda_graph": True, "tf32": False}
+    graph_file = (synthesis.record.file, synthesis.record.sha256)
+    record = EngineRecord(TUNING, "synthesis", "fp32", *graph_file, {**cuda_key(), **settings})
     bundle.manifest.engines.append(record)
     cuda = BackendOptions(device="cuda")
     assert tuned_options(bundle, bundle.resolve("encoder", "fp32", "onnxruntime"), cuda) == cuda  # none measured
-    synthesis = bundle.resolve("synthesis", "fp32", "onnxruntime")
     chosen = provider_options("synthesis", tuned_options(bundle, synthesis, cuda))[0][1]
-    assert (chosen["cudnn_conv_algo_search"], chosen["prefer_nhwc"], chosen["enable_cuda_graph"]) == (
+    assert [chosen[k] for k in ("cudnn_conv_algo_search", "prefer_nhwc", "enable_cuda_graph")] == [
         "HEURISTIC",
         "1",
         "1",
-    )
-    record.details.update(gpu="NVIDIA H200", compute_capability="9.0")
-    with pytest.raises(
-        EngineError, match=r"measured for .*NVIDIA H200.*`psp-deploy build --backend onnxruntime --device cuda`"
-    ):
+    ]
+    refusals = [
+        (BackendOptions(device="cuda", tf32=True), {}, r"\{'tf32': False\}, this machine is \{'tf32': True\}"),
+        (cuda, {"gpu": "no-such-gpu"}, r"no-such-gpu.*`psp-deploy build --backend onnxruntime --device cuda`"),
+    ]
+    for options, change, message in refusals:
+        record.details.update(change)
+        with pytest.raises(EngineError, match="measured for .*" + message):
+            tuned_options(bundle, synthesis, options)
+    record.details.update(cuda_key())
+    record.sha256 = "0" * 64  # timed on a graph file since replaced (re-exported, recalibrated)
+    with pytest.raises(EngineError, match="measured for another synthesis graph file than the bundle's"):
         tuned_options(bundle, synthesis, cuda)

@@ -299,7 +299,8 @@ def test_describe_says_what_runs(rgb_pipeline):
     described = rgb_pipeline.describe()
     assert described["backend"] == "onnxruntime" and described["precisions"] == dict.fromkeys(GRAPHS, "fp32")
     chosen = {k: described[k] for k in ("device", "tf32", "cuda_graph", "resident", "pinned_host")}
-    assert chosen == {"device": "cpu", "tf32": False, "cuda_graph": False, "resident": True, "pinned_host": False}
+    never = dict.fromkeys(("encoder", "mapping", "synthesis"), False)
+    assert chosen == {"device": "cpu", "tf32": False, "cuda_graph": never, "resident": True, "pinned_host": False}
     providers = {graph: session["providers"] for graph, session in described["sessions"].items()}
     assert providers == dict.fromkeys(GRAPHS, ["CPUExecutionProvider"])
 

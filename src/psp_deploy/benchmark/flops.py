@@ -63,7 +63,11 @@ def _counted(path: Path, record: ModelRecord, batch: int) -> list[tuple[onnx.Nod
 
 def node_flops(path: Path, record: ModelRecord, batch: int = 1) -> dict[str, float]:
     """FLOPs of each counted node, by node name (exported graphs name every node), in one run at ``batch``."""
-    return {node.name: flops for node, flops in _counted(path, record, batch)}
+    counted = _counted(path, record, batch)
+    by_name = {node.name: flops for node, flops in counted}
+    if len(by_name) != len(counted) or "" in by_name:
+        raise ValueError(f"{path.name}: counted nodes need unique names to be told apart")
+    return by_name
 
 
 def graph_flops(path: Path, record: ModelRecord, batch: int = 1) -> float:

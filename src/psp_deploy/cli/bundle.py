@@ -173,8 +173,9 @@ def build(
         BackendName,
         typer.Option(
             help="tensorrt (a plan per graph; needs an NVIDIA GPU), onnxruntime (saved optimized models: fast "
-            "start) or openvino (compiled models exported into the bundle); auto: tensorrt where it is "
-            "installed, else what `run --backend auto` picks for the precision."
+            "start; with --device cuda, measured CUDA settings) or openvino (compiled models exported into the "
+            "bundle); auto: onnxruntime with --device cuda, else tensorrt where it is installed, else what "
+            "`run --backend auto` picks for the precision."
         ),
     ] = "auto",
     precision: Annotated[
@@ -189,7 +190,9 @@ def build(
         ),
     ] = Device.cpu,
     min_batch: Annotated[int, typer.Option(help="TensorRT profile, dynamic-batch graphs: smallest batch.")] = 1,
-    opt_batch: Annotated[int, typer.Option(help="TensorRT profile: the batch to tune for.")] = 1,
+    opt_batch: Annotated[
+        int, typer.Option(help="TensorRT profile: the batch to tune for; onnxruntime --device cuda: the batch timed.")
+    ] = 1,
     max_batch: Annotated[int, typer.Option(help="TensorRT profile: largest batch.")] = 8,
     optimization_level: Annotated[int, typer.Option(help="TensorRT builder optimization level (0-5).")] = 3,
     version_compatible: Annotated[
@@ -216,7 +219,9 @@ def build(
     from ..engines.build import default_backend
 
     with handled(), progress("building") as step:
-        chosen = default_backend(precision.value) if backend == BackendName.auto else backend.value
+        chosen = backend.value
+        if backend == BackendName.auto:
+            chosen = "onnxruntime" if device == Device.cuda else default_backend(precision.value)
         say(f"backend: {chosen}")
         engines = build_engines(
             bundle,

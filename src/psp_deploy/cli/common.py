@@ -122,7 +122,12 @@ PrecisionOpt = Annotated[
 DeviceOpt = Annotated[Device, typer.Option(help="onnxruntime device.")]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads per graph (default: all cores).")]
 ForceBf16Opt = Annotated[bool, typer.Option(help="openvino: allow bf16 on a CPU without native BF16.")]
-EnginesOpt = Annotated[bool, typer.Option(help="onnxruntime: use optimized models saved by `psp-deploy build`.")]
+EnginesOpt = Annotated[
+    bool,
+    typer.Option(
+        help="onnxruntime: use what `psp-deploy build` made: optimized models (cpu), measured CUDA settings (cuda)."
+    ),
+]
 Tf32Opt = Annotated[
     bool,
     typer.Option(

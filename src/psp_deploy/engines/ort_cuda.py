@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 
 from ..bundle import BATCH, ModelRecord
-from ..runtime.backends.onnxruntime import cuda_key, open_session
+from ..errors import EngineError
+from ..runtime.backends.onnxruntime import RUN_ERRORS, cuda_key, open_session
 from ..runtime.backends.options import BackendOptions, CudaConv
 
 # NCHW or NHWC convolutions, each with and without CUDA-graph replay; cuDNN picks its algorithms by
 # timing them (EXHAUSTIVE), which finds the fastest kernels for the shapes at hand.
 CANDIDATES = [(CudaConv(prefer_nhwc=nhwc), graph) for nhwc in (False, True) for graph in (False, True)]
-WARMUP = 3  # the first run captures the CUDA graph and runs cuDNN's search
+WARMUP = 3  # cuDNN's algorithm search and ONNX Runtime's CUDA-graph capture happen in the first runs
 RUNS = 10
 
 
@@ -40,7 +41,7 @@ def time_candidate(path: Path, record: ModelRecord, graph: str, options: Backend
     session = open_session(path, graph, options)
     spec = record.inputs[0]
     shape = [batch if d == BATCH else int(d) for d in spec.shape]
-    feed = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    feed = np.random.default_rng(0).standard_normal(shape).astype(spec.dtype)
     bound = BoundGraph(session, {spec.name: feed}, record.outputs, "cuda")
     for _ in range(WARMUP):
         bound()
@@ -56,20 +57,30 @@ def tune_graph(
     path: Path, record: ModelRecord, graph: str, batch: int, tf32: bool, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """The engine record's details for ``graph``: the fastest settings on this GPU and every candidate's time."""
-    timings = {}
+    key = cuda_key()
+    if key["gpu"] is None:
+        raise EngineError("nvidia-smi cannot name this GPU: CUDA settings measured here could not be tied to it")
+    timings: dict[str, float] = {}
+    failed: dict[str, str] = {}
     for conv, cuda_graph in CANDIDATES:
         label = _label(conv, cuda_graph)
         say(f"{graph}: timing {label}")
         options = BackendOptions("cuda", tf32=tf32, cuda_graph=cuda_graph, cuda_conv={graph: conv})
-        timings[label] = time_candidate(path, record, graph, options, batch)
-    conv, cuda_graph = min(CANDIDATES, key=lambda c: timings[_label(*c)])
+        try:
+            timings[label] = time_candidate(path, record, graph, options, batch)
+        except RUN_ERRORS as err:  # e.g. out of memory in cuDNN's search, a graph ONNX Runtime cannot capture
+            failed[label] = str(err).splitlines()[0]
+    if not timings:
+        raise EngineError(f"{graph}: no CUDA setting ran: {failed}")
+    conv, cuda_graph = min((c for c in CANDIDATES if _label(*c) in timings), key=lambda c: timings[_label(*c)])
     return {
-        **cuda_key(),
+        **key,
         "chosen": _label(conv, cuda_graph),
         "cuda_conv": asdict(conv),
         "cuda_graph": cuda_graph,
         "tf32": tf32,
         "batch": record.batch or batch,
         "timings_ms": timings,
+        "failed": failed,
         "source": path.name,
     }

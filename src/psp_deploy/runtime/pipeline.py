@@ -186,7 +186,7 @@ class Pipeline:
             **described,
             "device": options.device,
             "tf32": options.tf32,
-            "cuda_graph": options.cuda_graph,
+            "cuda_graph": {graph: net.captures for graph, net in self.nets.items()},
             "resident": self.resident is not None,
             "pinned_host": self.resident is not None and self.resident.buffers.pinned,
             "sessions": {graph: net.settings() for graph, net in self.nets.items()},

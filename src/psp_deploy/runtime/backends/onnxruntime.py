@@ -4,6 +4,7 @@ settings `build --device cuda` measured fastest on a GPU (engines/ort_cuda.py)."
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,10 @@ def optimized_model(bundle: Bundle, resolved: Resolved) -> Path | None:
     return bundle.verified_path(engine.file, engine.sha256)
 
 
+@functools.cache
 def cuda_key() -> dict[str, object]:
-    """What tuned CUDA settings depend on: the GPU they were timed on and the ONNX Runtime that ran them."""
+    """What tuned CUDA settings depend on: the GPU they were timed on (nvidia-smi's first; None where it
+    cannot tell) and the ONNX Runtime that ran them."""
     gpu = nvidia_smi()
     return {"onnxruntime": ort.__version__, "gpu": gpu.get("name"), "compute_capability": gpu.get("compute_capability")}
 
@@ -76,14 +79,19 @@ def tuned_options(bundle: Bundle, resolved: Resolved, options: BackendOptions) -
     engine = bundle.resolve(resolved.graph, resolved.precision, TUNING).engine
     if engine is None:
         return options
-    if mismatch := _mismatch(engine, cuda_key()):
+    mismatch = _mismatch(engine, {**cuda_key(), "tf32": options.tf32})
+    if engine.sha256 != resolved.record.sha256:
+        mismatch = f"another {resolved.graph} graph file than the bundle's"
+    if mismatch:
         raise EngineError(
-            f"the {resolved.graph} graph's CUDA settings were measured for {mismatch}; "
-            "measure them here with `psp-deploy build --backend onnxruntime --device cuda`, or pass --no-engines"
+            f"the {resolved.graph} graph's CUDA settings were measured for {mismatch}; measure them again with "
+            f"`psp-deploy build --backend onnxruntime --device cuda{' --tf32' if options.tf32 else ''}`, or pass "
+            "--no-engines"
         )
-    conv = CudaConv(**engine.details["cuda_conv"])
+    # what the caller set explicitly stands: a convolution setting for this graph, CUDA graphs asked for
+    conv = options.cuda_conv.get(resolved.graph, CudaConv(**engine.details["cuda_conv"]))
     cuda_conv = {**options.cuda_conv, resolved.graph: conv}
-    return replace(options, cuda_conv=cuda_conv, cuda_graph=engine.details["cuda_graph"])
+    return replace(options, cuda_conv=cuda_conv, cuda_graph=options.cuda_graph or engine.details["cuda_graph"])
 
 
 def check_device(device: str) -> None:

@@ -36,8 +36,8 @@ class BackendOptions:
     hint: str = "latency"  # openvino performance hint: latency or throughput
     cache_dir: Path | None = None  # openvino: compiled-model caches (None: the user cache folder)
     tf32: bool = False  # onnxruntime on cuda: FP32 convolutions and matmuls in TF32 (else IEEE FP32)
-    # onnxruntime on cuda: replay CUDA graphs of the encoder and synthesis, one per batch bucket. Off
-    # until measured on a GPU: capture costs a run per bucket and pads partial batches to the bucket.
+    # onnxruntime on cuda: replay CUDA graphs of the encoder and synthesis, one per batch bucket. Off unless
+    # asked or measured faster (build --device cuda): capture costs a run per bucket and pads partial batches.
     cuda_graph: bool = False
     cuda_conv: Mapping[str, CudaConv] = field(default_factory=dict)  # per graph name; unnamed graphs: CudaConv()
 
