@@ -1,12 +1,12 @@
 """INT8 accuracy against how much of each graph stays in float: the study behind calibration's light nodes.
 
-For each share S, every Conv/Gemm/MatMul carrying less than S of its graph's multiply-adds stays
-in float and the rest is quantized (minmax, symmetric Q/DQ, no sensitivity rounds: the light-node
+For each budget B, the lightest Conv/Gemm/MatMul nodes of each graph, together at most B of its
+multiply-adds, stay in float and the rest is quantized (minmax, symmetric Q/DQ, no sensitivity rounds: the light-node
 rule alone). Accuracy on held-back synthetic faces against FP32, all in ONNX Runtime on the CPU:
 the encoder's worst codes cosine, the synthesis' mean PSNR on held-back codes, and end to end
 (INT8 encoder → INT8 synthesis). Written to benchmarks/results/<cpu>-int8-<size>.{json,md}.
 
-    .venv/bin/python benchmarks/int8_light.py [--size 256] [--shares 0,1e-5,1e-3,1e-2]
+    .venv/bin/python benchmarks/int8_light.py [--size 256] [--budgets 0,0.001,0.01,0.05]
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def _quantized_runner(bundle_: Bundle, graph: str, path: Path):
     return backend, runner(backend)
 
 
-def study(root: Path, samples: int, shares: list[float]) -> list[dict]:
-    """One row per share: the float share of each graph's work and the held-back accuracy."""
+def study(root: Path, samples: int, budgets: list[float]) -> list[dict]:
+    """One row per budget: the float share of each graph's work and the held-back accuracy."""
     bundle_ = Bundle.open(root)
     with Pipeline.from_bundle(root) as fp32:
         data = make_calibration_set(fp32, synthetic=samples, holdout=0.25, seed=0)
@@ -51,17 +51,17 @@ def study(root: Path, samples: int, shares: list[float]) -> list[dict]:
     flops = {g: node_flops(bundle_.model_path(g), bundle_.record(g)) for g in GRAPHS}
     rows = []
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        for share in shares:
-            say(f"share {share:g}: quantizing the encoder and the synthesis")
-            row: dict = {"share": share}
+        for budget in budgets:
+            say(f"budget {budget:g}: quantizing the encoder and the synthesis")
+            row: dict = {"budget": budget}
             paths = {}
             for g in GRAPHS:
-                light = light_nodes(flops[g], share)
+                light = light_nodes(flops[g], budget)
                 row[f"{g}_float_share"] = sum(flops[g][n] for n in light) / sum(flops[g].values())
                 row[f"{g}_float_nodes"] = len(light)
                 src = bundle_.model_path(g)
                 feeds = sample_feeds(data.samples(g), g, bundle_.record(g).batch)
-                paths[g] = quantize(src, Path(tmp) / f"{g}-{share:g}.onnx", feeds, "minmax", light)
+                paths[g] = quantize(src, Path(tmp) / f"{g}-{budget:g}.onnx", feeds, "minmax", light)
             row.update(_accuracy(bundle_, paths, images, codes, ref_codes, ref_images, ref_e2e))
             rows.append(row)
     return rows
@@ -89,13 +89,13 @@ def markdown(rows: list[dict], size: int, samples: int, command: str) -> str:
         f"`{command}`. {samples} synthetic faces, a quarter held back; minmax, symmetric Q/DQ, no sensitivity "
         "rounds. Float share: the multiply-adds of the nodes left in float.",
         "",
-        "| light below | encoder float share (nodes) | synthesis float share (nodes) | encoder codes cosine (worst) "
+        "| light budget | encoder float share (nodes) | synthesis float share (nodes) | encoder codes cosine (worst) "
         "| synthesis PSNR dB | end-to-end PSNR dB |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['share']:.3%} | {r['encoder_float_share']:.2%} ({r['encoder_float_nodes']}) "
+            f"| {r['budget']:.1%} | {r['encoder_float_share']:.2%} ({r['encoder_float_nodes']}) "
             f"| {r['synthesis_float_share']:.2%} ({r['synthesis_float_nodes']}) | {r['encoder_cosine_min']:.4f} "
             f"| {r['synthesis_psnr_db']:.1f} | {r['end_to_end_psnr_db']:.1f} |"
         )
@@ -106,10 +106,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, choices=(256, 512, 1024))
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--shares", default="0,1e-5,1e-3,1e-2", help="comma-separated shares of a graph's work")
+    parser.add_argument("--budgets", default="0,0.001,0.01,0.05", help="comma-separated shares of a graph's work")
     args = parser.parse_args()
     root = bundle(checkpoint(args.size), "scaled")
-    rows = study(root, args.samples, [float(s) for s in args.shares.split(",")])
+    rows = study(root, args.samples, [float(s) for s in args.budgets.split(",")])
     name = f"-int8-{args.size}"
     path = save_json({"size": args.size, "samples": args.samples, "rows": rows}, name)
     report = RESULTS / f"{machine_slug()}{name}.md"

@@ -16,7 +16,7 @@ from ..graph_io import GRAPH_IO
 from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
 from .evaluate import open_graph, runner
 from .fp16 import decide, to_fp16
-from .int8 import LIGHT_SHARE, calibrate_int8, light_nodes
+from .int8 import LIGHT_BUDGET, calibrate_int8, light_nodes
 from .ranges import capture_ranges
 from .report import cosines, psnr_db
 
@@ -77,7 +77,7 @@ def make_int8(
         "method": best.method,
         "light": {
             "nodes": light,
-            "below": LIGHT_SHARE,
+            "budget": LIGHT_BUDGET,
             "flops_share": sum(flops[n] for n in light) / sum(flops.values()),
         },
         "kept_float": best.excluded,

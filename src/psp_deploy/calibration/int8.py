@@ -2,13 +2,13 @@
 
 Symmetric per-channel INT8 weights and symmetric per-tensor INT8 activations (zero
 points 0, as TensorRT requires), Q/DQ only around Conv, ConvTranspose, Gemm and MatMul.
-Light nodes stay in float from the start: each carries under LIGHT_SHARE of the graph's
-multiply-adds (squeeze-excitation 1×1 convs, the input conv, the style heads' smaller convs and
-linears, the modulations, ToRGB, the low-resolution layers; together ~6% of the encoder's work
-and ~1.5% of the synthesis'), so INT8 buys little speed there, and they are where it cost the
-most accuracy (benchmarks/results/*-int8-*.md). The calibration method is then picked by measured
-accuracy; nodes whose quantized outputs match the float ones worst (per-tensor SQNR) are
-kept in float, one round at a time, while that improves the held-back error.
+Light nodes stay in float from the start: the lightest nodes of a graph, together at most
+LIGHT_BUDGET of its multiply-adds (squeeze-excitation 1×1 convs, the input conv, the style
+heads' smaller convs and linears, the modulations, ToRGB, the low-resolution layers), so INT8
+gives up little speed there, and they are where it cost the most accuracy
+(benchmarks/results/*-int8-*.md). The calibration method is then picked by measured accuracy;
+nodes whose quantized outputs match the float ones worst (per-tensor SQNR) are kept in float,
+one round at a time, while that improves the held-back error.
 """
 
 from __future__ import annotations
@@ -29,13 +29,21 @@ from .data import FeedReader
 
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 METHODS = ("minmax", "entropy", "percentile")
-LIGHT_SHARE = 1e-2
+LIGHT_BUDGET = 0.05  # of a graph's multiply-adds: INT8 still runs at least 95% of the work
 
 
-def light_nodes(flops: dict[str, float], share: float = LIGHT_SHARE) -> list[str]:
-    """The nodes of ``flops`` (name → FLOPs) that each carry less than ``share`` of the total."""
-    total = sum(flops.values())
-    return [name for name, f in flops.items() if f < share * total]
+def light_nodes(flops: dict[str, float], budget: float = LIGHT_BUDGET) -> list[str]:
+    """The lightest nodes of ``flops`` (name → FLOPs) that together carry at most ``budget`` of the total.
+
+    A budget, not a per-node share: the encoder's 50 residual convs each carry ~1% of its work, so a
+    per-node threshold flips half of the graph to float with the number of style heads."""
+    total, spent, light = sum(flops.values()), 0.0, []
+    for name, f in sorted(flops.items(), key=lambda item: item[1]):
+        if spent + f > budget * total:
+            break
+        light.append(name)
+        spent += f
+    return light
 
 
 @dataclass

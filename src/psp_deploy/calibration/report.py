@@ -180,8 +180,8 @@ SHOWN_NODES = 12  # the rest are in the saved report
 
 def _light(light: dict[str, Any]) -> str:
     return (
-        f"{len(light['nodes'])} light nodes in float ({light['flops_share']:.2%} of the multiply-adds, "
-        f"each under {light['below']:.0%}: INT8 buys little speed there)"
+        f"{len(light['nodes'])} light nodes in float ({light['flops_share']:.2%} of the multiply-adds, within "
+        f"the {light['budget']:.0%} budget)"
     )
 
 
