@@ -245,6 +245,8 @@ def test_target_verdicts_name_the_passing_side():
         "end-to-end PSNR (mean) ≥ 28 dB: 26.5 MISSED by 1.5 dB",
         "encoder codes cosine (worst sample) ≥ 0.99: 0.9950 pass",
     ]
+    graphs[0].psnr_db = 27.98  # a miss the usual digits would round to nothing
+    assert report.targets()[0]["verdict"] == "end-to-end PSNR (mean) ≥ 28 dB: 27.980 MISSED by 0.020 dB"
     assert report.decision_lines() == [
         "synthesis: entropy calibration won (mean image PSNR (dB): minmax 25, entropy 26)",
         "synthesis: 2 light nodes in float (1.23% of the multiply-adds, within the 5% budget)",

@@ -30,11 +30,14 @@ class Target:
         return value >= self.bound if self.at_least else value <= self.bound
 
     def verdict(self, value: float) -> str:
-        """E.g. "synthesis PSNR ≥ 40 dB: 41.2 pass" or "...: 38.0 MISSED by 2.0 dB"."""
-        shown = f"{self.requirement()}: {value:.{self.digits}f}"
+        """E.g. "synthesis PSNR ≥ 40 dB: 41.2 pass" or "...: 38.0 MISSED by 2.0 dB"; a miss too small for
+        the usual digits gets two more ("27.980 MISSED by 0.020 dB", not "28.0 MISSED by 0.0 dB")."""
+        miss = abs(value - self.bound)
+        digits = self.digits if self.passes(value) or round(miss, self.digits) else self.digits + 2
+        shown = f"{self.requirement()}: {value:.{digits}f}"
         if self.passes(value):
             return f"{shown} pass"
-        return f"{shown} MISSED by {abs(value - self.bound):.{self.digits}f}{f' {self.unit}' if self.unit else ''}"
+        return f"{shown} MISSED by {miss:.{digits}f}{f' {self.unit}' if self.unit else ''}"
 
 
 def _cosine(graph: str) -> Target:
