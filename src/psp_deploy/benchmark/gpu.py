@@ -114,10 +114,10 @@ def _cuda_session_starts() -> bool:
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [value("x")], [value("y")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     try:
-        session = open_session(model.SerializeToString(), "probe", BackendOptions(device="cuda"))
-    except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail):
+        open_session(model.SerializeToString(), "probe", BackendOptions(device="cuda"))
+    except (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail, BackendUnavailableError):
         return False
-    return session.get_providers()[0] == CUDA_EP
+    return True
 
 
 @functools.cache
@@ -125,14 +125,12 @@ def cuda_problem() -> str | None:
     """Why ONNX Runtime cannot run on an NVIDIA GPU here, or None when it can."""
     if not nvidia_gpu_present():
         return f"no NVIDIA GPU here (nvidia-smi lists none and {NVIDIA_PROC} is empty or absent)"
-    import onnxruntime as ort
+    from ..runtime.backends.onnxruntime import check_device
 
-    if CUDA_EP not in ort.get_available_providers():
-        return (
-            f"onnxruntime {ort.__version__} has no {CUDA_EP} (providers: {', '.join(ort.get_available_providers())}): "
-            "install onnxruntime-gpu in place of onnxruntime, which shares its module name "
-            "(pip uninstall -y onnxruntime onnxruntime-gpu; pip install onnxruntime-gpu)"
-        )
+    try:
+        check_device("cuda")
+    except BackendUnavailableError as err:
+        return str(err)
     if not _cuda_session_starts():
         return (
             f"onnxruntime-gpu lists {CUDA_EP} but it did not start: the CUDA and cuDNN libraries it was built for "

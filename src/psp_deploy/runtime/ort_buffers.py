@@ -90,9 +90,8 @@ class Buffer:
         self.value.update_inplace(self._staging)
 
     def rows(self, rows: int) -> np.ndarray:
-        """A copy of the first rows (device buffers: through one download of the whole buffer)."""
-        whole = self.view() if self.where == "cpu" else self.value.numpy()
-        return np.array(whole[:rows])
+        """A copy of the first rows (device buffers: one download of the whole buffer, already a copy)."""
+        return self.view()[:rows].copy() if self.where == "cpu" else self.value.numpy()[:rows]
 
 
 class Buffers:

@@ -137,7 +137,14 @@ def open_session(
     check_device(options.device)
     source = model if isinstance(model, bytes) else str(model)
     providers = provider_options(graph, options)
-    return ort.InferenceSession(source, session_options(options.threads, optimize), providers=providers)
+    session = ort.InferenceSession(source, session_options(options.threads, optimize), providers=providers)
+    if options.device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        # onnxruntime-gpu without the CUDA libraries it was built for lists the provider, then falls back
+        raise BackendUnavailableError(
+            "onnxruntime-gpu lists its CUDA provider but it did not start: the CUDA and cuDNN libraries it was "
+            "built for are missing or do not match the driver (ONNX Runtime's log above names what failed)"
+        )
+    return session
 
 
 def run_options(graph_id: int) -> ort.RunOptions:
@@ -175,7 +182,6 @@ class OnnxRuntimeBackend(Backend):
     ):
         super().__init__(path, record, graph)
         self.options = options or BackendOptions()
-        self.device = self.options.device
         try:
             self.session = open_session(path, graph, self.options, optimize=not preoptimized)
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as err:
@@ -206,7 +212,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]
-        if self.device == "cpu":
+        if self.options.device == "cpu":
             return dict(zip(names, self.session.run(names, feeds), strict=True))
         binding = self.session.io_binding()
         for name, value in feeds.items():

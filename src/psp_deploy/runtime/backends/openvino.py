@@ -71,7 +71,12 @@ class OpenVINOBackend(Backend):
     @classmethod
     def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> OpenVINOBackend:
         """The blob `build` exported when it fits this machine and these settings, else the ONNX
-        graph compiled with the user's cache (keyed by the graph's sha256)."""
+        graph compiled with the user's cache (keyed by the graph's sha256). A GPU device is refused: the
+        user asked for the GPU and this would run on the CPU."""
+        if options.device != "cpu":
+            raise BackendUnavailableError(
+                f"openvino runs on the CPU, not {options.device}: use --backend onnxruntime or tensorrt"
+            )
         record = resolved.record
         path = bundle.model_path(resolved.graph, record.precision)
         backend = cls(
