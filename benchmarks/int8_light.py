@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from common import RESULTS, bundle, checkpoint, save_json, say
 
 from psp_deploy.benchmark.flops import node_flops
@@ -25,18 +24,13 @@ from psp_deploy.calibration.convert import sample_feeds
 from psp_deploy.calibration.data import make_calibration_set
 from psp_deploy.calibration.evaluate import open_graph, runner
 from psp_deploy.calibration.int8 import light_nodes, quantize
-from psp_deploy.calibration.report import cosines, psnr_db
+from psp_deploy.calibration.report import code_accuracy, image_accuracy
 from psp_deploy.files import atomic_file
 from psp_deploy.machine import machine_slug
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
 GRAPHS = ("encoder", "synthesis")
-
-
-def _quantized_runner(bundle_: Bundle, graph: str, path: Path):
-    backend = OnnxRuntimeBackend(path, bundle_.record(graph), graph)
-    return backend, runner(backend)
 
 
 def study(root: Path, samples: int, budgets: list[float]) -> list[dict]:
@@ -68,17 +62,14 @@ def study(root: Path, samples: int, budgets: list[float]) -> list[dict]:
 
 
 def _accuracy(bundle_: Bundle, paths: dict, images, codes, ref_codes, ref_images, ref_e2e) -> dict:
-    latent_avg = bundle_.latent_avg()
-    enc, run_enc = _quantized_runner(bundle_, "encoder", paths["encoder"])
-    syn, run_syn = _quantized_runner(bundle_, "synthesis", paths["synthesis"])
-    with enc, syn:
-        test_codes = run_enc(images)
-        images_q, e2e_q = run_syn(codes), run_syn(test_codes)
-    mean_psnr = lambda a, b: float(np.mean([psnr_db(x, y) for x, y in zip(a, b, strict=True)]))  # noqa: E731
-    return {
-        "encoder_cosine_min": float(cosines(ref_codes - latent_avg, test_codes - latent_avg).min()),
-        "synthesis_psnr_db": mean_psnr(ref_images, images_q),
-        "end_to_end_psnr_db": mean_psnr(ref_e2e, e2e_q),
+    opened = {g: OnnxRuntimeBackend(paths[g], bundle_.record(g), g) for g in GRAPHS}
+    with opened["encoder"] as encoder, opened["synthesis"] as synthesis:
+        test_codes = runner(encoder)(images)
+        images_q, e2e_q = runner(synthesis)(codes), runner(synthesis)(test_codes)
+    return {  # the calibration report's own measures
+        "encoder_cosine_min": code_accuracy(ref_codes, test_codes, bundle_.latent_avg()).cosine_min,
+        "synthesis_psnr_db": image_accuracy("synthesis", ref_images, images_q).psnr_db,
+        "end_to_end_psnr_db": image_accuracy("end-to-end", ref_e2e, e2e_q).psnr_db,
     }
 
 

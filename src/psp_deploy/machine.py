@@ -101,6 +101,7 @@ def parse_nvidia_smi(query: str, banner: str) -> dict[str, Any]:
     return facts
 
 
+@functools.cache
 def nvidia_smi() -> dict[str, Any]:
     query = _smi(f"--query-gpu={','.join(SMI_QUERY)}", "--format=csv,noheader,nounits")
     return parse_nvidia_smi(query, _smi() if query else "")

@@ -5,7 +5,6 @@ seconds; the properties do not depend on the size.
 """
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from skimage import data
 
@@ -19,13 +18,6 @@ from psp_deploy.runtime.ort_buffers import pinned_memory
 from psp_deploy.runtime.preprocess import preprocess_rgb, to_uint8
 from tests.runtime.test_device_io import adversarial_floats
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        "CUDAExecutionProvider" not in ort.get_available_providers(),
-        reason="needs onnxruntime-gpu with its CUDAExecutionProvider and an NVIDIA GPU",
-    ),
-]
 CUDA = BackendOptions(device="cuda")
 PLAIN = [RunOptions(align=False)] * 3
 

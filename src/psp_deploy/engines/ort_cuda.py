@@ -10,7 +10,6 @@ device, at the batch asked for; the record keeps every candidate's time beside t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -37,20 +36,14 @@ def _label(conv: CudaConv, cuda_graph: bool) -> str:
 def time_candidate(path: Path, record: ModelRecord, graph: str, options: BackendOptions, batch: int) -> float:
     """Median milliseconds of one run of ``graph`` with ``options``, bound on the device at ``batch``."""
     from ..benchmark.device import BoundGraph
+    from ..benchmark.timing import measure
 
     session = open_session(path, graph, options)
     spec = record.inputs[0]
     shape = [batch if d == BATCH else int(d) for d in spec.shape]
     feed = np.random.default_rng(0).standard_normal(shape).astype(spec.dtype)
     bound = BoundGraph(session, {spec.name: feed}, record.outputs, "cuda")
-    for _ in range(WARMUP):
-        bound()
-    times = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        bound()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    return measure(bound, WARMUP, RUNS).p50 * 1e3
 
 
 def tune_graph(
