@@ -135,7 +135,7 @@ def test_make_gpu_check_refuses_a_machine_without_a_cuda_gpu():
     run = subprocess.run(["make", "gpu-check", f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2, run.stderr  # make passes the script's exit code 2 on as its own
     assert f"gpu-check: this machine cannot run the GPU check: {NO_CUDA}" in run.stderr
-    assert "[1/7] preflight" in run.stderr and "[2/7]" not in run.stderr
+    assert "[1/8] preflight" in run.stderr and "[2/8]" not in run.stderr
 
 
 def test_graphs_bound_once_compute_what_the_backend_does(bundles):

@@ -116,7 +116,8 @@ def test_measured_cuda_settings_are_recorded_and_used(bundle_copy, inputs):
     engines = build_engines(bundle_copy, "onnxruntime", device="cuda")
     assert {e.graph for e in engines} == {"encoder", "synthesis"}
     for e in engines:
-        assert len(e.details["timings_ms"]) == 4 and e.details["gpu"] and e.details["tf32"] is False
+        tried = set(e.details["timings_ms"]) | set(e.details["failed"])  # ONNX Runtime may refuse a capture
+        assert len(tried) == 4 and e.details["timings_ms"] and e.details["gpu"] and e.details["tf32"] is False
     with Pipeline.from_bundle(bundle_copy, options=CUDA, max_batch=4) as tuned:
         for e in engines:
             cuda = tuned.nets[e.graph].session.get_provider_options()["CUDAExecutionProvider"]

@@ -10,6 +10,7 @@ row. The same code runs on a CPU with "cpu" OrtValues.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,18 +20,30 @@ from ..bundle import BATCH, TensorSpec
 
 # The graphs each stage runs, in order (e2e without style mixing never runs the mapping).
 STAGE_GRAPHS = {"encode": ("encoder",), "synthesize": ("synthesis",), "e2e": ("encoder", "synthesis")}
+# CUDA graph ids of bound graphs, one each and apart from the resident chain's (its batch sizes): a session
+# replays whatever graph an id captured first, with that capture's buffers and shapes.
+GRAPH_IDS = itertools.count(1_000_000)
 
 
 class BoundGraph:
     """One session with its inputs and outputs bound on ``device``; calling it runs the graph once and
     waits for its outputs. Outputs are allocated once from their declared specs (the manifest's shapes
-    with the batch filled in)."""
+    with the batch filled in). On a session that ``captures`` CUDA graphs, it replays its own."""
 
-    def __init__(self, session: Any, feeds: Mapping[str, np.ndarray], outputs: list[TensorSpec], device: str) -> None:
+    def __init__(
+        self,
+        session: Any,
+        feeds: Mapping[str, np.ndarray],
+        outputs: list[TensorSpec],
+        device: str,
+        captures: bool = False,
+    ) -> None:
+        from ..runtime.backends.onnxruntime import run_options
         from ..runtime.ort_buffers import Buffers  # the runtime's own bound buffers, as the resident chain binds them
 
         batch = len(next(iter(feeds.values())))
         self.session, self.binding = session, session.io_binding()
+        self.run_options = run_options(next(GRAPH_IDS)) if captures else None
         self.buffers = buffers = Buffers(device)  # kept: the binding holds their addresses, not the memory
         for name, value in feeds.items():
             buffer = buffers.on_device(name, value.shape, value.dtype.type)
@@ -46,7 +59,7 @@ class BoundGraph:
     def __call__(self) -> None:
         # Run synchronises the execution providers at its end (ONNX Runtime's default); synchronising the
         # bound outputs as well keeps the call complete should a provider's Run return earlier.
-        self.session.run_with_iobinding(self.binding)
+        self.session.run_with_iobinding(self.binding, self.run_options)
         self.binding.synchronize_outputs()
 
 
@@ -72,7 +85,8 @@ def stage_graphs(
         value, fixed = feeds[graph], net.record.batch
         if fixed:
             value = np.resize(value, (fixed, *value.shape[1:]))
-        bound = BoundGraph(net.session, {net.record.inputs[0].name: value}, net.record.outputs, device)
+        feed = {net.record.inputs[0].name: value}
+        bound = BoundGraph(net.session, feed, net.record.outputs, device, getattr(net, "captures", False))
         runs += [bound] * (-(-batch // fixed) if fixed else 1)
 
     def run() -> None:

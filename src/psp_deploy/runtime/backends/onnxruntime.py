@@ -103,6 +103,17 @@ def check_device(device: str) -> None:
             "onnxruntime-gpu in place of onnxruntime, which shares its module name (pip uninstall -y onnxruntime "
             "onnxruntime-gpu; pip install onnxruntime-gpu), or use --device cpu"
         )
+    if device == "cuda":
+        preload_cuda_libraries()
+
+
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of pip's nvidia-* packages (onnxruntime-gpu[cuda,cudnn], or torch's)
+    before the first CUDA session: the CUDA provider finds them only once loaded, as ONNX Runtime documents.
+    Libraries on the system's search path (LD_LIBRARY_PATH) are loaded from there."""
+    if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu 1.21 and later
+        ort.preload_dlls()
 
 
 def captures(graph: str, options: BackendOptions) -> bool:
