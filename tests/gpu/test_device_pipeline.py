@@ -65,6 +65,14 @@ def test_gpu_fp32_matches_cpu_fp32(gpu, root, inputs):
             assert psnr_db(cpu_image, gpu_image) >= 50, name
 
 
+def assert_same_image(device: np.ndarray, host: np.ndarray) -> None:
+    """Two runs of one session agree to a level at a few pixels: cuDNN does not promise bit-reproducible results
+    between runs, and a float that moves across a level boundary truncates to the next level (seen on an H200: 1
+    pixel in 12288 off by one). The conversion itself is exact (test_the_small_graphs_are_exact_on_the_gpu)."""
+    differ = device.astype(np.int16) - host
+    assert np.abs(differ).max() <= 1 and np.count_nonzero(differ) <= max(1, differ.size // 1000)
+
+
 def test_device_path_equals_the_host_conversion_of_the_same_sessions(gpu, inputs):
     rows = [RunOptions(align=False), RunOptions(align=False, resize=True), RunOptions(align=False)]
     done = gpu.generate(inputs[0], rows)
@@ -73,7 +81,7 @@ def test_device_path_equals_the_host_conversion_of_the_same_sessions(gpu, inputs
     image, pooled = gpu.synthesize(codes)
     for k, (out, row) in enumerate(zip(done.outputs, rows, strict=True)):
         np.testing.assert_array_equal(out.codes, codes[k])  # the device normalises exactly as the host
-        np.testing.assert_array_equal(out.images, to_uint8((pooled if row.resize else image)[k : k + 1]))
+        assert_same_image(out.images, to_uint8((pooled if row.resize else image)[k : k + 1]))
 
 
 def test_cuda_graph_path_equals_the_plain_path(root, inputs):
@@ -86,11 +94,11 @@ def test_cuda_graph_path_equals_the_plain_path(root, inputs):
         image = graphed.synthesize(padded(codes, 4))[0][:3]
         for done in runs:
             np.testing.assert_array_equal(np.stack([o.codes for o in done.outputs]), codes)
-            np.testing.assert_array_equal(np.concatenate([o.images for o in done.outputs]), to_uint8(image))
+            assert_same_image(np.concatenate([o.images for o in done.outputs]), to_uint8(image))
         mixing = [RunOptions(align=False, latent_mask=(8, 9), seed=0, n_outputs=2)]  # mixed codes uploaded: bucket 2
         mixed = [graphed.generate(inputs[0][:1], mixing).outputs[0] for _ in range(3)]
         for out in mixed:
-            np.testing.assert_array_equal(out.images, to_uint8(graphed.synthesize(out.mixed)[0]))
+            assert_same_image(out.images, to_uint8(graphed.synthesize(out.mixed)[0]))
 
 
 def test_tf32_is_off_unless_asked_and_reaches_every_session(gpu, root):
@@ -105,9 +113,11 @@ def test_tf32_is_off_unless_asked_and_reaches_every_session(gpu, root):
 
 
 def test_host_buffers_are_page_locked(gpu, inputs):
-    assert pinned_memory() is not None, "this onnxruntime-gpu offers no page-locked host memory: buffers are pageable"
+    """From ONNX Runtime's CUDA host allocator where it offers one, else from the CUDA runtime (cuda-python)."""
     gpu.generate(inputs[0][:1], PLAIN[:1])
-    assert gpu.describe()["pinned_host"]
+    assert gpu.describe()["pinned_host"], "neither ONNX Runtime nor cuda-python offers page-locked host memory here"
+    buffers = gpu.resident.buffers
+    assert buffers.runtime_pinned == (pinned_memory() is None)
 
 
 def test_measured_cuda_settings_are_recorded_and_used(bundle_copy, inputs):

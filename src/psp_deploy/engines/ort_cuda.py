@@ -38,7 +38,7 @@ def time_candidate(path: Path, record: ModelRecord, graph: str, options: Backend
     from ..benchmark.device import BoundGraph
     from ..benchmark.timing import measure
 
-    session = open_session(path, graph, options)
+    session = open_session(path, graph, options, precision=record.precision)
     spec = record.inputs[0]
     shape = [batch if d == BATCH else int(d) for d in spec.shape]
     feed = np.random.default_rng(0).standard_normal(shape).astype(spec.dtype)

@@ -5,9 +5,11 @@ first use and never reallocated: nothing is allocated per call, and the addresse
 graph recorded stay valid. A call binds the first rows of a buffer, by pointer, with its own shape
 (rows of a C-ordered tensor are contiguous from its start).
 
-Host buffers are page-locked on CUDA where ONNX Runtime offers its CUDA provider's host-accessible
-memory (an OrtEpDevice's HOST_ACCESSIBLE allocator), so copies to and from the GPU run at full bus
-speed with no staging copy of the driver's; elsewhere, and on CPU, they are plain host memory.
+Host buffers are page-locked on CUDA, so copies to and from the GPU run at full bus speed with no
+staging copy of the driver's: from ONNX Runtime's CUDA provider's host-accessible memory (an
+OrtEpDevice's HOST_ACCESSIBLE allocator) where it offers one, else from the CUDA runtime through
+cuda-python (onnxruntime-gpu 1.31.1 registers no EP device for its CUDA provider: seen on an H200).
+Without either, and on CPU, they are plain host memory.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import inspect
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +51,28 @@ def _allocates(memory: Any | None) -> Any | None:
     except Exception:  # noqa: BLE001 - ONNX Runtime's error types are not one hierarchy; any failure means "no"
         return None
     return memory
+
+
+def cuda_runtime_pinned(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A numpy array over page-locked memory from the CUDA runtime, freed when the array is."""
+    from .backends.cuda_memory import check, cudart
+
+    rt, nbytes = cudart(), int(np.prod(shape)) * np.dtype(dtype).itemsize
+    pointer = check(rt.cudaMallocHost(max(nbytes, 1)))
+    raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(int(pointer))
+    weakref.finalize(raw, rt.cudaFreeHost, pointer)  # raw lives as long as any view of the array
+    return np.frombuffer(raw, np.uint8, count=nbytes).view(dtype).reshape(shape)
+
+
+def _cuda_runtime_available() -> bool:
+    from ..errors import BackendUnavailableError
+    from .backends.cuda_memory import cudart
+
+    try:
+        cudart()
+    except BackendUnavailableError:
+        return False
+    return True
 
 
 @dataclass
@@ -100,7 +125,8 @@ class Buffers:
     def __init__(self, device: str) -> None:
         self.device = device
         self.host_memory = _allocates(pinned_memory()) if device == "cuda" else None
-        self.pinned = self.host_memory is not None
+        self.runtime_pinned = device == "cuda" and self.host_memory is None and _cuda_runtime_available()
+        self.pinned = self.host_memory is not None or self.runtime_pinned
         self._buffers: dict[str, Buffer] = {}
 
     def on_device(self, role: str, capacity: Sequence[int], dtype: type) -> Buffer:
@@ -118,6 +144,8 @@ class Buffers:
             where = "cpu" if on_host else self.device
             if on_host and self.host_memory is not None:
                 value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, memory_info=self.host_memory)
+            elif on_host and self.runtime_pinned:  # the OrtValue wraps the array, and keeps it alive
+                value = ort.OrtValue.ortvalue_from_numpy(cuda_runtime_pinned(shape, dtype))
             else:
                 value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, where, CUDA_DEVICE_ID)
             self._buffers[role] = Buffer(value, where, np.dtype(dtype), shape)

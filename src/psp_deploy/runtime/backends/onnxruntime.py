@@ -121,18 +121,27 @@ def captures(graph: str, options: BackendOptions) -> bool:
     return options.device == "cuda" and options.cuda_graph and graph in CAPTURED
 
 
-def provider_options(graph: str, options: BackendOptions) -> list[tuple[str, dict[str, str]]]:
+def uses_tf32(precision: str, options: BackendOptions) -> bool:
+    """Whether a session of a ``precision`` graph runs ONNX Runtime's CUDA provider with use_tf32 on.
+
+    Off for FP32 graphs unless asked: ONNX Runtime's default is on, which makes "fp32" mean TF32. On for FP16
+    graphs: use_tf32=0 also keeps cuDNN off the tensor cores for FP16 convolutions (onnxruntime-gpu 1.31.1 on
+    an H200: the FP16 encoder took 65.8 ms at batch 8 with it off and 12.4 ms with it on; see
+    benchmarks/results/nvidia-h200-profile.md). There it touches only the nodes the calibration kept in FP32."""
+    return options.tf32 or precision == "fp16"
+
+
+def provider_options(graph: str, options: BackendOptions, precision: str = "fp32") -> list[tuple[str, dict[str, str]]]:
     """The execution providers of one graph's session, with their options: the one place they are chosen.
 
-    On CUDA every choice is explicit, so what ran is what the session reports: TF32 off unless asked
-    (ONNX Runtime's default is on, which makes "fp32" mean TF32), CUDA graphs for the graphs the
-    pipeline runs at fixed shapes when asked, and the graph's convolution settings."""
+    On CUDA every choice is explicit, so what ran is what the session reports: TF32 (uses_tf32), CUDA graphs
+    for the graphs the pipeline runs at fixed shapes when asked, and the graph's convolution settings."""
     if options.device == "cpu":
         return [("CPUExecutionProvider", {})]
     conv = options.cuda_conv.get(graph, CudaConv())
     cuda = {
         "device_id": str(CUDA_DEVICE_ID),
-        "use_tf32": str(int(options.tf32)),
+        "use_tf32": str(int(uses_tf32(precision, options))),
         "enable_cuda_graph": str(int(captures(graph, options))),
         "cudnn_conv_algo_search": conv.algo_search,
         "prefer_nhwc": str(int(conv.prefer_nhwc)),
@@ -141,13 +150,14 @@ def provider_options(graph: str, options: BackendOptions) -> list[tuple[str, dic
 
 
 def open_session(
-    model: Path | bytes, graph: str, options: BackendOptions, *, optimize: bool = True
+    model: Path | bytes, graph: str, options: BackendOptions, *, optimize: bool = True, precision: str = "fp32"
 ) -> ort.InferenceSession:
-    """A session over a model file (or a model's bytes) with ``graph``'s providers. ``optimize`` False
-    runs the graph as written: an optimized model saved by `build`, or a formula that must stay exact."""
+    """A session over a model file (or a model's bytes) with the providers of ``graph`` at ``precision``.
+    ``optimize`` False runs the graph as written: an optimized model saved by `build`, or a formula that must
+    stay exact."""
     check_device(options.device)
     source = model if isinstance(model, bytes) else str(model)
-    providers = provider_options(graph, options)
+    providers = provider_options(graph, options, precision)
     session = ort.InferenceSession(source, session_options(options.threads, optimize), providers=providers)
     if options.device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         # onnxruntime-gpu without the CUDA libraries it was built for lists the provider, then falls back
@@ -194,7 +204,9 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(path, record, graph)
         self.options = options or BackendOptions()
         try:
-            self.session = open_session(path, graph, self.options, optimize=not preoptimized)
+            self.session = open_session(
+                path, graph, self.options, optimize=not preoptimized, precision=record.precision
+            )
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as err:
             raise BundleError(f"{path}: ONNX Runtime cannot load it: {err}") from err
         # A session that captures CUDA graphs must be fed device buffers at fixed addresses; numpy
