@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import onnxruntime
+
 ISA_FLAGS = (
     "avx2",
     "fma",
@@ -66,6 +68,9 @@ def library_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    # The module that runs, not the distribution named onnxruntime: onnxruntime-gpu installs the same module,
+    # and a CPU onnxruntime left beside it would be reported instead (seen on an H200: 1.30.0 for 1.31.1).
+    versions["onnxruntime"] = onnxruntime.__version__
     return versions
 
 
