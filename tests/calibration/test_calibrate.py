@@ -16,6 +16,7 @@ from psp_deploy.benchmark.flops import node_flops
 from psp_deploy.bundle import GRAPHS, Bundle
 from psp_deploy.calibration import calibrate_bundle
 from psp_deploy.calibration.calibrate import make_fp16
+from psp_deploy.calibration.convert import _int8_score
 from psp_deploy.calibration.data import make_calibration_set
 from psp_deploy.calibration.fp16 import Fp16Decisions, decide, to_fp16
 from psp_deploy.calibration.int8 import QUANTIZED_OPS
@@ -163,6 +164,43 @@ def test_engines_are_recorded_at_the_precision_each_graph_runs(bundle_copy):
     }
     with Pipeline.from_bundle(bundle_copy, precision="int8") as pipeline:
         assert {g: net.path.parent.name for g, net in pipeline.nets.items()} == dict.fromkeys(GRAPHS, "onnxruntime")
+
+
+def _fixed_codes_encoder(x: str, codes_name: str, codes: np.ndarray) -> onnx.ModelProto:
+    """An "encoder" whose output is ``codes`` for every input image (its input only sets the batch)."""
+    nodes = [
+        helper.make_node("ReduceMean", [x], ["mean"], keepdims=1, axes=[1, 2, 3]),
+        helper.make_node("Reshape", ["mean", "shape"], ["per_row"]),
+        helper.make_node("Mul", ["per_row", "zero"], ["nothing"]),
+        helper.make_node("Add", ["nothing", "fixed"], [codes_name]),
+    ]
+    constants = [
+        numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape"),
+        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        numpy_helper.from_array(codes[None].astype(np.float32), "fixed"),
+    ]
+    inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["n", 3, 256, 256])]
+    outputs = [helper.make_tensor_value_info(codes_name, TensorProto.FLOAT, ["n", *codes.shape])]
+    graph = helper.make_graph(nodes, "fixed_codes", inputs, outputs, constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_int8_encoder_attempts_are_scored_by_the_images_of_their_codes(bundles, tmp_path):
+    """An encoder attempt scores the PSNR of the images the FP32 synthesis makes of its codes (the gate is end
+    to end), not the codes' own agreement."""
+    bundle = bundles("rgb-scaled")[0]
+    photo = data.astronaut()
+    with Pipeline.from_bundle(bundle.root) as fp32:
+        x = np.stack([fp32.prepare(p, align=False)[0] for p in (photo, photo[:, ::-1].copy())])
+        codes = fp32.encode(x)
+        shifted = codes[0] + np.random.default_rng(0).standard_normal(codes[0].shape).astype(np.float32) * 0.1
+        reference, images = fp32.synthesize(codes)[0], fp32.synthesize(np.stack([shifted, shifted]))[0]
+    record = bundle.record("encoder")
+    attempt = tmp_path / "attempt.onnx"
+    onnx.save(_fixed_codes_encoder(record.inputs[0].name, record.outputs[0].name, shifted), attempt)
+    with _int8_score(bundle, "encoder", x) as score:
+        expected = np.mean([psnr_db(r, t) for r, t in zip(reference, images, strict=True)])
+        assert score(attempt) == pytest.approx(expected, abs=1e-3) and expected < 60
 
 
 def test_int8_refuses_a_grouped_synthesis(bundle_copy):
