@@ -66,7 +66,8 @@ NOTES = [
     "the same graphs' ONNX Runtime sessions with inputs and outputs bound on the GPU (I/O binding); `host overhead` "
     "is their difference: what the pipeline spends outside the graphs (copies, pre- and post-processing).",
     "- Every timed call ends with a device-wide CUDA synchronise. FP32 is IEEE FP32 (TF32 off) for ONNX Runtime "
-    "and torch alike.",
+    "and torch alike. ONNX Runtime's FP16 graphs run with its use_tf32 on, which FP16 tensor-core convolutions "
+    "need there: the FP32 nodes they keep may run TF32.",
     "- `torch-official` is the official algorithm (grouped modconv, reference upfirdn2d, unfused activations) in "
     "eager torch on the same GPU; its fp16 rows run the FP32 model under torch.autocast(float16).",
     "- FP16 graphs were calibrated on 4 synthetic faces (`psp-deploy calibrate --precision fp16 --synthetic 4`); "

@@ -17,8 +17,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import onnxruntime
-
 ISA_FLAGS = (
     "avx2",
     "fma",
@@ -70,6 +68,11 @@ def library_versions() -> dict[str, str]:
             continue
     # The module that runs, not the distribution named onnxruntime: onnxruntime-gpu installs the same module,
     # and a CPU onnxruntime left beside it would be reported instead (seen on an H200: 1.30.0 for 1.31.1).
+    # Imported here: this module describes machines that may lack it (make gpu-check's preflight).
+    try:
+        import onnxruntime
+    except ImportError:
+        return versions
     versions["onnxruntime"] = onnxruntime.__version__
     return versions
 

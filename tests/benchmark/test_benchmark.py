@@ -16,7 +16,7 @@ from psp_deploy.benchmark.device import BoundGraph
 from psp_deploy.benchmark.flops import graph_flops
 from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug
 from psp_deploy.benchmark.harness import busy_rows
-from psp_deploy.benchmark.report import latency_table, speedup_section, warnings_section
+from psp_deploy.benchmark.report import latency_table, speedup_section, tf32_line, warnings_section
 from psp_deploy.benchmark.timing import measure
 from psp_deploy.bundle import ModelRecord, TensorSpec
 from psp_deploy.cli import app
@@ -136,6 +136,25 @@ def test_make_gpu_check_refuses_a_machine_without_a_cuda_gpu():
     assert run.returncode == 2, run.stderr  # make passes the script's exit code 2 on as its own
     assert f"gpu-check: this machine cannot run the GPU check: {NO_CUDA}" in run.stderr
     assert "[1/8] preflight" in run.stderr and "[2/8]" not in run.stderr
+
+
+def test_gpu_check_refuses_cleanly_where_onnxruntime_is_missing():
+    # make gpu-check runs with the system's Python, which may have no onnxruntime at all: exit 2, not a traceback
+    hide = "import runpy, sys; sys.modules['onnxruntime'] = None; sys.argv = ['gpu_check.py']; "
+    run = subprocess.run(
+        [sys.executable, "-c", hide + "runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "gpu-check: this machine cannot run the GPU check:" in run.stderr, run.stderr
+
+
+def test_tf32_line_says_what_ran():
+    asked_off = {"tf32": False, "backends": ["onnxruntime"], "precisions": ["fp32"]}
+    assert tf32_line(asked_off) == "off for FP32 graphs (IEEE FP32)"
+    assert "FP16 graphs run with use_tf32 on" in tf32_line({**asked_off, "precisions": ["fp32", "fp16"]})
+    assert tf32_line({**asked_off, "tf32": True}) == "on"
 
 
 def test_graphs_bound_once_compute_what_the_backend_does(bundles):

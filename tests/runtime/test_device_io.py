@@ -159,6 +159,21 @@ def test_fp16_graphs_keep_tensor_cores_on_cuda():
     assert use_tf32 == {"fp32": "0", "fp16": "1", "int8": "0"}
 
 
+def test_a_graph_s_precision_reaches_its_session_options(monkeypatch, tmp_path):
+    """The backend hands its record's precision to the one place that chooses provider options."""
+    import psp_deploy.runtime.backends.onnxruntime as backend
+    from psp_deploy.bundle import ModelRecord, TensorSpec
+
+    asked = []
+    choose = backend.provider_options
+    monkeypatch.setattr(backend, "provider_options", lambda *args: asked.append(args[2:]) or choose(*args))
+    path = tmp_path / "to_uint8.onnx"
+    path.write_bytes(to_uint8_graph())
+    floats, pixels = TensorSpec("floats", ("batch", 3, 8, 8)), TensorSpec("pixels", ("batch", 8, 8, 3), "uint8")
+    with backend.OnnxRuntimeBackend(path, ModelRecord(path.name, "", "fp16", 18, [floats], [pixels]), "synthesis"):
+        assert asked == [("fp16",)]
+
+
 def test_tf32_and_cuda_graphs_reach_the_cuda_options_when_asked():
     asked = BackendOptions(device="cuda", tf32=True, cuda_graph=True)
     chosen = {graph: provider_options(graph, asked)[0][1] for graph in ("encoder", "mapping", "synthesis", "to_uint8")}

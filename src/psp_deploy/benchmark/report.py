@@ -236,10 +236,18 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
             f"{gpu.get('memory_mib', '?')} MiB, compute capability {gpu.get('compute_capability', '?')}",
             f"- CUDA builds: onnxruntime {ort['version']} ({ort['package']}, CUDA {ort.get('cuda') or '?'}), "
             f"torch {torch.get('version', 'absent')} (CUDA {torch.get('cuda') or '?'})",
-            f"- TF32: {'on' if results['settings'].get('tf32') else 'off (IEEE FP32)'}; every timed call ends with "
+            f"- TF32: {tf32_line(results['settings'])}; every timed call ends with "
             f"{results.get('synchronised_by') or 'host results (no device synchronise was available)'}",
         ]
     return lines
+
+
+def tf32_line(settings: dict[str, Any]) -> str:
+    """The TF32 mode as it ran: FP16 graphs run ONNX Runtime's use_tf32 on whatever was asked (uses_tf32)."""
+    fp32 = "on" if settings.get("tf32") else "off for FP32 graphs (IEEE FP32)"
+    if "fp16" in settings.get("precisions", ()) and "onnxruntime" in settings.get("backends", ()):
+        return f"{fp32}; ONNX Runtime's FP16 graphs run with use_tf32 on (the FP32 nodes they keep may run TF32)"
+    return fp32
 
 
 def write_report(results: dict[str, Any], out: Path, stem: str, command: str, notes: list[str] | None = None) -> Path:

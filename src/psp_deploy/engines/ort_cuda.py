@@ -2,10 +2,12 @@
 chosen by timing them on this GPU and recorded in the bundle (the runtime applies them on this GPU
 only, as TensorRT plans are: onnxruntime.py's ``tuned_options``).
 
-Which is faster depends on the graph and the GPU: on an H200 NHWC convolutions sped the encoder up
-and slowed the synthesis, and replaying a captured CUDA graph saved ~10% of the synthesis at batch 1
-(issue 18's measurements). Each candidate is timed as the graph alone, input and output bound on the
-device, at the batch asked for; the record keeps every candidate's time beside the choice.
+Which is faster depends on the graph, its precision and the GPU: on an H200 NHWC convolutions sped
+the FP16 encoder up and slowed the synthesis, and replaying a captured CUDA graph saved ~10% of the
+synthesis at batch 1 (issue 18's measurements); with TF32 off, NHWC slowed both FP32 graphs
+(benchmarks/results/nvidia-h200-cuda-settings.json). Each candidate is timed as the graph alone,
+input and output bound on the device, at the batch asked for; the record keeps every candidate's time
+beside the choice.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..bundle import BATCH, ModelRecord
 from ..errors import EngineError
-from ..runtime.backends.onnxruntime import RUN_ERRORS, cuda_key, open_session
+from ..runtime.backends.onnxruntime import RUN_ERRORS, cuda_key, open_session, uses_tf32
 from ..runtime.backends.options import BackendOptions, CudaConv
 
 # NCHW or NHWC convolutions, each with and without CUDA-graph replay; cuDNN picks its algorithms by
@@ -71,7 +73,7 @@ def tune_graph(
         "chosen": _label(conv, cuda_graph),
         "cuda_conv": asdict(conv),
         "cuda_graph": cuda_graph,
-        "tf32": tf32,
+        "tf32": uses_tf32(record.precision, tf32),  # what the sessions ran: FP16 graphs keep it on
         "batch": record.batch or batch,
         "timings_ms": timings,
         "failed": failed,

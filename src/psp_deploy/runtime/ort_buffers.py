@@ -60,17 +60,22 @@ def cuda_runtime_pinned(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     rt, nbytes = cudart(), int(np.prod(shape)) * np.dtype(dtype).itemsize
     pointer = check(rt.cudaMallocHost(max(nbytes, 1)))
     raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(int(pointer))
-    weakref.finalize(raw, rt.cudaFreeHost, pointer)  # raw lives as long as any view of the array
+    # raw lives as long as any view of the array; at exit the process's memory goes back anyway, and a
+    # pipeline still serving from another thread must not lose its buffers first
+    weakref.finalize(raw, rt.cudaFreeHost, pointer).atexit = False
     return np.frombuffer(raw, np.uint8, count=nbytes).view(dtype).reshape(shape)
 
 
-def _cuda_runtime_available() -> bool:
-    from ..errors import BackendUnavailableError
-    from .backends.cuda_memory import cudart
+def _cuda_runtime_allocates() -> bool:
+    """Whether the CUDA runtime (cuda-python) allocates page-locked memory here: installed is not enough
+    (bindings newer than the driver fail at their first call)."""
+    from ..errors import BackendUnavailableError, EngineError
+    from .backends.cuda_memory import check, cudart
 
     try:
-        cudart()
-    except BackendUnavailableError:
+        rt = cudart()
+        check(rt.cudaFreeHost(check(rt.cudaMallocHost(1))))
+    except (BackendUnavailableError, EngineError):
         return False
     return True
 
@@ -125,7 +130,7 @@ class Buffers:
     def __init__(self, device: str) -> None:
         self.device = device
         self.host_memory = _allocates(pinned_memory()) if device == "cuda" else None
-        self.runtime_pinned = device == "cuda" and self.host_memory is None and _cuda_runtime_available()
+        self.runtime_pinned = device == "cuda" and self.host_memory is None and _cuda_runtime_allocates()
         self.pinned = self.host_memory is not None or self.runtime_pinned
         self._buffers: dict[str, Buffer] = {}
 

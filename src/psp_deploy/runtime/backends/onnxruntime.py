@@ -79,7 +79,7 @@ def tuned_options(bundle: Bundle, resolved: Resolved, options: BackendOptions) -
     engine = bundle.resolve(resolved.graph, resolved.precision, TUNING).engine
     if engine is None:
         return options
-    mismatch = _mismatch(engine, {**cuda_key(), "tf32": options.tf32})
+    mismatch = _mismatch(engine, {**cuda_key(), "tf32": uses_tf32(resolved.record.precision, options.tf32)})
     if engine.sha256 != resolved.record.sha256:
         mismatch = f"another {resolved.graph} graph file than the bundle's"
     if mismatch:
@@ -121,14 +121,15 @@ def captures(graph: str, options: BackendOptions) -> bool:
     return options.device == "cuda" and options.cuda_graph and graph in CAPTURED
 
 
-def uses_tf32(precision: str, options: BackendOptions) -> bool:
+def uses_tf32(precision: str, asked: bool) -> bool:
     """Whether a session of a ``precision`` graph runs ONNX Runtime's CUDA provider with use_tf32 on.
 
-    Off for FP32 graphs unless asked: ONNX Runtime's default is on, which makes "fp32" mean TF32. On for FP16
-    graphs: use_tf32=0 also keeps cuDNN off the tensor cores for FP16 convolutions (onnxruntime-gpu 1.31.1 on
-    an H200: the FP16 encoder took 65.8 ms at batch 8 with it off and 12.4 ms with it on; see
-    benchmarks/results/nvidia-h200-profile.md). There it touches only the nodes the calibration kept in FP32."""
-    return options.tf32 or precision == "fp16"
+    Off for FP32 graphs unless ``asked``: ONNX Runtime's default is on, which makes "fp32" mean TF32. On for
+    FP16 graphs: with use_tf32=0, cuDNN ran the FP16 encoder's convolutions mostly in kernels without tensor
+    cores (onnxruntime-gpu 1.31.1 on an H200: 65.8 ms at batch 8, against 12.4 ms with ONNX Runtime's defaults;
+    benchmarks/results/nvidia-h200-profile.md). The nodes an FP16 graph keeps in FP32 may then run as TF32:
+    the FP16 accuracy report, measured on the CPU, does not cover that."""
+    return asked or precision == "fp16"
 
 
 def provider_options(graph: str, options: BackendOptions, precision: str = "fp32") -> list[tuple[str, dict[str, str]]]:
@@ -141,7 +142,7 @@ def provider_options(graph: str, options: BackendOptions, precision: str = "fp32
     conv = options.cuda_conv.get(graph, CudaConv())
     cuda = {
         "device_id": str(CUDA_DEVICE_ID),
-        "use_tf32": str(int(uses_tf32(precision, options))),
+        "use_tf32": str(int(uses_tf32(precision, options.tf32))),
         "enable_cuda_graph": str(int(captures(graph, options))),
         "cudnn_conv_algo_search": conv.algo_search,
         "prefer_nhwc": str(int(conv.prefer_nhwc)),
