@@ -49,11 +49,18 @@ RGB_FIXTURES = {
 
 def pytest_configure(config):
     """Run-time caches (OpenVINO's compiled models, GBs at 1024²) go to a throw-away folder per
-    process, not the user's, removed when the process's tests end."""
+    process, not the user's, removed when the process's tests end. An xdist worker's torch gets its
+    share of the cores: torch sizes its thread pool to the whole machine, so two workers on two
+    cores would run four threads that wait on each other."""
     from psp_deploy.runtime.cache import CACHE_ENV
 
     if CACHE_ENV not in os.environ:
         config.psp_cache = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="psp-deploy-cache-")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or workers) // workers))
 
 
 def pytest_unconfigure(config):
