@@ -145,13 +145,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    parser.add_argument("--precision", nargs="+", default=["fp32", "fp16"], help="precisions (default fp32 fp16)")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16", "int8"])
     parser.add_argument("--runs", type=int, default=5, help="profiled and timed calls per graph (default 5)")
     args = parser.parse_args()
+    if args.runs < 1 or min(args.batch) < 1:
+        parser.error("--runs and --batch must be at least 1")  # exits 2, as bad input does
     from psp_deploy.benchmark.gpu import cuda_problem
+    from psp_deploy.bundle import Bundle
+    from psp_deploy.errors import PspDeployError
     from psp_deploy.files import write_json
     from psp_deploy.machine import library_versions
 
+    try:
+        Bundle.open(args.bundle)
+    except PspDeployError as err:
+        print(f"gpu_profile: {err}", file=sys.stderr)
+        return 2
     if problem := cuda_problem():
         print(f"gpu_profile: this machine cannot profile on a GPU: {problem}", file=sys.stderr)
         return 2
