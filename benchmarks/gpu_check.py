@@ -16,7 +16,7 @@ installing it would pull the CPU onnxruntime package over onnxruntime-gpu). Step
   7. accuracy at full size on three faces: GPU FP32 against CPU FP32 (codes, images), GPU FP16
      against GPU FP32 (images from the same codes, and end to end), and NaN/Inf in any output
   8. the benchmark matrix: ONNX Runtime CUDA FP32 and FP16 × batch 1, 8, 32 (pipeline, graphs alone,
-     host overhead; TF32 off) and the official path in eager torch on the same GPU (FP32, FP16
+     host overhead; TF32 off for FP32 graphs) and the official path in eager torch on the same GPU (FP32, FP16
      autocast) → benchmarks/results/<gpu>.json, <gpu>.md (with step 7's figures) and plots
 
 Steps 5 to 7 do not stop the check when they fail: the matrix is still measured and the failures are

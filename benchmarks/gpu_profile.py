@@ -140,12 +140,17 @@ def print_entry(precision: str, what: str, entry: dict[str, Any]) -> None:
         print(f"  {times['ms']:8.3f} ms {times['launches']:6.0f}×  {name[:150]}")
 
 
+def missing_precisions(bundle: Any, precisions: list[str]) -> list[str]:
+    """The precisions asked for that the bundle's encoder or synthesis lacks (FP32 is always there)."""
+    return [p for p in precisions if any(p not in bundle.manifest.models[graph] for graph in STAGE)]
+
+
 def main() -> int:
     summary, details = __doc__.split("\n\n", 1)
     parser = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    parser.add_argument("--precision", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "fp16"], help="precisions (default fp32 fp16)")
     parser.add_argument("--runs", type=int, default=5, help="profiled and timed calls per graph (default 5)")
     args = parser.parse_args()
     if args.runs < 1 or min(args.batch) < 1:
@@ -157,9 +162,12 @@ def main() -> int:
     from psp_deploy.machine import library_versions
 
     try:
-        Bundle.open(args.bundle)
+        missing = missing_precisions(Bundle.open(args.bundle), args.precision)
     except PspDeployError as err:
         print(f"gpu_profile: {err}", file=sys.stderr)
+        return 2
+    if missing:
+        print(f"gpu_profile: {args.bundle} has no {', '.join(missing)} graphs: psp-deploy calibrate", file=sys.stderr)
         return 2
     if problem := cuda_problem():
         print(f"gpu_profile: this machine cannot profile on a GPU: {problem}", file=sys.stderr)

@@ -72,6 +72,7 @@ def library_versions() -> dict[str, str]:
     try:
         import onnxruntime
     except ImportError:
+        versions.pop("onnxruntime", None)  # a distribution's metadata without a module that imports
         return versions
     versions["onnxruntime"] = onnxruntime.__version__
     return versions

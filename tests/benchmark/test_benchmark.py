@@ -150,6 +150,15 @@ def test_gpu_check_refuses_cleanly_where_onnxruntime_is_missing():
     assert run.returncode == 2 and "gpu-check: this machine cannot run the GPU check:" in run.stderr, run.stderr
 
 
+def test_gpu_profile_refuses_bad_input_before_any_gpu_work(bundles, tmp_path):
+    script = [sys.executable, str(REPO / "benchmarks" / "gpu_profile.py")]
+    bundle = str(bundles("rgb-scaled")[0].root)  # FP32 only
+    cases = [([str(tmp_path)], "not a bundle"), ([bundle, "--runs", "0"], "at least 1"), ([bundle], "has no fp16")]
+    for args, message in cases:
+        run = subprocess.run([*script, *args], capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr, (args, run.stderr)
+
+
 def test_tf32_line_says_what_ran():
     asked_off = {"tf32": False, "backends": ["onnxruntime"], "precisions": ["fp32"]}
     assert tf32_line(asked_off) == "off for FP32 graphs (IEEE FP32)"

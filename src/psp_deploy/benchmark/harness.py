@@ -23,6 +23,7 @@ from ..graph_io import IMAGE
 from ..machine import cpu_info, library_versions
 from ..runtime import Pipeline
 from ..runtime.backends import BackendOptions, resolve_backend
+from ..runtime.backends.onnxruntime import uses_tf32
 from .device import STAGE_GRAPHS, stage_graphs
 from .flops import flops_per_image
 from .gpu import cuda_problem, cuda_synchronizer, gpu_info
@@ -218,6 +219,7 @@ def _bench_backends(
     for name in settings.backends:
         for precision in settings.precisions:
             backend = resolve_backend(name, settings.device, precision)
+            cuda_ort = backend == "onnxruntime" and settings.device == "cuda"
             options = BackendOptions(device=settings.device, threads=settings.threads, tf32=settings.tf32)
             say(f"loading {backend} {precision}")
             with Pipeline.from_bundle(
@@ -229,7 +231,7 @@ def _bench_backends(
                     "modconv": forms_label(bundle.manifest.modconv),
                     "graphs": pipeline.precisions,
                     "device": BACKEND_DEVICE.get(backend, settings.device),
-                    "tf32": settings.tf32,
+                    "tf32": settings.tf32 or (cuda_ort and uses_tf32(precision, settings.tf32)),  # as it ran
                 }
                 rows += bench_pipeline(pipeline, settings, flops, photo, label, measured, timer)
                 pipelines[f"{backend} {precision}"] = pipeline.describe()

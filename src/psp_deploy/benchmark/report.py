@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..runtime.backends.onnxruntime import uses_tf32
+
 Row = dict[str, Any]
 PARTS = {"pipeline": "pipeline", "graphs": "graphs alone", "host": "host overhead"}
 
@@ -244,8 +246,10 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
 
 def tf32_line(settings: dict[str, Any]) -> str:
     """The TF32 mode as it ran: FP16 graphs run ONNX Runtime's use_tf32 on whatever was asked (uses_tf32)."""
-    fp32 = "on" if settings.get("tf32") else "off for FP32 graphs (IEEE FP32)"
-    if "fp16" in settings.get("precisions", ()) and "onnxruntime" in settings.get("backends", ()):
+    asked = bool(settings.get("tf32"))
+    fp32 = "on" if asked else "off for FP32 graphs (IEEE FP32)"
+    on_anyway = [p for p in settings.get("precisions", ()) if uses_tf32(p, asked) != asked]
+    if on_anyway and "onnxruntime" in settings.get("backends", ()):
         return f"{fp32}; ONNX Runtime's FP16 graphs run with use_tf32 on (the FP32 nodes they keep may run TF32)"
     return fp32
 
