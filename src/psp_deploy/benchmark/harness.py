@@ -219,8 +219,8 @@ def _bench_backends(
     for name in settings.backends:
         for precision in settings.precisions:
             backend = resolve_backend(name, settings.device, precision)
-            cuda_ort = backend == "onnxruntime" and settings.device == "cuda"
             options = BackendOptions(device=settings.device, threads=settings.threads, tf32=settings.tf32)
+            cuda_ort = (backend, settings.device) == ("onnxruntime", "cuda")
             say(f"loading {backend} {precision}")
             with Pipeline.from_bundle(
                 bundle.root, backend, precision, options=options, max_batch=max(settings.batches)
@@ -231,7 +231,7 @@ def _bench_backends(
                     "modconv": forms_label(bundle.manifest.modconv),
                     "graphs": pipeline.precisions,
                     "device": BACKEND_DEVICE.get(backend, settings.device),
-                    "tf32": settings.tf32 or (cuda_ort and uses_tf32(precision, settings.tf32)),  # as it ran
+                    "tf32": uses_tf32(precision, settings.tf32) if cuda_ort else settings.tf32,  # as it ran
                 }
                 rows += bench_pipeline(pipeline, settings, flops, photo, label, measured, timer)
                 pipelines[f"{backend} {precision}"] = pipeline.describe()

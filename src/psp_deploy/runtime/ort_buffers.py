@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import inspect
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .backends.cuda_memory import page_locked_array, pages_lock
 from .backends.onnxruntime import CUDA_DEVICE_ID
 
 
@@ -51,33 +51,6 @@ def _allocates(memory: Any | None) -> Any | None:
     except Exception:  # noqa: BLE001 - ONNX Runtime's error types are not one hierarchy; any failure means "no"
         return None
     return memory
-
-
-def cuda_runtime_pinned(shape: tuple[int, ...], dtype: type) -> np.ndarray:
-    """A numpy array over page-locked memory from the CUDA runtime, freed when the array is."""
-    from .backends.cuda_memory import check, cudart
-
-    rt, nbytes = cudart(), int(np.prod(shape)) * np.dtype(dtype).itemsize
-    pointer = check(rt.cudaMallocHost(max(nbytes, 1)))
-    raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(int(pointer))
-    # raw lives as long as any view of the array; at exit the process's memory goes back anyway, and a
-    # pipeline still serving from another thread must not lose its buffers first
-    weakref.finalize(raw, rt.cudaFreeHost, pointer).atexit = False
-    return np.frombuffer(raw, np.uint8, count=nbytes).view(dtype).reshape(shape)
-
-
-def _cuda_runtime_allocates() -> bool:
-    """Whether the CUDA runtime (cuda-python) allocates page-locked memory here: installed is not enough
-    (bindings newer than the driver fail at their first call)."""
-    from ..errors import BackendUnavailableError, EngineError
-    from .backends.cuda_memory import check, cudart
-
-    try:
-        rt = cudart()
-        check(rt.cudaFreeHost(check(rt.cudaMallocHost(1))))
-    except (BackendUnavailableError, EngineError):
-        return False
-    return True
 
 
 @dataclass
@@ -130,7 +103,7 @@ class Buffers:
     def __init__(self, device: str) -> None:
         self.device = device
         self.host_memory = _allocates(pinned_memory()) if device == "cuda" else None
-        self.runtime_pinned = device == "cuda" and self.host_memory is None and _cuda_runtime_allocates()
+        self.runtime_pinned = device == "cuda" and self.host_memory is None and pages_lock()
         self.pinned = self.host_memory is not None or self.runtime_pinned
         self._buffers: dict[str, Buffer] = {}
 
@@ -150,7 +123,7 @@ class Buffers:
             if on_host and self.host_memory is not None:
                 value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, memory_info=self.host_memory)
             elif on_host and self.runtime_pinned:  # the OrtValue wraps the array, and keeps it alive
-                value = ort.OrtValue.ortvalue_from_numpy(cuda_runtime_pinned(shape, dtype))
+                value = ort.OrtValue.ortvalue_from_numpy(page_locked_array(shape, dtype))
             else:
                 value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, where, CUDA_DEVICE_ID)
             self._buffers[role] = Buffer(value, where, np.dtype(dtype), shape)

@@ -8,6 +8,7 @@ calls (which CUDA graphs rely on).
 from __future__ import annotations
 
 import ctypes
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,29 @@ def device_properties(device: int = 0) -> dict[str, Any]:
     props = check(rt.cudaGetDeviceProperties(device))
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return {"gpu": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def pages_lock() -> bool:
+    """Whether the CUDA runtime allocates page-locked host memory here: cuda-python installed is not
+    enough (bindings newer than the driver fail at their first call)."""
+    try:
+        rt = cudart()
+        check(rt.cudaFreeHost(check(rt.cudaMallocHost(1))))
+    except (BackendUnavailableError, EngineError):
+        return False
+    return True
+
+
+def page_locked_array(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A numpy array over page-locked host memory, freed with its last view (for buffers another library
+    binds by address, as ONNX Runtime's I/O binding does)."""
+    rt, nbytes = cudart(), int(np.prod(shape)) * np.dtype(dtype).itemsize
+    pointer = check(rt.cudaMallocHost(max(nbytes, 1)))
+    raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(int(pointer))
+    # raw is every view's base, so it lives as long as any of them; at exit the process's memory goes back
+    # anyway, and a pipeline still serving from another thread must not lose its buffers first
+    weakref.finalize(raw, rt.cudaFreeHost, pointer).atexit = False
+    return np.frombuffer(raw, np.uint8, count=nbytes).view(dtype).reshape(shape)
 
 
 @dataclass
