@@ -273,6 +273,20 @@ def test_resident_path_equals_the_numpy_path_bit_for_bit(rgb_pipeline, astronaut
         assert [o.images.shape for o in done.outputs] == [(1, 64, 64, 3), (1, 256, 256, 3)]
 
 
+def test_resident_results_are_the_caller_s_own_arrays(rgb_pipeline, astronaut):
+    """The chain fills the caller's arrays straight from its reused host buffers: a later call must
+    not change an earlier result, and chunks land in their own rows."""
+    resident = Pipeline(rgb_pipeline.bundle, rgb_pipeline.nets, max_batch=2)  # three faces: two chunks
+    photos = [astronaut, astronaut[:, ::-1].copy(), astronaut[::-1].copy()]
+    first = resident.run(photos, align=False)
+    kept = first.images.copy()
+    second = resident.run(photos[::-1], align=False)
+    np.testing.assert_array_equal(first.images, kept)
+    assert not np.shares_memory(first.images, second.images)
+    np.testing.assert_array_equal(second.images, kept[::-1])
+    np.testing.assert_array_equal(first.images, numpy_path(resident).run(photos, align=False).images)
+
+
 def test_resident_mixing_equals_the_numpy_path(rgb_pipeline, astronaut):
     face = rgb_pipeline.prepare_face(astronaut, align=False)[0][None]
     rows = [RunOptions(align=False, resize=True, latent_mask=(6, 7, 8, 9), seed=1, n_outputs=2)]

@@ -61,8 +61,9 @@ class Output:
 
 @dataclass
 class Generated:
-    outputs: list[Output]
+    outputs: list[Output]  # per row; their images are views into ``pixels``
     timings: dict[str, float]  # seconds per stage of the batch
+    pixels: dict[str, np.ndarray]  # per output name, every row's images in row order: uint8 [n, R, R, 3]
 
 
 @dataclass
@@ -300,7 +301,7 @@ class Pipeline:
             Output(c, v, pixels[IMAGE_256 if row.resize else IMAGE][end - len(v) : end])
             for c, v, row, end in zip(codes, variants, rows, ends, strict=True)
         ]
-        return Generated(outputs, timings)
+        return Generated(outputs, timings, pixels)
 
     def _checked(self, x: np.ndarray) -> np.ndarray:
         """``generate``'s input, refused unless it is uint8 faces or (resident) the encoder's tensors."""
@@ -380,10 +381,9 @@ class Pipeline:
         mask = None if latent_mask is None else tuple(latent_mask)
         row = RunOptions(align, resize, mask, mix_alpha, seed)
         generated = self.generate(np.stack([x for x, _ in prepared]), [row] * len(prepared), inject)
-        outputs = generated.outputs
         return Result(
-            np.concatenate([o.images for o in outputs]),
-            np.concatenate([o.mixed for o in outputs]),
+            generated.pixels[IMAGE_256 if resize else IMAGE],  # every row asked for it: no copy to gather them
+            np.concatenate([o.mixed for o in generated.outputs]),
             [face for _, face in prepared],
             {"prepare": prepare_s, **generated.timings},
         )

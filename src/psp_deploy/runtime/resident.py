@@ -83,27 +83,28 @@ class ResidentChain:
     def synthesize(self, codes: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Codes [N, n_styles, 512] → the named outputs as uint8 [N, H, W, 3]."""
         with self.lock:
-            pieces = []
+            pixels = self._pixels(len(codes), outputs)
             for chunk in self._chunks(len(codes)):
                 self._codes.fill(padded(codes[chunk.start : chunk.start + chunk.rows], chunk.batch))
-                pieces.append(self._synthesize(chunk, outputs))
-            return {name: np.concatenate([p[name] for p in pieces]) for name in outputs}
+                self._synthesize(chunk, pixels)
+            return pixels
 
     def chained(
         self, x: np.ndarray, outputs: Sequence[str], timings: dict[str, float]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Encode and synthesize, each chunk's codes passed on the device; seconds per stage added to ``timings``."""
-        codes, pieces = [], []
+        codes = []
         with self.lock:
+            pixels = self._pixels(len(x), outputs)
             for chunk in self._chunks(len(x)):
                 clock = time.perf_counter()
                 codes.append(self._encode(x, chunk))
                 middle = time.perf_counter()
-                pieces.append(self._synthesize(chunk, outputs))
+                self._synthesize(chunk, pixels)
                 end = time.perf_counter()
                 timings["encode"] = timings.get("encode", 0.0) + middle - clock
                 timings["synthesize"] = timings.get("synthesize", 0.0) + end - middle
-        return np.concatenate(codes), {name: np.concatenate([p[name] for p in pieces]) for name in outputs}
+        return np.concatenate(codes), pixels
 
     def _encode(self, x: np.ndarray, chunk: Chunk) -> np.ndarray:
         """One chunk up and through the encoder; its codes left in the device codes buffer, and returned."""
@@ -117,19 +118,23 @@ class ResidentChain:
         )
         return self._codes.rows(chunk.rows)
 
-    def _synthesize(self, chunk: Chunk, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """The codes buffer through the synthesis, then the named outputs to uint8 on the device and down."""
+    def _pixels(self, total: int, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """The caller's uint8 [N, H, W, 3] arrays, one per named output, which the chunks fill in place:
+        each image is copied once on the host, out of the reused (page-locked) buffer."""
+        shapes = {spec.name: spec.shape for spec in self.synthesis.record.outputs}
+        return {name: np.empty((total, *shapes[name][2:], shapes[name][1]), np.uint8) for name in outputs}
+
+    def _synthesize(self, chunk: Chunk, pixels: dict[str, np.ndarray]) -> None:
+        """The codes buffer through the synthesis, then the named outputs to uint8 on the device, down
+        into the host buffer, and into the chunk's rows of ``pixels``."""
         floats = {spec.name: self._device(spec.name, spec.shape) for spec in self.synthesis.record.outputs}
         self._run(
             self.synthesis.session, "synthesis", {CODES: self._codes}, floats, chunk.batch, self.synthesis.captures
         )
-        pixels = {}
-        for name in outputs:
-            _, c, h, w = floats[name].capacity
-            host = self.buffers.on_host(f"{name}_uint8", (self.size, h, w, c), np.uint8)
+        for name, out in pixels.items():
+            host = self.buffers.on_host(f"{name}_uint8", (self.size, *out.shape[1:]), np.uint8)
             self._run(self.to_uint8, "to_uint8", {FLOATS: floats[name]}, {PIXELS: host}, chunk.rows)
-            pixels[name] = host.rows(chunk.rows)
-        return pixels
+            out[chunk.start : chunk.start + chunk.rows] = host.view()[: chunk.rows]
 
     @property
     def _codes(self) -> Buffer:
