@@ -68,6 +68,16 @@ def test_every_op_is_in_the_tensorrt_list(bundles):
         assert {"Conv", "Gemm"} & {n.op_type for n in model.graph.node}
 
 
+def test_dynamic_batch_graphs_compute_no_shapes(bundles):
+    """Nothing in the encoder or the scaled synthesis reads a tensor's shape at run time (on an H200 such
+    shape arithmetic kept ONNX Runtime's NHWC CUDA sessions out of CUDA graphs); their batch is dynamic."""
+    bundle, _ = bundles("rgb-scaled")
+    for graph in ("encoder", "synthesis"):
+        model = onnx.load(bundle.model_path(graph))
+        assert not {"Shape", "Size", "Tile", "Expand"} & {n.op_type for n in model.graph.node}, graph
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param, graph
+
+
 def test_op_list_check_refuses_unknown_ops():
     node = onnx.helper.make_node("NonZero", ["x"], ["y"])
     graph = onnx.helper.make_graph(

@@ -87,7 +87,10 @@ class Generator(nn.Module):
     def synthesis(self, latent: torch.Tensor) -> torch.Tensor:
         """W+ codes [B, n_latent, 512] → image [B, 3, size, size], roughly in [−1, 1]."""
         noise = self.fixed_noise()
-        out = self.input(latent.shape[0])
+        # The scaled form multiplies the constant by each sample's style, which broadcasts it over the batch:
+        # no repeat, whose count the graph would compute from the batch's shape. On an H200, ONNX Runtime's NHWC
+        # CUDA sessions added Memcpy nodes around such shape arithmetic and refused CUDA graphs.
+        out = self.input(latent.shape[0] if self.conv1.conv.form == "grouped" else 1)
         out = self.conv1(out, latent[:, 0], noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
         for j, to_rgb in enumerate(self.to_rgbs):
