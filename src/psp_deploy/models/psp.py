@@ -23,8 +23,8 @@ def pool_to_256(image: torch.Tensor) -> torch.Tensor:
     if size >= POOLED_SIZE:
         factor = size // POOLED_SIZE
         return F.avg_pool2d(image, factor) if factor > 1 else image
-    # nearest-neighbour at a constant integer scale is that repetition, with no shapes computed in the graph
-    return F.interpolate(image, scale_factor=float(POOLED_SIZE // size), mode="nearest")
+    factor = POOLED_SIZE // size
+    return image.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
 
 
 def style_mix(
