@@ -41,7 +41,9 @@ FAMILIES = [
     ("conv wgrad", ("wgrad",)),
     ("conv fprop", ("fprop", "implicit_convolve", "conv", "winograd", "fft")),
     ("gemm", ("gemm", "gemv")),
-    ("reduce", ("reduce",)),
+    # cuDNN's elementwise op-tensor kernel (its signature names a "reducedDivisorArray": not a reduction)
+    ("cuDNN op tensor (elementwise)", ("op_generic_tensor",)),
+    ("reduce", ("reduce_", "reduction")),
 ]
 ORT_FUNCTOR = re.compile(r"OP_(\w+?)<")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psp_deploy.models.encoders import AdaptiveAvgPoolMatrix
+from psp_deploy.models.encoders import AdaptiveAvgPoolMatrix, upsample_add
 from psp_deploy.models.forms import set_forms
 from psp_deploy.models.layers import Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, make_kernel, upfirdn2d
 from psp_deploy.models.modconv import ModulatedConv2d, phase_conv_transpose
@@ -198,3 +198,12 @@ def test_adaptive_pool_matrix_equals_adaptive_avg_pool():
     x = torch.randn(2, 5, 16, 16, dtype=torch.float64)
     pool = AdaptiveAvgPoolMatrix(16, 7).double()
     torch.testing.assert_close(pool(x), torch.nn.AdaptiveAvgPool2d((7, 7))(x))
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_upsample_add_equals_the_official_resize_to_y_s_size(size):
+    """upsample_add resizes at a constant scale of 2 (no shapes in the exported graph); the official code
+    resizes to y's size: with corners aligned both read the same source positions, to the bit."""
+    x, y = torch.randn(2, 8, size, size), torch.randn(2, 8, 2 * size, 2 * size)
+    official = F.interpolate(x, size=y.shape[2:], mode="bilinear", align_corners=True) + y
+    assert torch.equal(upsample_add(x, y), official)

@@ -276,15 +276,17 @@ def test_resident_path_equals_the_numpy_path_bit_for_bit(rgb_pipeline, astronaut
 def test_resident_results_are_the_caller_s_own_arrays(rgb_pipeline, astronaut):
     """The chain fills the caller's arrays straight from its reused host buffers: a later call must
     not change an earlier result, and chunks land in their own rows."""
-    resident = Pipeline(rgb_pipeline.bundle, rgb_pipeline.nets, max_batch=2)  # three faces: two chunks
+    resident = Pipeline(rgb_pipeline.bundle, rgb_pipeline.nets, max_batch=2)
     photos = [astronaut, astronaut[:, ::-1].copy(), astronaut[::-1].copy()]
-    first = resident.run(photos, align=False)
-    kept = first.images.copy()
-    second = resident.run(photos[::-1], align=False)
-    np.testing.assert_array_equal(first.images, kept)
-    assert not np.shares_memory(first.images, second.images)
-    np.testing.assert_array_equal(second.images, kept[::-1])
-    np.testing.assert_array_equal(first.images, numpy_path(resident).run(photos, align=False).images)
+    host = numpy_path(resident)
+    for first_photos, second_photos in ((photos, photos[::-1]), (photos[:2], photos[1:])):  # two chunks; one
+        first = resident.run(first_photos, align=False)
+        kept = first.images.copy()
+        second = resident.run(second_photos, align=False)
+        np.testing.assert_array_equal(first.images, kept)
+        assert not np.shares_memory(first.images, second.images) and first.images.flags.c_contiguous
+        for done, given in ((first, first_photos), (second, second_photos)):
+            np.testing.assert_array_equal(done.images, host.run(given, align=False).images)
 
 
 def test_resident_mixing_equals_the_numpy_path(rgb_pipeline, astronaut):

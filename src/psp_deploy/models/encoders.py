@@ -36,7 +36,8 @@ def upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x resized to y's size (bilinear, corners aligned), plus y. Where y is exactly twice x (always, at
     the encoders' 256² input) a constant scale of 2 says the same, and the exported Resize then needs no
     sizes computed from the batch's shape. On an H200, ONNX Runtime's NHWC CUDA sessions added Memcpy
-    nodes around such shape arithmetic and refused CUDA graphs."""
+    nodes (two per such Resize, by their count) and refused CUDA graphs; that this lets them capture is
+    expected, not yet measured."""
     if tuple(y.shape[2:]) == (2 * x.shape[2], 2 * x.shape[3]):
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True) + y
     return F.interpolate(x, size=y.shape[2:], mode="bilinear", align_corners=True) + y

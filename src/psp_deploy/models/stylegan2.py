@@ -89,7 +89,8 @@ class Generator(nn.Module):
         noise = self.fixed_noise()
         # The scaled form multiplies the constant by each sample's style, which broadcasts it over the batch:
         # no repeat, whose count the graph would compute from the batch's shape. On an H200, ONNX Runtime's NHWC
-        # CUDA sessions added Memcpy nodes around such shape arithmetic and refused CUDA graphs.
+        # CUDA sessions added Memcpy nodes (two per such node, by their count) and refused CUDA graphs; that this
+        # lets them capture is expected, not yet measured.
         out = self.input(latent.shape[0] if self.conv1.conv.form == "grouped" else 1)
         out = self.conv1(out, latent[:, 0], noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
