@@ -86,9 +86,9 @@ class Encoder4Editing(_PyramidEncoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.features(x)
-        w0 = self.styles[0](feats[0])
-        deltas = [torch.zeros_like(w0)] + [head(feats[self.level(i)]) for i, head in enumerate(self.styles) if i > 0]
-        return w0[:, None, :] + torch.stack(deltas, dim=1)
+        w0 = self.styles[0](feats[0])[:, None, :]
+        deltas = torch.stack([head(feats[self.level(i)]) for i, head in enumerate(self.styles) if i > 0], dim=1)
+        return torch.cat([w0, w0 + deltas], dim=1)  # the first style's delta is zero: no zeros_like (a Shape)
 
 
 class BackboneEncoderUsingLastLayerIntoW(nn.Module):
@@ -124,8 +124,14 @@ class AdaptiveAvgPoolMatrix(nn.Module):
 
 
 class Flatten(nn.Module):
+    """[B, C, H, W] → [B, C·H·W] for a known C·H·W: a constant Reshape (flatten(1) exports as shape arithmetic)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(-1, self.features)
 
 
 class BackboneEncoderUsingLastLayerIntoWPlus(nn.Module):
@@ -134,7 +140,7 @@ class BackboneEncoderUsingLastLayerIntoWPlus(nn.Module):
         self.n_styles = n_styles
         self.input_layer = make_input_layer(input_nc)
         self.output_layer_2 = nn.Sequential(
-            nn.BatchNorm2d(512), AdaptiveAvgPoolMatrix(16, 7), Flatten(), nn.Linear(512 * 7 * 7, 512)
+            nn.BatchNorm2d(512), AdaptiveAvgPoolMatrix(16, 7), Flatten(512 * 7 * 7), nn.Linear(512 * 7 * 7, 512)
         )
         self.linear = EqualLinear(512, STYLE_DIM * n_styles)
         self.body = make_body()

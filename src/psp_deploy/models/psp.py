@@ -61,7 +61,7 @@ class Psp(nn.Module):
         """Image batch → W+ codes [B, n_styles, 512], latent_avg already added."""
         codes = self.encoder(x)
         if codes.ndim == 2:  # a W encoder: the decoder would repeat it, so repeat now
-            codes = codes[:, None, :].expand(-1, self.config.n_styles, -1)
+            codes = codes[:, None, :].repeat(1, self.config.n_styles, 1)  # constant repeats: no Shape in the graph
         if self.config.start_from_latent_avg:
             codes = codes + self.latent_avg
         return codes
@@ -73,7 +73,7 @@ class Psp(nn.Module):
     def synthesize(self, codes: torch.Tensor) -> torch.Tensor:
         """W+ codes [B, n_styles, 512] (or W [B, 512], repeated) → image [B, 3, R, R]."""
         if codes.ndim == 2:
-            codes = codes[:, None, :].expand(-1, self.config.n_styles, -1)
+            codes = codes[:, None, :].repeat(1, self.config.n_styles, 1)  # constant repeats: no Shape in the graph
         return self.decoder.synthesis(codes)
 
     def forward(
