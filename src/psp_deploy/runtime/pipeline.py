@@ -182,11 +182,14 @@ class Pipeline:
         described: dict[str, Any] = {"backend": backend, "precisions": self.precisions}
         if backend != "onnxruntime":
             return {**described, "device": "cuda" if backend == "tensorrt" else "cpu", "resident": False}
+        from .backends.onnxruntime import uses_tf32  # onnxruntime runs here: importing it costs nothing
+
         options = self.encoder.options
         return {
             **described,
             "device": options.device,
-            "tf32": options.tf32,
+            # as the sessions run: FP16 graphs keep TF32 on CUDA whatever was asked
+            "tf32": options.device == "cuda" and any(uses_tf32(p, options.tf32) for p in self.precisions.values()),
             "cuda_graph": {graph: net.captures for graph, net in self.nets.items()},
             "resident": self.resident is not None,
             "pinned_host": self.resident is not None and self.resident.buffers.pinned,
