@@ -1,6 +1,6 @@
 """The 1024² synthesis' eight stride-2 upsampling convs alone, batch 1, FP32 on ONNX Runtime and OpenVINO:
 as one ConvTranspose (the `transpose` form) against ONE 2×2 convolution that gives all four output phases
-at once (4·out channels, 16/9 of the multiply-adds) followed by DepthToSpace. The `phase` form's four
+at once (4·out channels, about 16/9 of the multiply-adds) followed by DepthToSpace. The `phase` form's four
 exact sub-kernel convs are measured whole-graph by cpu_forms.py; this asks whether one bigger, denser
 GEMM pays for its extra multiply-adds on a CPU. Writes benchmarks/results/<cpu>-upsample-layers.json.
 
@@ -10,6 +10,7 @@ GEMM pays for its extra multiply-adds on a CPU. Writes benchmarks/results/<cpu>-
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 
@@ -19,6 +20,8 @@ import onnxruntime as ort
 import openvino as ov
 from common import save_json, say
 from onnx import TensorProto, helper, numpy_helper
+
+from psp_deploy.machine import cpu_info, library_versions
 
 # (in channels, out channels, input size) of FFHQ 1024's upsampling convs
 LAYERS = [(512, 512, 4), (512, 512, 8), (512, 512, 16), (512, 512, 32), (512, 256, 64), (256, 128, 128)]
@@ -77,9 +80,8 @@ def runners(model: onnx.ModelProto, threads: int) -> dict[str, Callable[[np.ndar
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    request = ov.Core().compile_model(ov.Core().read_model(model.SerializeToString(), b""), "CPU", config)
-    request = request.create_infer_request()
+    core, config = ov.Core(), {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    request = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", config).create_infer_request()
     return {
         "onnxruntime": lambda x: session.run(None, {"x": x})[0],
         "openvino": lambda x: next(iter(request.infer({0: x}).values())),
@@ -109,7 +111,14 @@ def main() -> None:
         rows.append(row)
     totals = {key: sum(r[key] for r in rows) for key in rows[0] if key != "layer"}
     say(f"totals: {totals}")
-    results = {"command": "benchmarks/upsample_layers.py", "layers": rows, "totals_ms": totals}
+    results = {
+        "command": "benchmarks/upsample_layers.py " + " ".join(sys.argv[1:]),
+        "machine": cpu_info(),
+        "versions": library_versions(),
+        "settings": {"runs": args.runs, "threads": args.threads, "batch": 1, "precision": "fp32"},
+        "layers": rows,
+        "totals_ms": totals,
+    }
     path = save_json(results, "-upsample-layers")
     say(f"results: {path}")
 
