@@ -70,6 +70,7 @@ def test_to_uint8_matches_host_bit_for_bit_on_adversarial_values():
     expected = to_uint8(x)
     np.testing.assert_array_equal(run(to_uint8_graph(), x), expected)
     assert set(np.unique(expected)) == set(range(256))  # every pixel value is reached: the steps are all tested
+    assert expected.flags.c_contiguous  # images go to cv2 and buffers as they are
 
 
 def test_upload_passes_tensors_through():

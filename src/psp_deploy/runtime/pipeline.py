@@ -331,8 +331,7 @@ class Pipeline:
         if self.resident is not None:
             return self.resident.synthesize(codes, outputs)
         image, pooled = self.synthesize(codes)
-        # to_uint8 returns an HWC view of NCHW data: callers (cv2, buffers) expect C-contiguous images
-        return {name: np.ascontiguousarray(to_uint8(image if name == IMAGE else pooled)) for name in outputs}
+        return {name: to_uint8(image if name == IMAGE else pooled) for name in outputs}
 
     def _variants(self, codes: np.ndarray, rows: Sequence[RunOptions], inject: np.ndarray | None) -> list[np.ndarray]:
         """Per row, the codes of each output [n_outputs, n_styles, 512]. Output k of a row mixes in

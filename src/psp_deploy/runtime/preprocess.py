@@ -83,6 +83,7 @@ def preprocess(image: np.ndarray, config: PspConfig) -> np.ndarray:
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[N, 3, H, W] in [−1, 1] → [N, H, W, 3] uint8, truncating as the official tensor2im does."""
+    """[N, 3, H, W] in [−1, 1] → [N, H, W, 3] uint8 (C-contiguous, as image libraries expect), truncating
+    as the official tensor2im does."""
     scaled = np.clip((images + 1.0) / 2.0, 0.0, 1.0) * 255.0
-    return scaled.astype(np.uint8).transpose(0, 2, 3, 1)
+    return scaled.transpose(0, 2, 3, 1).astype(np.uint8, order="C")
