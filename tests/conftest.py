@@ -50,8 +50,8 @@ RGB_FIXTURES = {
 def pytest_configure(config):
     """Run-time caches (OpenVINO's compiled models, GBs at 1024²) go to a throw-away folder per
     process, not the user's, removed when the process's tests end. An xdist worker's torch gets its
-    share of the cores: torch sizes its thread pool to the whole machine, so two workers on two
-    cores would run four threads that wait on each other."""
+    share of the cores, and so does ONNX Runtime: both size their thread pools to the whole machine,
+    so two workers on two cores would run four threads that wait on each other."""
     from psp_deploy.runtime.cache import CACHE_ENV
 
     if CACHE_ENV not in os.environ:
@@ -60,7 +60,26 @@ def pytest_configure(config):
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+        share = max(1, len(os.sched_getaffinity(0)) // workers)
+        torch.set_num_threads(share)
+        _onnxruntime_threads(share)
+
+
+def _onnxruntime_threads(share: int) -> None:
+    """Every ONNX Runtime session of this process, with options or without, runs ``share`` threads unless
+    it asks for a number itself, and its idle threads sleep: spinning ones take the other worker's core
+    (on two cores, two workers' sessions ran about 15% slower with ONNX Runtime's defaults)."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_inference_collection as collection
+
+    class Shared(ort.SessionOptions):
+        def __init__(self) -> None:
+            super().__init__()
+            self.intra_op_num_threads = share
+            self.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    ort.SessionOptions = Shared
+    collection.C.get_default_session_options = Shared
 
 
 def pytest_unconfigure(config):
@@ -73,7 +92,8 @@ def pytest_collection_modifyitems(items):
     """Pin each test to the xdist worker (group) that builds the checkpoint it needs.
 
     A parameter naming a configuration (name=..., task=...) decides; else using an RGB
-    fixture means the "rgb" group. Explicit xdist_group marks win.
+    fixture means the "rgb" group. Explicit xdist_group marks win: test modules that only read the shared
+    bundles (files, exported once per run) form groups of their own, so that the two workers' loads balance.
     """
     for item in items:
         if item.get_closest_marker("xdist_group"):
@@ -96,7 +116,9 @@ def synthetic(tmp_path_factory):
 
     def get(name: str):
         if name not in cache:
-            net = synthetic_psp(_configs()[name], seed=len(cache))
+            # seeded by name, not by order: every worker must make the same weights, as a bundle exported by
+            # one worker is compared with the nets another worker made
+            net = synthetic_psp(_configs()[name], seed=CONFIG_NAMES.index(name))
             cache[name] = (net, save_checkpoint(net, folder / f"{name}.pt"))
         return cache[name]
 

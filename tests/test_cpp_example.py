@@ -15,7 +15,7 @@ from skimage import data
 from psp_deploy.runtime import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.xdist_group("rgb2")  # see tests/serving
+pytestmark = pytest.mark.xdist_group("cpp")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

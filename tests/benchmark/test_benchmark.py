@@ -26,7 +26,7 @@ from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
 REPO = Path(__file__).resolve().parents[2]
 NO_CUDA = cuda_problem()  # None where ONNX Runtime runs on a GPU: there the refusals below cannot happen
 
-pytestmark = pytest.mark.xdist_group("rgb2")
+pytestmark = pytest.mark.xdist_group("benchmark")  # see tests/conftest.py
 
 
 def test_flops_by_hand(tmp_path):

@@ -28,6 +28,7 @@ from psp_deploy.errors import CalibrationError
 from psp_deploy.export.checks import unsupported_ops
 from psp_deploy.runtime import Pipeline
 
+pytestmark = pytest.mark.xdist_group("calibration")  # see tests/conftest.py
 
 def run(path, feeds):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]

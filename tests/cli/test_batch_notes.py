@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 from psp_deploy.cli import app
 
+pytestmark = pytest.mark.xdist_group("cli")  # see tests/conftest.py
+
 HEAD = data.astronaut()[0:300, 60:380]  # one face; the whole photo also finds the badge on her suit
 
 

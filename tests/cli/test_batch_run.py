@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from psp_deploy.cli import app
 from psp_deploy.runtime.io import read_image
 
+pytestmark = pytest.mark.xdist_group("cli")  # see tests/conftest.py
 
 @pytest.fixture(scope="module")
 def bundle(bundles):

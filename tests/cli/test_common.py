@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from psp_deploy.cli import app
 
-pytestmark = pytest.mark.xdist_group("rgb")  # the shared RGB bundle is built there
+pytestmark = pytest.mark.xdist_group("cli")  # see tests/conftest.py
 
 
 def _invoke(*args):

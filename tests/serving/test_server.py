@@ -22,8 +22,7 @@ from psp_deploy.serving.client import PspClient, RemoteError, encode_png
 from psp_deploy.serving.server import free_ports
 
 pytest.importorskip("pytriton", reason="PyTriton is not installed (pip install 'psp-deploy[serve]')")
-# A worker of its own (with its own small bundle): the "rgb" worker is the suite's long pole.
-pytestmark = pytest.mark.xdist_group("rgb2")
+pytestmark = pytest.mark.xdist_group("serving")  # see tests/conftest.py
 TOKEN = "test-token"
 START_TIMEOUT_S = 120
 

@@ -20,7 +20,7 @@ from psp_deploy.runtime.backends import BackendOptions, resolve_backend
 from psp_deploy.runtime.cache import CACHE_ENV, cache_root
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'psp-deploy[openvino]')")
-pytestmark = pytest.mark.xdist_group("rgb2")  # see tests/serving
+pytestmark = pytest.mark.xdist_group("openvino")  # see tests/conftest.py
 NO_BF16 = f"this CPU ({cpu_info()['model']}, flags {cpu_info()['flags']}) has no native BF16"
 
 
