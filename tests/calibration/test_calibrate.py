@@ -30,6 +30,7 @@ from psp_deploy.runtime import Pipeline
 
 pytestmark = pytest.mark.xdist_group("calibration")  # see tests/conftest.py
 
+
 def run(path, feeds):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 

@@ -18,6 +18,7 @@ from psp_deploy.runtime.io import read_image
 
 pytestmark = pytest.mark.xdist_group("cli")  # see tests/conftest.py
 
+
 @pytest.fixture(scope="module")
 def bundle(bundles):
     return bundles("rgb-scaled")[0].root
