@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -21,7 +20,10 @@ import openvino as ov
 from common import save_json, say
 from onnx import TensorProto, helper, numpy_helper
 
+from psp_deploy.benchmark.timing import measure
 from psp_deploy.machine import cpu_info, library_versions
+from psp_deploy.runtime.backends.onnxruntime import session_options
+from psp_deploy.runtime.backends.openvino import compile_config
 
 # (in channels, out channels, input size) of FFHQ 1024's upsampling convs
 LAYERS = [(512, 512, 4), (512, 512, 8), (512, 512, 16), (512, 512, 32), (512, 256, 64), (256, 128, 128)]
@@ -65,23 +67,12 @@ def windowed(weight: np.ndarray, size: int) -> onnx.ModelProto:
     return graph(nodes, {"k": kernel.reshape(4 * c_out, c_in, 2, 2)}, [1, c_in, size, size], [1, c_out, out, out])
 
 
-def p50_ms(run: Callable[[], object], runs: int) -> float:
-    for _ in range(2):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
-
-
 def runners(model: onnx.ModelProto, threads: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    core, config = ov.Core(), {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-    request = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", config).create_infer_request()
+    """Each backend's call, with the settings the runtime gives it (FP32, latency, ``threads``)."""
+    source = model.SerializeToString()
+    session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+    core, config = ov.Core(), compile_config("fp32", "latency", threads)
+    request = core.compile_model(core.read_model(source, b""), "CPU", config).create_infer_request()
     return {
         "onnxruntime": lambda x: session.run(None, {"x": x})[0],
         "openvino": lambda x: next(iter(request.infer({0: x}).values())),
@@ -106,7 +97,8 @@ def main() -> None:
             for backend, run in backends.items():
                 out = run(x)[:, :, : 2 * size + 1, : 2 * size + 1]
                 assert np.abs(out - reference).max() < 1e-4, (form, backend)  # the same transposed conv
-                row[f"{form} {backend} ms"] = p50_ms(lambda run=run, x=x: run(x), args.runs)
+                latency = measure(lambda run=run, x=x: run(x), warmup=2, runs=args.runs)
+                row[f"{form} {backend} ms"] = 1e3 * latency.p50
         say(str(row))
         rows.append(row)
     totals = {key: sum(r[key] for r in rows) for key in rows[0] if key != "layer"}

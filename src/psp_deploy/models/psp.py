@@ -59,9 +59,7 @@ class Psp(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch → W+ codes [B, n_styles, 512], latent_avg already added."""
-        codes = self.encoder(x)
-        if codes.ndim == 2:  # a W encoder: the decoder would repeat it, so repeat now
-            codes = codes[:, None, :].repeat(1, self.config.n_styles, 1)  # constant repeats: no Shape in the graph
+        codes = self._w_plus(self.encoder(x))  # a W encoder's codes: the decoder would repeat them, so now
         if self.config.start_from_latent_avg:
             codes = codes + self.latent_avg
         return codes
@@ -72,9 +70,11 @@ class Psp(nn.Module):
 
     def synthesize(self, codes: torch.Tensor) -> torch.Tensor:
         """W+ codes [B, n_styles, 512] (or W [B, 512], repeated) → image [B, 3, R, R]."""
-        if codes.ndim == 2:
-            codes = codes[:, None, :].repeat(1, self.config.n_styles, 1)  # constant repeats: no Shape in the graph
-        return self.decoder.synthesis(codes)
+        return self.decoder.synthesis(self._w_plus(codes))
+
+    def _w_plus(self, codes: torch.Tensor) -> torch.Tensor:
+        """W [B, 512] repeated to W+ [B, n_styles, 512]; W+ as it is. Constant repeats: no Shape in the graph."""
+        return codes[:, None, :].repeat(1, self.config.n_styles, 1) if codes.ndim == 2 else codes
 
     def forward(
         self,
