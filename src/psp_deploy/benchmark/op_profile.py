@@ -17,7 +17,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import InputError
 from ..runtime.backends.onnxruntime import session_options
-from ..runtime.backends.openvino import compile_config, import_openvino
+from ..runtime.backends.openvino import OpenVINOBackend
 
 Feeds = dict[str, np.ndarray]
 RUNS = 4
@@ -43,12 +43,13 @@ def ort_op_seconds(path: Path, feeds: Feeds, threads: int | None = None) -> dict
     return dict(seconds)
 
 
-def openvino_op_seconds(path: Path, feeds: Feeds, precision: str, threads: int | None = None) -> dict[str, float]:
+def openvino_op_seconds(backend: OpenVINOBackend, feeds: Feeds) -> dict[str, float]:
     """Keyed by layer type and the kernel OpenVINO chose (e.g. ``Convolution [brgconv_avx2_FP32]``),
-    which shows whether a layer really ran in the precision asked for."""
-    ov = import_openvino()
-    config = {**compile_config(precision, threads=threads), "PERF_COUNT": True}
-    request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+    which shows whether a layer really ran in the precision asked for. The model is the one the
+    backend runs for this batch size."""
+    backend.config["PERF_COUNT"] = True
+    backend.compile(backend.path)
+    request = backend.compiled_for(len(next(iter(feeds.values())))).create_infer_request()
     for _ in range(RUNS):
         request.infer(feeds)
     seconds: Counter[str] = Counter()
@@ -67,7 +68,7 @@ def profile_graph(
     if backend == "onnxruntime":
         seconds = ort_op_seconds(path, feeds, threads)
     elif backend == "openvino":
-        seconds = openvino_op_seconds(path, feeds, precision, threads)
+        seconds = openvino_op_seconds(OpenVINOBackend(path, record, graph, precision=precision, threads=threads), feeds)
     else:
         raise InputError(f"per-op profiles are available for onnxruntime and openvino, not {backend!r}")
     return dict(sorted(seconds.items(), key=lambda kv: -kv[1]))

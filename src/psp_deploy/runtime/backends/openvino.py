@@ -8,7 +8,8 @@ arithmetic on x86.
 
 A model compiled by `psp-deploy build --backend openvino` (an exported blob in the bundle)
 is imported when it was made for this OpenVINO, CPU and precision; otherwise the graph is
-compiled, with OpenVINO's cache in the user's cache folder, never in the bundle.
+compiled, with OpenVINO's cache in the user's cache folder, never in the bundle. A batch size in
+``FIXED_BATCHES`` runs a model compiled for exactly that size, always from the ONNX graph.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ from .base import Backend
 from .options import BackendOptions
 
 HINTS = ("latency", "throughput")
+
+# OpenVINO fuses the synthesis' elementwise chains (demodulation, noise, bias, activation, next style)
+# into its jit "Subgraph" kernels, and drops the reorders between them, only where shapes are static. On
+# the AVX-512 EPYC a batch-1 synthesis compiled for batch 1 ran 8% (FP32) and 14% (BF16) faster than the
+# one compiled for any batch (benchmarks/results/amd-epyc-openvino-fixed-batch.md); the encoder gained
+# nothing. Each fixed-batch model costs about 1.2 GB more at 1024² (OpenVINO's folded constants), so only
+# batch 1, the latency path, gets one; other sizes share the model compiled for any batch.
+FIXED_BATCHES = {"synthesis": (1,)}
 
 
 def import_openvino() -> Any:
@@ -89,10 +98,11 @@ class OpenVINOBackend(Backend):
             force_bf16=options.force_bf16,
         )
         engine = resolved.engine
+        cache = graph_cache(cls.name, record.sha256, options.cache_dir)
         if engine is not None and not engine.differences(machine_key(backend.config)):
-            backend.compile(bundle.verified_path(engine.file, engine.sha256))
+            backend.compile(bundle.verified_path(engine.file, engine.sha256), cache)
         else:
-            backend.compile(path, graph_cache(cls.name, record.sha256, options.cache_dir))
+            backend.compile(path, cache)
         return backend
 
     def __init__(
@@ -114,25 +124,51 @@ class OpenVINOBackend(Backend):
             check_bf16(force_bf16)
         self.precision = precision
         self.config = compile_config(precision, hint, threads)
-        self._idle: list[Any] = []
+        # a graph exported for one batch (grouped synthesis) is compiled for it already
+        self.fixed_batches = () if record.batch else FIXED_BATCHES.get(graph, ())
+        self._compiled: dict[int | None, Any] = {}  # by batch size; None: any batch
+        self._idle: dict[int | None, list[Any]] = {}
         self._lock = threading.Lock()
 
     def compile(self, source: Path, cache_dir: Path | None = None) -> None:
-        """Compile the ONNX graph (cached in ``cache_dir``), or import a blob that `build` exported."""
+        """Compile the ONNX graph for any batch, or import a blob that `build` exported; a fixed batch
+        size is compiled from the ONNX graph when first run. ONNX compiles are cached in ``cache_dir``."""
+        self.source, self._cache_dir = source, cache_dir
+        self._compiled[None] = self.compile_model(source, None)
+        names = lambda ports: [p.get_any_name() for p in ports]  # noqa: E731
+        self._check_io(names(self.compiled.inputs), names(self.compiled.outputs))
+
+    def compile_model(self, source: Path, batch: int | None) -> Any:
+        """``source`` compiled (or imported) for any batch, or an ONNX graph compiled for ``batch`` rows."""
         core = import_openvino().Core()
-        config = {**self.config, **({"CACHE_DIR": str(cache_dir)} if cache_dir else {})}
-        self.source = source
         try:
-            if source.suffix == ".onnx":
-                self.compiled = core.compile_model(str(source), "CPU", config)
-            else:
-                self.compiled = core.import_model(source.read_bytes(), "CPU", config)
+            if source.suffix != ".onnx":
+                return core.import_model(source.read_bytes(), "CPU", self.config)
+            config = {**self.config, **({"CACHE_DIR": str(self._cache_dir)} if self._cache_dir else {})}
+            model = core.read_model(str(source))
+            if batch is not None:
+                model.reshape({p.get_any_name(): [batch, *list(p.get_partial_shape())[1:]] for p in model.inputs})
+            return core.compile_model(model, "CPU", config)
         except RuntimeError as err:
             # OpenVINO's first line only says where it raised; the cause follows
             reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
             raise BundleError(f"{source}: OpenVINO cannot load it: {reason}") from err
-        names = lambda ports: [p.get_any_name() for p in ports]  # noqa: E731
-        self._check_io(names(self.compiled.inputs), names(self.compiled.outputs))
+
+    @property
+    def compiled(self) -> Any:
+        """The model compiled for any batch size."""
+        return self._compiled[None]
+
+    def _key(self, batch: int) -> int | None:
+        return batch if batch in self.fixed_batches else None
+
+    def compiled_for(self, batch: int) -> Any:
+        """The model that runs ``batch`` rows: compiled for that size if it is a fixed one, else for any."""
+        key = self._key(batch)
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = self.compile_model(self.path, key)
+            return self._compiled[key]
 
     def declaration(self) -> GraphDeclaration:
         """Ports as compiled; metadata from the ONNX file (a compiled model does not keep it)."""
@@ -141,33 +177,18 @@ class OpenVINOBackend(Backend):
         inputs, outputs = ports(self.compiled.inputs), ports(self.compiled.outputs)
         return GraphDeclaration(self.path.name, inputs, outputs, read_metadata(self.path))
 
-    def _request(self) -> Any:
-        with self._lock:
-            return self._idle.pop() if self._idle else self.compiled.create_infer_request()
-
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request = self._request()
+        batch = len(next(iter(feeds.values())))
+        compiled, key = self.compiled_for(batch), self._key(batch)
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            request = idle.pop() if idle else compiled.create_infer_request()
         try:
             request.infer(feeds)
             return {o.name: request.get_tensor(o.name).data.copy() for o in self.outputs}
         finally:
             with self._lock:
-                self._idle.append(request)
-
-    def infer_many(self, batches: list[dict[str, np.ndarray]], jobs: int = 0) -> list[dict[str, np.ndarray]]:
-        """Throughput mode: run many feeds at once on OpenVINO's asynchronous request queue."""
-        ov = import_openvino()
-        queue = ov.AsyncInferQueue(self.compiled, jobs)
-        results: list[dict[str, np.ndarray] | None] = [None] * len(batches)
-
-        def done(request: Any, index: int) -> None:
-            results[index] = {o.name: request.get_tensor(o.name).data.copy() for o in self.outputs}
-
-        queue.set_callback(done)
-        for index, feeds in enumerate(batches):
-            queue.start_async(self.check(feeds), userdata=index)
-        queue.wait_all()
-        return results  # type: ignore[return-value]
+                idle.append(request)
 
     def check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .base import check_feeds

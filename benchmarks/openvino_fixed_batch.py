@@ -1,0 +1,64 @@
+"""OpenVINO on the 1024² scaled bundle: each graph compiled for any batch (dynamic shapes) against
+compiled for the one batch it runs (static shapes), FP32 and (where native) BF16, batch 1 and 4, p50
+seconds. This is the measurement behind the OpenVINO backend's FIXED_BATCHES. Writes
+benchmarks/results/<cpu>-openvino-fixed-batch.{json,md}.
+
+    .venv/bin/python benchmarks/openvino_fixed_batch.py [--runs 5] [--batches 1,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from common import RESULTS, bundle, checkpoint, save_json, say
+
+from psp_deploy.benchmark.timing import measure
+from psp_deploy.bundle import Bundle
+from psp_deploy.machine import cpu_info, has_native_bf16, library_versions, machine_slug
+from psp_deploy.runtime.backends.openvino import OpenVINOBackend
+
+
+def timed(compiled: object, feeds: dict[str, np.ndarray], runs: int) -> float:
+    request = compiled.create_infer_request()  # type: ignore[attr-defined]
+    return measure(lambda: request.infer(feeds), warmup=2, runs=runs).p50
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
+    args = parser.parse_args()
+    root = bundle(checkpoint(1024), "scaled")
+    rows = []
+    for precision in ("fp32", "bf16") if has_native_bf16() else ("fp32",):
+        for graph in ("encoder", "synthesis"):
+            backend = OpenVINOBackend.from_bundle(Bundle.open(root), graph, precision)
+            for batch in map(int, args.batches.split(",")):
+                rng = np.random.default_rng(0)
+                feeds = {s.name: rng.standard_normal([batch, *s.shape[1:]]).astype(np.float32) for s in backend.inputs}
+                any_batch = timed(backend.compiled, feeds, args.runs)
+                fixed = timed(backend.compile_model(backend.path, batch), feeds, args.runs)
+                row = {"graph": graph, "precision": precision, "batch": batch, "any batch s": any_batch}
+                rows.append({**row, "fixed batch s": fixed, "change": fixed / any_batch - 1})
+                say(str(rows[-1]))
+    results = {
+        "command": "benchmarks/openvino_fixed_batch.py " + " ".join(sys.argv[1:]),
+        "machine": cpu_info(),
+        "versions": library_versions(),
+        "settings": {"runs": args.runs, "threads": "all", "bundle": root.name, "statistic": "p50"},
+        "rows": rows,
+    }
+    say(f"results: {save_json(results, '-openvino-fixed-batch')}")
+    table = ["| graph | precision | batch | any batch s | fixed batch s | change |", "|---|---|---:|---:|---:|---:|"]
+    table += [
+        f"| {r['graph']} | {r['precision']} | {r['batch']} | {r['any batch s']:.3f} | {r['fixed batch s']:.3f} "
+        f"| {100 * r['change']:+.0f}% |"
+        for r in rows
+    ]
+    (RESULTS / f"{machine_slug()}-openvino-fixed-batch.md").write_text("\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
