@@ -25,6 +25,26 @@ def timed(compiled: object, feeds: dict[str, np.ndarray], runs: int) -> float:
     return measure(lambda: request.infer(feeds), warmup=2, runs=runs).p50
 
 
+def write_markdown(results: dict) -> None:
+    machine = results["machine"]
+    lines = [
+        f"# OpenVINO: compiled for any batch against compiled for the batch it runs ({machine['model']})",
+        "",
+        f"- CPU: {machine['model']}, {machine['logical_cores']} logical cores, flags {', '.join(machine['flags'])}",
+        f"- OpenVINO {results['versions']['openvino']}; {results['settings']}",
+        f"- reproduce: `{results['command'].strip()}`",
+        "",
+        "| graph | precision | batch | any batch s | fixed batch s | change |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['graph']} | {r['precision']} | {r['batch']} | {r['any batch s']:.3f} | {r['fixed batch s']:.3f} "
+        f"| {100 * r['change']:+.0f}% |"
+        for r in results["rows"]
+    ]
+    (RESULTS / f"{machine_slug()}-openvino-fixed-batch.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
@@ -51,13 +71,7 @@ def main() -> None:
         "rows": rows,
     }
     say(f"results: {save_json(results, '-openvino-fixed-batch')}")
-    table = ["| graph | precision | batch | any batch s | fixed batch s | change |", "|---|---|---:|---:|---:|---:|"]
-    table += [
-        f"| {r['graph']} | {r['precision']} | {r['batch']} | {r['any batch s']:.3f} | {r['fixed batch s']:.3f} "
-        f"| {100 * r['change']:+.0f}% |"
-        for r in rows
-    ]
-    (RESULTS / f"{machine_slug()}-openvino-fixed-batch.md").write_text("\n".join(table) + "\n")
+    write_markdown(results)
 
 
 if __name__ == "__main__":

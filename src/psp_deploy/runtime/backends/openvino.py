@@ -33,10 +33,10 @@ HINTS = ("latency", "throughput")
 
 # OpenVINO fuses the synthesis' elementwise chains (demodulation, noise, bias, activation, next style)
 # into its jit "Subgraph" kernels, and drops the reorders between them, only where shapes are static. On
-# the AVX-512 EPYC a batch-1 synthesis compiled for batch 1 ran 8% (FP32) and 14% (BF16) faster than the
-# one compiled for any batch (benchmarks/results/amd-epyc-openvino-fixed-batch.md); the encoder gained
-# nothing. Each fixed-batch model costs about 1.2 GB more at 1024² (OpenVINO's folded constants), so only
-# batch 1, the latency path, gets one; other sizes share the model compiled for any batch.
+# the AVX-512 EPYC the 1024² synthesis compiled for its batch ran 14% (FP32) and 9% (BF16) faster at
+# batch 1 than compiled for any batch, 10% and 8% at batch 4; the encoder's changes went both ways
+# (benchmarks/results/amd-epyc-openvino-fixed-batch.md). A fixed-batch synthesis holds about 1.2 GB
+# more at 1024², so only batch 1, the latency path, gets one; other sizes share the any-batch model.
 FIXED_BATCHES = {"synthesis": (1,)}
 
 
