@@ -16,7 +16,7 @@ from psp_deploy.benchmark.device import BoundGraph
 from psp_deploy.benchmark.flops import graph_flops
 from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug
 from psp_deploy.benchmark.harness import busy_rows
-from psp_deploy.benchmark.report import latency_table, speedup_section, tf32_line, warnings_section
+from psp_deploy.benchmark.report import graphs_section, latency_table, speedup_section, tf32_line, warnings_section
 from psp_deploy.benchmark.timing import measure
 from psp_deploy.bundle import ModelRecord, TensorSpec
 from psp_deploy.cli import app
@@ -236,6 +236,15 @@ def test_end_to_end_is_held_against_the_official_path_at_the_same_precision_wher
     table = speedup_section({"results": [*ours, *official]})
     assert "| onnxruntime fp16 (scaled) | 1 | 0.500 | torch fp16 | 2.000 | 4.0× |" in table  # not against fp32
     assert "| onnxruntime int8 (scaled) | 1 | 1.000 | torch fp32 | 4.000 | 4.0× |" in table  # no torch int8
+
+
+def test_encode_plus_synthesize_is_the_work_of_both_over_their_time_against_the_conv_rate():
+    rows = [_row("openvino", "bf16", "encode", 300.0, min_s=1.0)]
+    rows += [_row("openvino", "bf16", "synthesize", 100.0, min_s=3.0)]
+    rows += [_row("openvino", "bf16", "e2e", 150.0), _row("openvino", "fp32", "encode", 100.0)]  # no synthesize row
+    table = graphs_section({"results": rows, "conv_gflops_per_s": {"bf16": {"openvino": 200.0}}})
+    # (300 GFLOP + 300 GFLOP) in 4 s = 150 GFLOP/s, 75% of 200; e2e (with alignment) is not part of it
+    assert table[4:] == ["| openvino bf16 (scaled) | 1 | 4.000 | 150.0 | 75% |", ""]
 
 
 def test_a_busy_machine_is_warned_about_naming_the_rows():

@@ -88,6 +88,29 @@ def speedup_section(results: dict[str, Any]) -> list[str]:
     return ["## End to end against the official path", "", *header, *table, ""]
 
 
+def graphs_section(results: dict[str, Any]) -> list[str]:
+    """Encode + synthesize through the pipeline (end to end without alignment, which does no counted
+    work) against the single-conv rate of the same backend and precision: the networks' share of the
+    machine, read off one line per configuration and batch."""
+    rows, lines = _pipeline(results["results"]), []
+    for encode in (r for r in rows if r["stage"] == "encode" and r["gflops_per_s"]):
+        same = {k: encode[k] for k in ("backend", "precision", "modconv", "batch")}
+        synthesize, limit = _find(rows, **same, stage="synthesize"), conv_rate(results, encode)
+        if not synthesize or not synthesize["gflops_per_s"] or not limit:
+            continue
+        seconds = [r["latency_s"]["mean"] for r in (encode, synthesize)]
+        rate = (encode["gflops_per_s"] * seconds[0] + synthesize["gflops_per_s"] * seconds[1]) / sum(seconds)
+        share = f"{rate / limit:.0%}"
+        lines.append(f"| {_config(encode)} | {encode['batch']} | {sum(seconds):.3f} | {rate:.1f} | {share} |")
+    if not lines:
+        return []
+    header = [
+        "| configuration | batch | encode + synthesize, mean s | GFLOP/s | of the conv rate |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    return ["## Encode + synthesize against the conv rate", "", *header, *lines, ""]
+
+
 def warnings_section(results: dict[str, Any]) -> list[str]:
     if not results.get("warnings"):
         return []
@@ -276,6 +299,7 @@ def write_report(results: dict[str, Any], out: Path, stem: str, command: str, no
         *notes_section(results),
         *limits_section(results),
         *speedup_section(results),
+        *graphs_section(results),
         "## Every measurement",
         "",
         *latency_table(results),

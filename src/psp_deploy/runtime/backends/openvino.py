@@ -15,6 +15,7 @@ compiled, with OpenVINO's cache in the user's cache folder, never in the bundle.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,24 +132,41 @@ class OpenVINOBackend(Backend):
         self._lock = threading.Lock()
 
     def compile(self, source: Path, cache_dir: Path | None = None) -> None:
-        """Compile the ONNX graph for any batch, or import a blob that `build` exported; a fixed batch
-        size is compiled from the ONNX graph when first run. ONNX compiles are cached in ``cache_dir``."""
+        """Compile the ONNX graph for any batch, or import a blob that `build` exported. A graph with
+        fixed batch sizes compiles nothing yet: each model is compiled when a batch first needs it, so a
+        batch-1 user never holds the any-batch one. ONNX compiles are cached in ``cache_dir``."""
         self.source, self._cache_dir = source, cache_dir
-        self._compiled[None] = self.compile_model(source, None)
-        names = lambda ports: [p.get_any_name() for p in ports]  # noqa: E731
-        self._check_io(names(self.compiled.inputs), names(self.compiled.outputs))
+        # A graph with fixed batches is declared as OpenVINO shapes it for the first of them (a graph read
+        # for any batch may leave shapes computed from the batch open); only its batch axis is any size.
+        reshaped = source.suffix == ".onnx" and bool(self.fixed_batches)
+        model = self._read(source, self.fixed_batches[0]) if reshaped else self.compiled
+        dims = lambda port: [  # noqa: E731
+            None if (reshaped and axis == 0) or not d.is_static else d.get_length()
+            for axis, d in enumerate(port.get_partial_shape())
+        ]
+        self._ports = [[(p.get_any_name(), dims(p)) for p in side] for side in (model.inputs, model.outputs)]
+        self._check_io(*([name for name, _ in side] for side in self._ports))
 
     def compile_model(self, source: Path, batch: int | None) -> Any:
         """``source`` compiled (or imported) for any batch, or an ONNX graph compiled for ``batch`` rows."""
         core = import_openvino().Core()
+        if source.suffix != ".onnx":
+            return self._loading(source, lambda: core.import_model(source.read_bytes(), "CPU", self.config))
+        model = self._read(source, batch)
+        config = {**self.config, **({"CACHE_DIR": str(self._cache_dir)} if self._cache_dir else {})}
+        return self._loading(source, lambda: core.compile_model(model, "CPU", config))
+
+    def _read(self, source: Path, batch: int | None) -> Any:
+        """The ONNX graph as OpenVINO reads it, its inputs reshaped to ``batch`` rows unless None."""
+        model = self._loading(source, lambda: import_openvino().Core().read_model(str(source)))
+        if batch is not None:
+            model.reshape({p.get_any_name(): [batch, *list(p.get_partial_shape())[1:]] for p in model.inputs})
+        return model
+
+    @staticmethod
+    def _loading(source: Path, load: Callable[[], Any]) -> Any:
         try:
-            if source.suffix != ".onnx":
-                return core.import_model(source.read_bytes(), "CPU", self.config)
-            config = {**self.config, **({"CACHE_DIR": str(self._cache_dir)} if self._cache_dir else {})}
-            model = core.read_model(str(source))
-            if batch is not None:
-                model.reshape({p.get_any_name(): [batch, *list(p.get_partial_shape())[1:]] for p in model.inputs})
-            return core.compile_model(model, "CPU", config)
+            return load()
         except RuntimeError as err:
             # OpenVINO's first line only says where it raised; the cause follows
             reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
@@ -156,25 +174,26 @@ class OpenVINOBackend(Backend):
 
     @property
     def compiled(self) -> Any:
-        """The model compiled for any batch size."""
-        return self._compiled[None]
+        """The model compiled for any batch size (compiled now if no batch has needed it yet)."""
+        return self._model(None)
 
     def _key(self, batch: int) -> int | None:
         return batch if batch in self.fixed_batches else None
 
     def compiled_for(self, batch: int) -> Any:
         """The model that runs ``batch`` rows: compiled for that size if it is a fixed one, else for any."""
-        key = self._key(batch)
+        return self._model(self._key(batch))
+
+    def _model(self, key: int | None) -> Any:
         with self._lock:
             if key not in self._compiled:
-                self._compiled[key] = self.compile_model(self.path, key)
+                # a fixed batch is always compiled from the ONNX graph: a blob was exported for any batch
+                self._compiled[key] = self.compile_model(self.source if key is None else self.path, key)
             return self._compiled[key]
 
     def declaration(self) -> GraphDeclaration:
-        """Ports as compiled; metadata from the ONNX file (a compiled model does not keep it)."""
-        dims = lambda port: [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-        ports = lambda ports: [(p.get_any_name(), dims(p)) for p in ports]
-        inputs, outputs = ports(self.compiled.inputs), ports(self.compiled.outputs)
+        """Ports as OpenVINO read them; metadata from the ONNX file (a compiled model does not keep it)."""
+        inputs, outputs = self._ports
         return GraphDeclaration(self.path.name, inputs, outputs, read_metadata(self.path))
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -189,11 +208,6 @@ class OpenVINOBackend(Backend):
         finally:
             with self._lock:
                 idle.append(request)
-
-    def check(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .base import check_feeds
-
-        return check_feeds(feeds, self.inputs, self.graph)
 
 
 def export_compiled(
