@@ -9,15 +9,26 @@ benchmarks/results/<cpu>-openvino-fixed-batch.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 from common import RESULTS, bundle, checkpoint, save_json, say
 
+from psp_deploy.benchmark.op_profile import openvino_op_seconds
 from psp_deploy.benchmark.timing import measure
 from psp_deploy.bundle import Bundle
 from psp_deploy.machine import cpu_info, has_native_bf16, library_versions, machine_slug
 from psp_deploy.runtime.backends.openvino import OpenVINOBackend
+
+
+def resident_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def top_ops(seconds: dict[str, float], top: int = 6) -> dict[str, float]:
+    return {k: round(1e3 * v, 1) for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]}
 
 
 def timed(compiled: object, feeds: dict[str, np.ndarray], runs: int) -> float:
@@ -34,15 +45,30 @@ def write_markdown(results: dict) -> None:
         f"- OpenVINO {results['versions']['openvino']}; {results['settings']}",
         f"- reproduce: `{results['command'].strip()}`",
         "",
-        "| graph | precision | batch | any batch s | fixed batch s | change |",
-        "|---|---|---:|---:|---:|---:|",
+        "| graph | precision | batch | any batch s | fixed batch s | change | fixed-batch model, MB resident |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r['graph']} | {r['precision']} | {r['batch']} | {r['any batch s']:.3f} | {r['fixed batch s']:.3f} "
-        f"| {100 * r['change']:+.0f}% |"
+        f"| {100 * r['change']:+.0f}% | {r['compiled MB']:.0f} |"
         for r in results["rows"]
     ]
+    lines += ["", "OpenVINO's per-layer counters, one FP32 batch-1 synthesis, ms per layer type (top 6):", ""]
+    for name, ops in results["synthesis fp32 batch 1 ms per op type"].items():
+        lines.append(f"- compiled for {name}: " + ", ".join(f"{op} {ms}" for op, ms in ops.items()))
     (RESULTS / f"{machine_slug()}-openvino-fixed-batch.md").write_text("\n".join(lines) + "\n")
+
+
+def profiles(root: Path) -> dict[str, dict[str, float]]:
+    """OpenVINO's per-layer counters for one FP32 batch-1 synthesis, compiled for any batch and for one."""
+    backend = OpenVINOBackend.from_bundle(Bundle.open(root), "synthesis", "fp32")
+    profiled = OpenVINOBackend(backend.path, backend.record, "synthesis", profile=True)
+    feeds = {"codes": np.random.default_rng(0).standard_normal([1, *backend.inputs[0].shape[1:]]).astype(np.float32)}
+    models = {"any batch": None, "fixed batch": 1}
+    return {
+        name: top_ops(openvino_op_seconds(profiled.compile_model(backend.path, batch), feeds))
+        for name, batch in models.items()
+    }
 
 
 def main() -> None:
@@ -59,11 +85,16 @@ def main() -> None:
                 rng = np.random.default_rng(0)
                 feeds = {s.name: rng.standard_normal([batch, *s.shape[1:]]).astype(np.float32) for s in backend.inputs}
                 any_batch = timed(backend.compiled, feeds, args.runs)
-                fixed = timed(backend.compile_model(backend.path, batch), feeds, args.runs)
+                before = resident_mb()
+                fixed_model = backend.compile_model(backend.path, batch)
+                grown = resident_mb() - before  # the fixed-batch model's own memory, before it runs
+                fixed = timed(fixed_model, feeds, args.runs)
+                del fixed_model
                 row = {"graph": graph, "precision": precision, "batch": batch, "any batch s": any_batch}
-                rows.append({**row, "fixed batch s": fixed, "change": fixed / any_batch - 1})
+                rows.append({**row, "fixed batch s": fixed, "change": fixed / any_batch - 1, "compiled MB": grown})
                 say(str(rows[-1]))
     results = {
+        "synthesis fp32 batch 1 ms per op type": profiles(root),
         "command": "benchmarks/openvino_fixed_batch.py " + " ".join(sys.argv[1:]),
         "machine": cpu_info(),
         "versions": library_versions(),

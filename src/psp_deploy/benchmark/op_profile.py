@@ -11,6 +11,7 @@ import json
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,13 +44,11 @@ def ort_op_seconds(path: Path, feeds: Feeds, threads: int | None = None) -> dict
     return dict(seconds)
 
 
-def openvino_op_seconds(backend: OpenVINOBackend, feeds: Feeds) -> dict[str, float]:
+def openvino_op_seconds(compiled: Any, feeds: Feeds) -> dict[str, float]:
     """Keyed by layer type and the kernel OpenVINO chose (e.g. ``Convolution [brgconv_avx2_FP32]``),
-    which shows whether a layer really ran in the precision asked for. The model is the one the
-    backend runs for this batch size."""
-    backend.config["PERF_COUNT"] = True
-    backend.compile(backend.path)
-    request = backend.compiled_for(len(next(iter(feeds.values())))).create_infer_request()
+    which shows whether a layer really ran in the precision asked for. ``compiled`` is a model that an
+    ``OpenVINOBackend(..., profile=True)`` compiled."""
+    request = compiled.create_infer_request()
     for _ in range(RUNS):
         request.infer(feeds)
     seconds: Counter[str] = Counter()
@@ -68,7 +67,9 @@ def profile_graph(
     if backend == "onnxruntime":
         seconds = ort_op_seconds(path, feeds, threads)
     elif backend == "openvino":
-        seconds = openvino_op_seconds(OpenVINOBackend(path, record, graph, precision=precision, threads=threads), feeds)
+        openvino = OpenVINOBackend(path, record, graph, precision=precision, threads=threads, profile=True)
+        openvino.prepare(path)  # the model profiled is the one the backend runs for this batch size
+        seconds = openvino_op_seconds(openvino.compiled_for(len(next(iter(feeds.values())))), feeds)
     else:
         raise InputError(f"per-op profiles are available for onnxruntime and openvino, not {backend!r}")
     return dict(sorted(seconds.items(), key=lambda kv: -kv[1]))

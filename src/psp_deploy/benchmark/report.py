@@ -105,7 +105,7 @@ def graphs_section(results: dict[str, Any]) -> list[str]:
     if not lines:
         return []
     header = [
-        "| configuration | batch | encode + synthesize, mean s | GFLOP/s | of the conv rate |",
+        "| configuration | batch | encode + synthesize, mean s per batch | GFLOP/s | of the conv rate |",
         "|---|---:|---:|---:|---:|",
     ]
     return ["## Encode + synthesize against the conv rate", "", *header, *lines, ""]

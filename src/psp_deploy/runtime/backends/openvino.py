@@ -101,9 +101,9 @@ class OpenVINOBackend(Backend):
         engine = resolved.engine
         cache = graph_cache(cls.name, record.sha256, options.cache_dir)
         if engine is not None and not engine.differences(machine_key(backend.config)):
-            backend.compile(bundle.verified_path(engine.file, engine.sha256), cache)
+            backend.prepare(bundle.verified_path(engine.file, engine.sha256), cache)
         else:
-            backend.compile(path, cache)
+            backend.prepare(path, cache)
         return backend
 
     def __init__(
@@ -116,32 +116,36 @@ class OpenVINOBackend(Backend):
         hint: str = "latency",
         threads: int | None = None,
         force_bf16: bool = False,
+        profile: bool = False,
     ) -> None:
-        """Checks the options; ``compile`` (or ``from_bundle``) makes the model runnable."""
+        """Checks the options; ``prepare`` (or ``from_bundle``) makes the model runnable. ``profile``
+        compiles with OpenVINO's per-layer performance counters on."""
         super().__init__(path, record, graph)
         if hint not in HINTS:
             raise BackendUnavailableError(f"performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
         if precision == "bf16":
             check_bf16(force_bf16)
         self.precision = precision
-        self.config = compile_config(precision, hint, threads)
+        self.config = compile_config(precision, hint, threads) | ({"PERF_COUNT": True} if profile else {})
         # a graph exported for one batch (grouped synthesis) is compiled for it already
         self.fixed_batches = () if record.batch else FIXED_BATCHES.get(graph, ())
+        self._cache_dir: Path | None = None
         self._compiled: dict[int | None, Any] = {}  # by batch size; None: any batch
         self._idle: dict[int | None, list[Any]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the request pools
+        self._compiling = threading.Lock()  # held while a model compiles: other threads still get requests
 
-    def compile(self, source: Path, cache_dir: Path | None = None) -> None:
-        """Compile the ONNX graph for any batch, or import a blob that `build` exported. A graph with
-        fixed batch sizes compiles nothing yet: each model is compiled when a batch first needs it, so a
-        batch-1 user never holds the any-batch one. ONNX compiles are cached in ``cache_dir``."""
+    def prepare(self, source: Path, cache_dir: Path | None = None) -> None:
+        """Make the graph runnable from ``source``: the ONNX graph, or a blob that `build` exported for
+        any batch. The first model a batch runs is compiled now, so a graph OpenVINO cannot compile is
+        refused at load: the any-batch one, or a graph's first fixed batch, compiled from the ONNX graph
+        (a blob holds the any-batch model only). The other is compiled when a batch first needs it, so a
+        batch-1 user holds one model. ONNX compiles are cached in ``cache_dir``."""
         self.source, self._cache_dir = source, cache_dir
-        # A graph with fixed batches is declared as OpenVINO shapes it for the first of them (a graph read
-        # for any batch may leave shapes computed from the batch open); only its batch axis is any size.
-        reshaped = source.suffix == ".onnx" and bool(self.fixed_batches)
-        model = self._read(source, self.fixed_batches[0]) if reshaped else self.compiled
-        dims = lambda port: [  # noqa: E731
-            None if (reshaped and axis == 0) or not d.is_static else d.get_length()
+        first = self.fixed_batches[0] if self.fixed_batches else None
+        model = self._model(first)
+        dims = lambda port: [  # noqa: E731 - a fixed-batch model's batch axis is any size to its callers
+            None if (first is not None and axis == 0) or not d.is_static else d.get_length()
             for axis, d in enumerate(port.get_partial_shape())
         ]
         self._ports = [[(p.get_any_name(), dims(p)) for p in side] for side in (model.inputs, model.outputs)]
@@ -150,18 +154,18 @@ class OpenVINOBackend(Backend):
     def compile_model(self, source: Path, batch: int | None) -> Any:
         """``source`` compiled (or imported) for any batch, or an ONNX graph compiled for ``batch`` rows."""
         core = import_openvino().Core()
+        config = {**self.config, **({"CACHE_DIR": str(self._cache_dir)} if self._cache_dir else {})}
         if source.suffix != ".onnx":
             return self._loading(source, lambda: core.import_model(source.read_bytes(), "CPU", self.config))
-        model = self._read(source, batch)
-        config = {**self.config, **({"CACHE_DIR": str(self._cache_dir)} if self._cache_dir else {})}
-        return self._loading(source, lambda: core.compile_model(model, "CPU", config))
+        if batch is None:
+            return self._loading(source, lambda: core.compile_model(str(source), "CPU", config))
 
-    def _read(self, source: Path, batch: int | None) -> Any:
-        """The ONNX graph as OpenVINO reads it, its inputs reshaped to ``batch`` rows unless None."""
-        model = self._loading(source, lambda: import_openvino().Core().read_model(str(source)))
-        if batch is not None:
+        def fixed() -> Any:
+            model = core.read_model(str(source))
             model.reshape({p.get_any_name(): [batch, *list(p.get_partial_shape())[1:]] for p in model.inputs})
-        return model
+            return core.compile_model(model, "CPU", config)
+
+        return self._loading(source, fixed)
 
     @staticmethod
     def _loading(source: Path, load: Callable[[], Any]) -> Any:
@@ -185,11 +189,12 @@ class OpenVINOBackend(Backend):
         return self._model(self._key(batch))
 
     def _model(self, key: int | None) -> Any:
-        with self._lock:
-            if key not in self._compiled:
-                # a fixed batch is always compiled from the ONNX graph: a blob was exported for any batch
-                self._compiled[key] = self.compile_model(self.source if key is None else self.path, key)
-            return self._compiled[key]
+        if key not in self._compiled:
+            with self._compiling:
+                if key not in self._compiled:
+                    # a fixed batch is always compiled from the ONNX graph: a blob was exported for any batch
+                    self._compiled[key] = self.compile_model(self.source if key is None else self.path, key)
+        return self._compiled[key]
 
     def declaration(self) -> GraphDeclaration:
         """Ports as OpenVINO read them; metadata from the ONNX file (a compiled model does not keep it)."""
@@ -218,7 +223,6 @@ def export_compiled(
     resolved = bundle.resolve(graph, precision, "openvino")
     path = bundle.model_path(graph, resolved.record.precision)
     backend = OpenVINOBackend(path, resolved.record, graph, precision=resolved.precision, force_bf16=force_bf16)
-    backend.compile(path)
     with atomic_file(target) as f:
-        f.write(backend.compiled.export_model().getvalue())
+        f.write(backend.compile_model(path, None).export_model().getvalue())
     return {**machine_key(backend.config), "cpu": cpu_info()["model"], "source": path.name}
