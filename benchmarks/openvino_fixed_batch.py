@@ -3,7 +3,7 @@ compiled for the one batch it runs (static shapes), FP32 and (where native) BF16
 seconds. This is the measurement behind the OpenVINO backend's FIXED_BATCHES. Writes
 benchmarks/results/<cpu>-openvino-fixed-batch.{json,md}.
 
-    .venv/bin/python benchmarks/openvino_fixed_batch.py [--runs 5] [--batches 1,4]
+    .venv/bin/python benchmarks/openvino_fixed_batch.py [--runs 7] [--batches 1,4]
 """
 
 from __future__ import annotations
@@ -31,9 +31,15 @@ def top_ops(seconds: dict[str, float], top: int = 6) -> dict[str, float]:
     return {k: round(1e3 * v, 1) for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])[:top]}
 
 
-def timed(compiled: object, feeds: dict[str, np.ndarray], runs: int) -> float:
-    request = compiled.create_infer_request()  # type: ignore[attr-defined]
-    return measure(lambda: request.infer(feeds), warmup=2, runs=runs).p50
+def timed(models: list, feeds: dict[str, np.ndarray], runs: int) -> list[float]:
+    """p50 seconds of each model, their runs interleaved (A B A B ...) so that the machine's drift
+    during the measurement falls on both alike."""
+    requests = [m.create_infer_request() for m in models]
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(runs):
+        for request, own in zip(requests, times, strict=True):
+            own.append(measure(lambda r=request: r.infer(feeds), warmup=0 if own else 2, runs=1).p50)
+    return [float(np.median(t)) for t in times]
 
 
 def write_markdown(results: dict) -> None:
@@ -73,7 +79,7 @@ def profiles(root: Path) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--batches", default="1,4", help="comma-separated batch sizes")
     args = parser.parse_args()
     root = bundle(checkpoint(1024), "scaled")
@@ -84,11 +90,10 @@ def main() -> None:
             for batch in map(int, args.batches.split(",")):
                 rng = np.random.default_rng(0)
                 feeds = {s.name: rng.standard_normal([batch, *s.shape[1:]]).astype(np.float32) for s in backend.inputs}
-                any_batch = timed(backend.compiled, feeds, args.runs)
                 before = resident_mb()
                 fixed_model = backend.compile_model(backend.path, batch)
                 grown = resident_mb() - before  # the fixed-batch model's own memory, before it runs
-                fixed = timed(fixed_model, feeds, args.runs)
+                any_batch, fixed = timed([backend.compiled, fixed_model], feeds, args.runs)
                 del fixed_model
                 row = {"graph": graph, "precision": precision, "batch": batch, "any batch s": any_batch}
                 rows.append({**row, "fixed batch s": fixed, "change": fixed / any_batch - 1, "compiled MB": grown})

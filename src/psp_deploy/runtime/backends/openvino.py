@@ -33,11 +33,10 @@ from .options import BackendOptions
 HINTS = ("latency", "throughput")
 
 # OpenVINO fuses the synthesis' elementwise chains (demodulation, noise, bias, activation, next style)
-# into its jit "Subgraph" kernels, and drops the reorders between them, only where shapes are static. On
-# the AVX-512 EPYC the 1024² synthesis compiled for its batch ran 14% (FP32) and 9% (BF16) faster at
-# batch 1 than compiled for any batch, 10% and 8% at batch 4; the encoder's changes went both ways
-# (benchmarks/results/amd-epyc-openvino-fixed-batch.md). A fixed-batch synthesis holds about 1.2 GB
-# more at 1024², so only batch 1, the latency path, gets one; other sizes share the any-batch model.
+# into its jit "Subgraph" kernels only where shapes are static. On the AVX-512 EPYC the 1024² synthesis
+# compiled for the batch it runs took 10% (FP32) and 11% (BF16) less time at batch 1 than compiled for
+# any batch; the encoder did not change (benchmarks/results/amd-epyc-openvino-fixed-batch.md). A
+# fixed-batch synthesis holds about 1.4 GB at 1024², so only batch 1, the latency path, gets one.
 FIXED_BATCHES = {"synthesis": (1,)}
 
 
