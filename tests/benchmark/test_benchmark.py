@@ -111,6 +111,10 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
     synthesis_ops = data["profiles"]["onnxruntime fp32"]["synthesis"]
     assert next(iter(synthesis_ops)) == "Conv" and "| Conv |" in report, synthesis_ops
 
+    again = CliRunner().invoke(app, ["bench", str(bundles("rgb-scaled")[0].root), "--report", str(out.parent)])
+    assert again.exit_code == 2 and f"{out} exists: pass --force" in again.output, again.output
+    assert json.loads(out.read_text()) == data  # nothing overwritten
+
 
 @pytest.mark.parametrize(
     "args, message",

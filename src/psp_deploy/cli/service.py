@@ -128,6 +128,7 @@ def bench(
         ),
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Also write a markdown report and PNG plots here.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace results and a report already there.")] = False,
 ) -> None:
     """Latency (min, p50, p90, p99, mean) and throughput per stage and end to end, per batch size.
 
@@ -145,6 +146,9 @@ def bench(
 
     output = output or (report or Path()) / "bench-results.json"  # the results beside their report
     with handled(), progress("benchmarking") as step:
+        for path in (output, *([report / f"{output.stem}.md"] if report else [])):
+            if path.exists() and not force:  # refused before minutes of measuring, not after
+                raise InputError(f"{path} exists: pass --force to replace it, or write elsewhere (--output, --report)")
         try:
             batches = [int(b) for b in comma_list(batch)]
         except ValueError:
