@@ -275,6 +275,8 @@ class Bundle:
     def open(cls, root: str | Path) -> Bundle:
         root = Path(root)
         path = root / MANIFEST
+        if not root.exists():
+            raise BundleError(f"{root}: no such bundle folder; make one with `psp-deploy export`")
         if not path.is_file():
             raise BundleError(f"{root}: not a bundle (no {MANIFEST}); make one with `psp-deploy export`")
         try:

@@ -134,6 +134,23 @@ def test_bench_refuses_what_it_cannot_measure(bundles, args, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+def test_bench_refuses_every_combination_before_measuring_any(bundles, tmp_path):
+    """A backend or precision that cannot run is refused before the ones that can are measured (no
+    "loading" step), and a mistyped bundle path is named as missing."""
+    root = str(bundles("rgb-scaled")[0].root)  # FP32 graphs only
+    cases = [
+        (["--backend", "onnxruntime", "--precision", "fp32,bf16"], "onnxruntime does not run bf16"),
+        (["--backend", "onnxruntime,openvinoo"], "unknown backend 'openvinoo'"),
+        (["--backend", "onnxruntime", "--precision", "fp32,int8"], "int8"),
+        (["--batch", "1,0"], "batch sizes must be at least 1, got [1, 0]"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, ["bench", root, "--stages", "encode", "--runs", "1", *args])
+        assert result.exit_code == 2 and message in result.output and "loading" not in result.output, result.output
+    missing = CliRunner().invoke(app, ["bench", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no such bundle folder" in missing.output, missing.output
+
+
 @pytest.mark.skipif(NO_CUDA is None, reason="this machine can run make gpu-check: the refusal is for the others")
 def test_make_gpu_check_refuses_a_machine_without_a_cuda_gpu():
     run = subprocess.run(["make", "gpu-check", f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True)

@@ -24,6 +24,7 @@ from ..machine import cpu_info, library_versions
 from ..runtime import Pipeline
 from ..runtime.backends import BackendOptions, resolve_backend
 from ..runtime.backends.onnxruntime import uses_tf32
+from ..runtime.pipeline import openable
 from .device import STAGE_GRAPHS, stage_graphs
 from .flops import flops_per_image
 from .gpu import cuda_problem, cuda_synchronizer, gpu_info
@@ -70,8 +71,10 @@ class BenchSettings:
         unknown = set(self.stages) - set(STAGES)
         if unknown:
             raise InputError(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
-        if min(self.batches) < 1 or self.runs < 1 or self.warmup < 0:
-            raise InputError("batches and --runs must be at least 1, --warmup at least 0")
+        if min(self.batches) < 1:
+            raise InputError(f"batch sizes must be at least 1, got {self.batches}")
+        if self.runs < 1 or self.warmup < 0:
+            raise InputError(f"--runs must be at least 1 and --warmup at least 0, got {self.runs} and {self.warmup}")
         if self.device not in DEVICES:
             raise InputError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.device == "cuda":
@@ -266,6 +269,9 @@ def run_benchmark(
     measured = _numbered(say, _measurements(settings, baseline))
     timer, synchronised_by = _timer(settings)
     bundle = Bundle.open(bundle_dir)
+    for name in settings.backends:  # every combination refused now, not after minutes of measuring others
+        for precision in settings.precisions:
+            openable(bundle, resolve_backend(name, settings.device, precision), precision)
     photo = benchmark_photo()
     flops = graph_flops(bundle)
     rows, profiles, pipelines = _bench_backends(bundle, settings, photo, flops, say, measured, timer)

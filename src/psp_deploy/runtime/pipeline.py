@@ -105,6 +105,15 @@ def check_latent_mask(mask: Sequence[int], n_styles: int) -> list[int]:
     return [int(i) for i in mask]
 
 
+def openable(bundle: Bundle, backend: str, precision: str) -> type[Backend]:
+    """The class of ``backend`` once it is known, runs ``precision``, and the bundle has graphs for it;
+    else the refusal, before any graph loads."""
+    check_precision(backend, precision)
+    if precision not in INFERENCE_PRECISIONS and all(precision not in m for m in bundle.manifest.models.values()):
+        bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
+    return backend_class(backend)
+
+
 def run_batched(
     fn: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, fixed: int | None, max_batch: int
 ) -> list[np.ndarray]:
@@ -148,10 +157,7 @@ class Pipeline:
         Graphs calibrated at ``precision`` run at it; graphs the calibration left out (its
         --graphs) run in FP32, as ``precisions`` shows. A precision no graph has is an error."""
         bundle = Bundle.open(path)
-        check_precision(backend, precision)
-        if precision not in INFERENCE_PRECISIONS and all(precision not in m for m in bundle.manifest.models.values()):
-            bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
-        cls_ = backend_class(backend)
+        cls_ = openable(bundle, backend, precision)
         backends: dict[str, Backend] = {}
         try:
             for graph in GRAPHS:
