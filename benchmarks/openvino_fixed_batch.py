@@ -67,13 +67,14 @@ def write_markdown(results: dict) -> None:
 
 def profiles(root: Path) -> dict[str, dict[str, float]]:
     """OpenVINO's per-layer counters for one FP32 batch-1 synthesis, compiled for any batch and for one."""
-    backend = OpenVINOBackend.from_bundle(Bundle.open(root), "synthesis", "fp32")
-    profiled = OpenVINOBackend(backend.path, backend.record, "synthesis", profile=True)
-    feeds = {"codes": np.random.default_rng(0).standard_normal([1, *backend.inputs[0].shape[1:]]).astype(np.float32)}
+    bundle = Bundle.open(root)
+    record = bundle.resolve("synthesis", "fp32", "openvino").record
+    path = bundle.model_path("synthesis", record.precision)
+    profiled = OpenVINOBackend(path, record, "synthesis", profile=True)
+    feeds = {"codes": np.random.default_rng(0).standard_normal([1, *record.inputs[0].shape[1:]]).astype(np.float32)}
     models = {"any batch": None, "fixed batch": 1}
     return {
-        name: top_ops(openvino_op_seconds(profiled.compile_model(backend.path, batch), feeds))
-        for name, batch in models.items()
+        name: top_ops(openvino_op_seconds(profiled.compile_model(path, batch), feeds)) for name, batch in models.items()
     }
 
 

@@ -201,8 +201,8 @@ class OpenVINOBackend(Backend):
         return GraphDeclaration(self.path.name, inputs, outputs, read_metadata(self.path))
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch = len(next(iter(feeds.values())))
-        compiled, key = self.compiled_for(batch), self._key(batch)
+        key = self._key(len(next(iter(feeds.values()))))
+        compiled = self._model(key)
         with self._lock:
             idle = self._idle.setdefault(key, [])
             request = idle.pop() if idle else compiled.create_infer_request()
