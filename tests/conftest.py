@@ -234,3 +234,24 @@ def bundle_copy(bundles, tmp_path):
         (dst / name).unlink()
         shutil.copy(src / name, dst / name)
     return dst
+
+
+@pytest.fixture()
+def unwritable_dir(tmp_path):
+    """A folder nobody can write into, root included (CI runs as root, which ignores mode bits): made
+    immutable with chattr +i where the file system allows it, else read-only by mode for a normal user."""
+    import subprocess
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here: root can write into any folder")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)

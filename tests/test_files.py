@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from psp_deploy.files import sha256_file, write_json
+from psp_deploy.errors import OutputError
+from psp_deploy.files import require_writable, sha256_file, write_json
 
 
 def test_write_json_is_indented_with_one_trailing_newline(tmp_path):
@@ -28,3 +29,15 @@ def test_sha256_file(tmp_path):
     data = bytes(range(256)) * 20_000  # over one read block
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_require_writable_makes_the_folder_and_leaves_nothing(tmp_path):
+    assert require_writable(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert list((tmp_path / "a" / "b").iterdir()) == []
+
+
+def test_require_writable_refuses_a_locked_folder_naming_it(unwritable_dir):
+    with pytest.raises(OutputError, match=f"cannot write to {unwritable_dir}"):
+        require_writable(unwritable_dir)
+    with pytest.raises(OutputError, match="cannot write to .*locked/sub"):
+        require_writable(unwritable_dir / "sub")

@@ -21,6 +21,10 @@ class InputError(PspDeployError):
     """Input data has the wrong name, shape, dtype or value range."""
 
 
+class OutputError(PspDeployError):
+    """An output location cannot be written (permissions, a read-only or full file system)."""
+
+
 class ImageDecodeError(InputError):
     """An image file could not be decoded."""
 

@@ -1,6 +1,6 @@
 """File helpers every stage shares: atomic writes, JSON files, sha256 of a file.
 
-The bottom floor: imports nothing from the package, so any module (the torch-free runtime
+The bottom floor: imports only the package's errors, so any module (the torch-free runtime
 included) may use it.
 """
 
@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import OutputError
+
 
 @functools.cache
 def new_file_mode() -> int:
@@ -23,6 +25,20 @@ def new_file_mode() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def require_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove a file can be made in it, before any work starts:
+    a read-only, immutable or full destination is refused here, naming it, instead of as a
+    traceback after the work is done. Returns the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".psp-deploy-write-check."):
+            pass
+    except OSError as err:
+        raise OutputError(f"cannot write to {folder}: {err.strerror or err}") from None
+    return folder
 
 
 @contextlib.contextmanager
