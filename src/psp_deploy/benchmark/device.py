@@ -39,7 +39,7 @@ class BoundGraph:
         captures: bool = False,
     ) -> None:
         from ..runtime.backends.onnxruntime import run_options
-        from ..runtime.ort_buffers import Buffers  # the runtime's own bound buffers, as the resident chain binds them
+        from ..runtime.backends.onnxruntime.buffers import Buffers  # the runtime's own bound buffers, as the resident chain binds them
 
         batch = len(next(iter(feeds.values())))
         self.session, self.binding = session, session.io_binding()

@@ -22,7 +22,7 @@ from .chunks import padded, plan
 from .preprocess import PIXEL_CHANNELS, face_pixels, preprocess, to_uint8
 
 if TYPE_CHECKING:
-    from .resident import ResidentChain
+    from .backends.onnxruntime.resident import ResidentChain
 
 DEFAULT_MAX_BATCH = 8
 MASK_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")  # an index, or a range LO-HI
@@ -176,7 +176,7 @@ class Pipeline:
             return None
         if encoder.options.device != synthesis.options.device:
             return None
-        from .resident import ResidentChain  # imports onnxruntime: only when it runs
+        from .backends.onnxruntime.resident import ResidentChain  # imports onnxruntime: only when it runs
 
         return ResidentChain(encoder, synthesis, self.config.input_kind, self.max_batch)
 

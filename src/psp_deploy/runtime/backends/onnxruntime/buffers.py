@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .backends.cuda_memory import page_locked_array, pages_lock
-from .backends.onnxruntime import CUDA_DEVICE_ID
+from ..cuda_memory import page_locked_array, pages_lock
+from . import CUDA_DEVICE_ID
 
 
 def pinned_memory(device_id: int = CUDA_DEVICE_ID) -> Any | None:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ...bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
-from ...errors import BackendUnavailableError, BundleError, EngineError
-from ...machine import cpu_info, nvidia_smi
-from .base import Backend
-from .options import BackendOptions, CudaConv
+from ....bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
+from ....errors import BackendUnavailableError, BundleError, EngineError
+from ....machine import cpu_info, nvidia_smi
+from ..base import Backend
+from ..options import BackendOptions, CudaConv
 
 _state = ort.capi.onnxruntime_pybind11_state
 # What a run can raise: ONNX Runtime's error types are siblings under Exception, not one hierarchy

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import EngineError
-from ..graph_io import CODES, IMAGE
-from .backends.onnxruntime import RUN_ERRORS, OnnxRuntimeBackend, open_session, run_options
-from .chunks import Chunk, padded, plan
+from ....errors import EngineError
+from ....graph_io import CODES, IMAGE
+from . import RUN_ERRORS, OnnxRuntimeBackend, open_session, run_options
+from ...chunks import Chunk, padded, plan
 from .io_graphs import (
     FACES,
     FLOATS,
@@ -36,8 +36,8 @@ from .io_graphs import (
     to_uint8_graph,
     upload_graph,
 )
-from .ort_buffers import Buffer, Buffers
-from .preprocess import PIXEL_CHANNELS
+from .buffers import Buffer, Buffers
+from ...preprocess import PIXEL_CHANNELS
 
 
 @dataclass(frozen=True)
