@@ -91,7 +91,7 @@ def default_settings_ms(net: Any, feed: np.ndarray, runs: int, sync: Any) -> flo
     """The graph's p50 in a session with ONNX Runtime's default CUDA settings, bound on the GPU."""
     import onnxruntime as ort
 
-    from psp_deploy.benchmark.device import BoundGraph
+    from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
     from psp_deploy.benchmark.timing import measure
 
     session = ort.InferenceSession(str(net.path), providers=["CUDAExecutionProvider"])
@@ -117,7 +117,7 @@ def profile_precision(bundle: Path, precision: str, batches: list[int], runs: in
             x = np.repeat(face[None], batch, axis=0)
             feeds = {"encoder": x, "synthesis": pipeline.encode(x)}
             for graph, stage in STAGE.items():
-                run = stage_graphs(pipeline.nets, stage, feeds, batch, "cuda")
+                run = stage_graphs(pipeline.nets, stage, feeds, batch)
                 kernels = kernel_times(run, runs)
                 found[f"{graph} batch {batch}"] = {
                     "p50_ms": measure(run, warmup=2, runs=runs, sync=sync).p50 * 1e3,

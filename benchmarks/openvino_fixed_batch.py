@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, bundle, checkpoint, save_json, say
 
-from psp_deploy.benchmark.op_profile import openvino_op_seconds
+from psp_deploy.benchmark.op_profile import RUNS
+from psp_deploy.runtime.backends.openvino import layer_seconds
 from psp_deploy.benchmark.timing import measure
 from psp_deploy.bundle import Bundle
 from psp_deploy.machine import cpu_info, has_native_bf16, library_versions, machine_slug
@@ -74,7 +75,7 @@ def profiles(root: Path) -> dict[str, dict[str, float]]:
     feeds = {"codes": np.random.default_rng(0).standard_normal([1, *record.inputs[0].shape[1:]]).astype(np.float32)}
     models = {"any batch": None, "fixed batch": 1}
     return {
-        name: top_ops(openvino_op_seconds(profiled.compile_model(path, batch), feeds)) for name, batch in models.items()
+        name: top_ops(layer_seconds(profiled.compile_model(path, batch), feeds, RUNS)) for name, batch in models.items()
     }
 
 

@@ -302,8 +302,12 @@ class Bundle:
     def resolve(self, graph: str, precision: str, backend: str) -> Resolved:
         """Which graph file (and engine) runs ``graph`` at ``precision`` on ``backend``: the one rule
         that build, the runtimes, calibration and the benchmarks share. A graph calibration left
-        out (its --graphs) runs in FP32; bf16 runs the FP32 graphs."""
+        out (its --graphs) runs in FP32; bf16 runs the FP32 graphs. A precision no graph of the bundle
+        has is refused, saying how to make it."""
         stored = self.manifest.models.get(graph, {})
+        made = any(precision in by_precision for by_precision in self.manifest.models.values())
+        if precision not in INFERENCE_PRECISIONS and not made:
+            self.record(graph, precision)  # raises, saying how to make graphs at that precision
         if precision in INFERENCE_PRECISIONS:
             graph_precision, run_precision = "fp32", precision
         else:

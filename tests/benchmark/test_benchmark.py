@@ -2,6 +2,7 @@
 the GPU facts and refusals that a CPU machine can check. No timing asserted."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from psp_deploy.benchmark.device import BoundGraph
+from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
 from psp_deploy.benchmark.flops import graph_flops
 from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug
 from psp_deploy.benchmark.harness import busy_rows
@@ -274,3 +275,52 @@ def test_a_busy_machine_is_warned_about_naming_the_rows():
     assert len(warnings) == 1
     assert warnings[0].startswith("openvino int8 batch 1 e2e: the slowest run took 2.4× the fastest")
     assert warnings_section({"warnings": warnings}) == ["## Warnings", "", f"- {warnings[0]}", ""]
+
+
+def _host_row(p50, mean, share):
+    row = _row("onnxruntime", "fp32", "e2e", None)
+    latency = {"p50": p50, "mean": mean}
+    return {**row, "part": "host", "latency_s": latency, "share_of_pipeline": share, "images_per_s": None}
+
+
+def test_a_host_overhead_below_zero_is_reported_as_noise_never_as_a_negative_measurement(tmp_path):
+    """Pipeline − graphs alone below zero (the graphs alone timed slower): noise, not a negative cost."""
+    from psp_deploy.benchmark.report import host_overhead, write_report
+
+    noisy, real = _host_row(-0.099, -0.01, -0.11), _host_row(0.012, 0.013, 0.03)
+    table = latency_table({"results": [noisy, real]})
+    assert table[2] == "| onnxruntime fp32 (scaled) | 1 | e2e | host overhead ≈0 (within noise) | ≈0 |  | ≈0 |  |  |  |"
+    assert (
+        table[3]
+        == "| onnxruntime fp32 (scaled) | 1 | e2e | host overhead (3% of pipeline) | 0.012 |  | 0.013 |  |  |  |"
+    )
+    assert host_overhead(noisy) == "host overhead p50 ≈0 (within noise)"
+    assert host_overhead(real) == "host overhead p50 0.012s (3% of the pipeline)"
+
+    results = {
+        "results": [noisy],
+        "settings": {"warmup": 1, "runs": 5},
+        "machine": {"model": "test CPU", "logical_cores": 2, "flags": ["avx2"]},
+        "versions": {"onnxruntime": "1"},
+        "bundle": {"config": {"task": "ffhq_encode", "output_size": 64}},
+        "gflop_per_image": {"encoder": 1.0, "synthesis": 1.0},
+    }
+    report = write_report(results, tmp_path, "bench", "psp-deploy bench b").read_text()
+    assert "within noise" in report and not re.search(r"[-−]0\.\d|[-−]\d+%", report), report
+
+
+def test_the_roofline_draws_limits_of_the_precisions_measured_only(monkeypatch):
+    """torch's BF16 single-conv rate (a CPU with native BF16) is no bound on FP32 bars: no BF16 line without
+    a BF16 row, and no BF16 rate measured for a run that asks no BF16."""
+    from psp_deploy.benchmark import roofline
+    from psp_deploy.benchmark.report import roofline_limits
+
+    rows = [_row("onnxruntime", "fp32", "synthesize", 50.0), _row("openvino", "int8", "synthesize", 90.0)]
+    rates = {"fp32": {"onnxruntime": 100.0, "openvino": 120.0}, "int8": {"openvino": 300.0}, "bf16": {"torch": 900.0}}
+    assert roofline_limits(rows, rates) == {"fp32": 100.0, "int8": 300.0}  # fp32: the backend that ran it
+    assert roofline_limits([*rows, _row("openvino", "bf16", "synthesize", 200.0)], rates)["bf16"] == 900.0
+
+    monkeypatch.setattr(roofline, "has_native_bf16", lambda: True)
+    monkeypatch.setattr(roofline, "best_rate", lambda fn, **_: 1.0)
+    assert set(roofline.machine_limits({"onnxruntime"}, {"fp32"}, torch_too=True)) == {"fp32"}
+    assert set(roofline.machine_limits({"onnxruntime"}, {"fp32", "bf16"}, torch_too=True)) == {"fp32", "bf16"}

@@ -54,7 +54,9 @@ def test_onnxruntime_engine_for_another_cpu_is_refused(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["engines"][0]["details"]["cpu_flags"] = ["avx512f", "amx_tile"]
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(EngineError, match="was optimized for .* rebuild it .* or pass --no-engines"):
+    with pytest.raises(
+        EngineError, match="was built for .*cpu_flags.*this machine is .* rebuild it .* or pass --no-engines"
+    ):
         Pipeline.from_bundle(bundle_copy)
     with Pipeline.from_bundle(
         bundle_copy, options=BackendOptions(engines=False)
@@ -167,3 +169,19 @@ def test_measured_cuda_settings_apply_on_their_gpu_only(bundles):
     record.sha256 = "0" * 64  # timed on a graph file since replaced (re-exported, recalibrated)
     with pytest.raises(EngineError, match="measured for another synthesis graph file than the bundle's"):
         tuned_options(bundle, synthesis, cuda)
+
+
+def test_onnxruntime_build_says_once_what_its_saved_models_are_tied_to(bundle_copy, capfd):
+    """ONNX Runtime's own log (raw ANSI colours, once per graph) warns that a saved optimized model "may contain
+    hardware specific optimizations": silenced; the command says once, in its words, what that means here."""
+    from typer.testing import CliRunner
+
+    from psp_deploy.cli import app
+
+    result = CliRunner().invoke(app, ["build", str(bundle_copy), "--backend", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    stderr = capfd.readouterr().err  # ONNX Runtime logs from C++ straight to file descriptor 2
+    assert "Serializing optimized model" not in stderr + result.output and "\x1b[" not in stderr, stderr
+    notes = [line for line in result.output.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1, result.output
+    assert "tied to this machine: to ONNX Runtime" in notes[0] and "pass --no-engines" in notes[0]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from psp_deploy.benchmark.device import BoundGraph
+from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
 from psp_deploy.benchmark.harness import ALIGN_NOTE
 from psp_deploy.cli import app
 from psp_deploy.runtime import Pipeline

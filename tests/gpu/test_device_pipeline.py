@@ -80,7 +80,7 @@ def test_device_path_equals_the_host_conversion_of_the_same_sessions(gpu, inputs
 def test_cuda_graph_path_equals_the_plain_path(root, inputs):
     options = BackendOptions(device="cuda", cuda_graph=True)
     with Pipeline.from_bundle(root, options=options, max_batch=4) as graphed:
-        assert graphed.resident.capturing
+        assert graphed.chain.capturing
         runs = [graphed.generate(inputs[0], PLAIN) for _ in range(3)]  # 3 rows run as bucket 4: capture, replays
         # The same sessions without capture (numpy feeds opt out), at the bucket's shape.
         codes = graphed.encode(padded(inputs[1], 4))[:3]
@@ -109,7 +109,7 @@ def test_host_buffers_are_page_locked(gpu, inputs):
     """From ONNX Runtime's CUDA host allocator where it offers one, else from the CUDA runtime (cuda-python)."""
     gpu.generate(inputs[0][:1], PLAIN[:1])
     assert gpu.describe()["pinned_host"], "neither ONNX Runtime nor cuda-python offers page-locked host memory here"
-    buffers = gpu.resident.buffers
+    buffers = gpu.chain.buffers
     assert buffers.runtime_pinned == (buffers.host_memory is None)
     rt = cudart()
     host = [b for b in buffers._buffers.values() if b.where == "cpu"]

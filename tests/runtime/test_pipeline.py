@@ -174,7 +174,7 @@ def test_fixed_batch_pads_and_trims(grouped_synthesis, rgb_pipeline, astronaut):
     assert batched.shape == (4, 3, 64, 64)
     one_by_one = np.concatenate([rgb_pipeline.synthesize(codes[i : i + 1])[0] for i in range(4)])
     assert np.abs(batched - one_by_one).max() <= 1e-4
-    np.testing.assert_array_equal(grouped.resident.synthesize(codes, [IMAGE])[IMAGE], to_uint8(batched))
+    np.testing.assert_array_equal(grouped.chain.synthesize(codes, [IMAGE])[IMAGE], to_uint8(batched))
     with pytest.raises(InputError, match=r"synthesis input 'codes': expected batch size 3 \(shape \[3, 10, 512\]\)"):
         grouped.synthesis_net.infer({"codes": codes[:2]})
     with pytest.raises(InputError, match="expected dtype float32, got float64"):
@@ -253,7 +253,7 @@ def test_runtime_imports_and_runs_without_torch(bundles):
 def numpy_path(pipeline):
     """A pipeline over the same sessions that takes the numpy path (the one before the resident chain)."""
     host = Pipeline(pipeline.bundle, pipeline.nets, max_batch=pipeline.max_batch)
-    host.resident = None
+    host.chain = host.host
     return host
 
 
@@ -300,7 +300,7 @@ def test_resident_mixing_equals_the_numpy_path(rgb_pipeline, astronaut):
 
 
 def test_bucketed_chunks_equal_unpadded_ones(rgb_pipeline):
-    chain = Pipeline(rgb_pipeline.bundle, rgb_pipeline.nets, max_batch=4).resident
+    chain = Pipeline(rgb_pipeline.bundle, rgb_pipeline.nets, max_batch=4).chain
     codes = np.random.default_rng(1).normal(0, 1, (3, 10, 512)).astype(np.float32)
     plain = chain.synthesize(codes, [IMAGE, IMAGE_256])
     chain.capturing = True  # what CUDA graphs do to a plan (a CPU session ignores the graph id each run names)

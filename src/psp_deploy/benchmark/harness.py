@@ -22,8 +22,7 @@ from ..errors import BackendUnavailableError, InputError
 from ..graph_io import IMAGE
 from ..machine import cpu_info, library_versions
 from ..runtime import Pipeline
-from ..runtime.backends import BackendOptions, resolve_backend
-from ..runtime.backends.onnxruntime import uses_tf32
+from ..runtime.backends import DEVICES, BackendOptions, check_device, resolve_backend
 from ..runtime.pipeline import openable
 from .device import STAGE_GRAPHS, stage_graphs
 from .flops import flops_per_image
@@ -31,10 +30,7 @@ from .gpu import cuda_problem, cuda_synchronizer, gpu_info
 from .timing import Latency, measure
 
 STAGES = ("align", "encode", "synthesize", "e2e")
-DEVICES = ("cpu", "cuda")
-BACKEND_DEVICE = {"openvino": "cpu", "tensorrt": "cuda"}  # backends that run on one device whatever --device says
 OFFICIAL_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}  # fp16: the FP32 model under torch.autocast
-PROFILED = ("onnxruntime", "openvino")  # backends with a per-op profiler wired in
 SPREAD_LIMIT = 1.5  # max/min latency of one measurement's runs; a quiet machine stays well below
 Progress = Callable[[str], None]
 Timer = Callable[[Callable[[], object]], Latency]
@@ -85,8 +81,8 @@ class BenchSettings:
     def _check_cuda(self) -> None:
         if self.profile:
             raise InputError("--profile reads the CPU sessions' profilers: leave it out with --device cuda")
-        if "openvino" in self.backends:
-            raise InputError("openvino runs on the CPU: leave it out with --device cuda")
+        for name in set(self.backends) - {"auto"}:
+            check_device(name, self.device)
         self.stages = [stage for stage in self.stages if stage != "align"]
         if not self.stages:
             raise InputError("align is CPU work (dlib) whatever the device: time it without --device cuda")
@@ -117,21 +113,19 @@ def stage_inputs(
     pipeline: Pipeline, photo: np.ndarray, batch: int, align: bool | None
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, np.ndarray]]:
     """Each stage's call at ``batch`` the way `run` makes it, and each graph's input for the graphs-alone
-    timing. With a device-resident chain (ONNX Runtime), encode takes uint8 faces up and brings codes down,
-    synthesize takes codes up and brings uint8 images down; otherwise both take and give host floats."""
+    timing. Encode and synthesize run the pipeline's chain as `run` does: uint8 faces in, codes out; codes in,
+    uint8 images out (on a device-resident chain, ONNX Runtime's, each crosses the bus once)."""
     face = photo if align is None else benchmark_face(photo)
     x = np.repeat(pipeline.prepare(face, align)[0][None], batch, axis=0)
     codes = pipeline.encode(x)
     inputs = [face] * batch
+    faces = np.repeat(pipeline.prepare_face(face, align)[0][None], batch, axis=0)
     calls = {
         "align": lambda: [pipeline.aligner.align(p) for p in inputs],
-        "encode": lambda: pipeline.encode(x),
-        "synthesize": lambda: pipeline.synthesize(codes),
+        "encode": lambda: pipeline.chain.encode(faces),
+        "synthesize": lambda: pipeline.chain.synthesize(codes, [IMAGE]),
         "e2e": lambda: pipeline.run(inputs, align=align),
     }
-    if (resident := pipeline.resident) is not None:
-        faces = np.repeat(pipeline.prepare_face(face, align)[0][None], batch, axis=0)
-        calls.update(encode=lambda: resident.encode(faces), synthesize=lambda: resident.synthesize(codes, [IMAGE]))
     return calls, {"encoder": x, "synthesis": codes}
 
 
@@ -183,7 +177,7 @@ def bench_pipeline(
             say(f"{label['backend']} {label['precision']} batch {batch}: {stage}")
             row = result_row({**label, "part": "pipeline"}, batch, stage, timer(calls[stage]), flops)
             rows.append(row)
-            graphs = stage_graphs(pipeline.nets, stage, feeds, batch, label["device"])
+            graphs = stage_graphs(pipeline.nets, stage, feeds, batch)
             if graphs is not None:
                 alone = result_row({**label, "part": "graphs"}, batch, stage, timer(graphs), flops)
                 # e2e from photos also aligns them (CPU work): the difference is not the runtime's overhead alone
@@ -196,15 +190,12 @@ def graph_flops(bundle: Bundle) -> dict[str, float]:
     return {g: flops_per_image(bundle.model_path(g), bundle.record(g)) for g in ("encoder", "synthesis")}
 
 
-def _profile(
-    bundle: Bundle, pipeline: Pipeline, photo: np.ndarray, backend: str, precision: str, threads: int | None
-) -> dict[str, dict[str, float]]:
-    """Per-op seconds of each graph at the bundle's own batch (1 where it is dynamic)."""
-    from .op_profile import profile_bundle
+def _profile(pipeline: Pipeline, photo: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per-op seconds of each of the pipeline's graphs at the bundle's own batch (1 where it is dynamic)."""
+    from .op_profile import profile_pipeline
 
-    fixed = bundle.record("encoder").inputs[0].shape[0]
-    x = np.repeat(pipeline.prepare(photo)[0][None], fixed if isinstance(fixed, int) else 1, axis=0)
-    return profile_bundle(bundle, backend, precision, x, pipeline.encode(x), threads)
+    x = np.repeat(pipeline.prepare(photo)[0][None], pipeline.encoder.record.batch or 1, axis=0)
+    return profile_pipeline(pipeline, x, pipeline.encode(x))
 
 
 def _bench_backends(
@@ -223,26 +214,23 @@ def _bench_backends(
         for precision in settings.precisions:
             backend = resolve_backend(name, settings.device, precision)
             options = BackendOptions(device=settings.device, threads=settings.threads, tf32=settings.tf32)
-            cuda_ort = (backend, settings.device) == ("onnxruntime", "cuda")
             say(f"loading {backend} {precision}")
             with Pipeline.from_bundle(
                 bundle.root, backend, precision, options=options, max_batch=max(settings.batches)
             ) as pipeline:
+                described = pipelines[f"{backend} {precision}"] = pipeline.describe()
                 label = {
                     "backend": backend,
                     "precision": precision,
                     "modconv": forms_label(bundle.manifest.modconv),
                     "graphs": pipeline.precisions,
-                    "device": BACKEND_DEVICE.get(backend, settings.device),
-                    "tf32": uses_tf32(precision, settings.tf32) if cuda_ort else settings.tf32,  # as it ran
+                    "device": described["device"],
+                    "tf32": described["tf32"],  # as it ran
                 }
                 rows += bench_pipeline(pipeline, settings, flops, photo, label, measured, timer)
-                pipelines[f"{backend} {precision}"] = pipeline.describe()
-                if settings.profile and backend in PROFILED:
+                if settings.profile and pipeline.encoder.spec().profiles:
                     say(f"profiling {backend} {precision}")
-                    profiles[f"{backend} {precision}"] = _profile(
-                        bundle, pipeline, photo, backend, precision, settings.threads
-                    )
+                    profiles[f"{backend} {precision}"] = _profile(pipeline, photo)
     return rows, profiles, pipelines
 
 

@@ -5,27 +5,25 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..bundle import GRAPHS, INFERENCE_PRECISIONS, Bundle
+from ..bundle import GRAPHS, Bundle
 from ..config import ENCODER_INPUT_SIZE, STYLE_DIM
 from ..errors import InputError
-from ..graph_io import CODES, IMAGE, IMAGE_256, W, Z
+from ..graph_io import IMAGE, IMAGE_256, W, Z
 from .align import AlignedFace, FaceAligner
-from .backends import Backend, BackendOptions, backend_class, check_feeds, check_precision
-from .chunks import padded, plan
-from .preprocess import PIXEL_CHANNELS, face_pixels, preprocess, to_uint8
-
-if TYPE_CHECKING:
-    from .backends.onnxruntime.resident import ResidentChain
+from .backends import Backend, BackendOptions, backend_class, check_precision
+from .chain import Chain, HostChain, run_batched
+from .preprocess import PIXEL_CHANNELS, face_pixels, preprocess
 
 DEFAULT_MAX_BATCH = 8
 MASK_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")  # an index, or a range LO-HI
+MAX_SEED = 2**32 - 1  # the seeds of numpy's legacy generators, and of the official scripts
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,11 @@ class RunOptions:
         if self.latent_mask is None and (self.n_outputs > 1 or self.mix_alpha is not None):
             what = "--n-outputs above 1" if self.n_outputs > 1 else "--mix-alpha"
             raise InputError(f"{what} needs --latent-mask (each output mixes in another random style)")
+        last = MAX_SEED - (self.n_outputs - 1)  # output k draws from seed + k
+        if self.seed is not None and not (isinstance(self.seed, (int, np.integer)) and 0 <= self.seed <= last):
+            raise InputError(f"seed must be an integer from 0 to {last} (output k uses seed + k), got {self.seed!r}")
+        if self.mix_alpha is not None and not 0.0 <= self.mix_alpha <= 1.0:  # NaN included
+            raise InputError(f"mix_alpha must be from 0 to 1, got {self.mix_alpha}")
 
 
 @dataclass
@@ -109,24 +112,16 @@ def openable(bundle: Bundle, backend: str, precision: str) -> type[Backend]:
     """The class of ``backend`` once it is known, runs ``precision``, and the bundle has graphs for it;
     else the refusal, before any graph loads."""
     check_precision(backend, precision)
-    if precision not in INFERENCE_PRECISIONS and all(precision not in m for m in bundle.manifest.models.values()):
-        bundle.record("encoder", precision)  # raises, saying how to make graphs at that precision
+    bundle.resolve("encoder", precision, backend)  # refuses a precision no graph of the bundle has
     return backend_class(backend)
 
 
-def run_batched(
-    fn: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, fixed: int | None, max_batch: int
-) -> list[np.ndarray]:
-    """Run ``fn`` over ``x`` in chunks. A fixed-batch graph gets full batches: the last partial one
-    is padded with copies of its last row and the padding trimmed from the outputs."""
-    pieces = [
-        [out[: c.rows] for out in fn(padded(x[c.start : c.start + c.rows], c.batch))]
-        for c in plan(len(x), max_batch, fixed)
-    ]
-    return [np.concatenate(parts) for parts in zip(*pieces, strict=True)]
-
-
 class Pipeline:
+    """A bundle's three graphs on one backend, and the flow between them: photo → aligned face → W+ codes
+    → (style mixing) → image. ``from_bundle`` opens one; ``run`` takes photos, ``generate`` prepared faces
+    with per-row options; ``encode``, ``mapping``, ``mix`` and ``synthesize`` are the stages on their own.
+    Thread-safe; a context manager that releases the backends' sessions and device memory."""
+
     def __init__(
         self, bundle: Bundle, backends: dict[str, Backend], *, max_batch: int = DEFAULT_MAX_BATCH, face: str = "largest"
     ) -> None:
@@ -139,7 +134,8 @@ class Pipeline:
         self.max_batch, self.face = max_batch, face
         self._aligner: FaceAligner | None = None
         self._aligner_lock = threading.Lock()
-        self.resident = self._resident_chain()
+        self.host = HostChain(self.encoder, self.synthesis_net, self.config, max_batch)  # the stages on their own
+        self.chain: Chain = type(self.encoder).chain(self.encoder, self.synthesis_net, self.config, max_batch)
 
     @classmethod
     def from_bundle(
@@ -168,37 +164,17 @@ class Pipeline:
             raise
         return cls(bundle, backends, max_batch=max_batch, face=face)
 
-    def _resident_chain(self) -> ResidentChain | None:
-        """The device-resident chain (resident.py) when ONNX Runtime runs the encoder and the synthesis
-        on one device and the encoder takes any batch (as exported); None: the numpy path."""
-        encoder, synthesis = self.encoder, self.synthesis_net
-        if encoder.name != "onnxruntime" or synthesis.name != "onnxruntime" or encoder.record.batch is not None:
-            return None
-        if encoder.options.device != synthesis.options.device:
-            return None
-        from .backends.onnxruntime.resident import ResidentChain  # imports onnxruntime: only when it runs
-
-        return ResidentChain(encoder, synthesis, self.config.input_kind, self.max_batch)
-
     def describe(self) -> dict[str, Any]:
-        """What runs, to record beside results: backend, device and precision per graph; on ONNX Runtime
-        also TF32, CUDA graphs, whether the device-resident path and page-locked host buffers are used,
-        and each session's providers and provider options as ONNX Runtime reports them."""
-        backend = self.encoder.name
-        described: dict[str, Any] = {"backend": backend, "precisions": self.precisions}
-        if backend != "onnxruntime":
-            return {**described, "device": "cuda" if backend == "tensorrt" else "cpu", "resident": False}
-        from .backends.onnxruntime import uses_tf32  # onnxruntime runs here: importing it costs nothing
-
-        options = self.encoder.options
+        """What runs, to record beside results: backend, device and precision per graph, whether FP32 runs as
+        TF32 anywhere, CUDA graphs per graph, how data moves between the graphs (resident on the device,
+        page-locked host buffers), and each graph's settings as its library reports them."""
         return {
-            **described,
-            "device": options.device,
-            # as the sessions run: FP16 graphs keep TF32 on CUDA whatever was asked
-            "tf32": options.device == "cuda" and any(uses_tf32(p, options.tf32) for p in self.precisions.values()),
+            "backend": self.encoder.name,
+            "precisions": self.precisions,
+            "device": self.encoder.device,
+            "tf32": any(net.tf32 for net in self.nets.values()),
             "cuda_graph": {graph: net.captures for graph, net in self.nets.items()},
-            "resident": self.resident is not None,
-            "pinned_host": self.resident is not None and self.resident.buffers.pinned,
+            **self.chain.describe(),
             "sessions": {graph: net.settings() for graph, net in self.nets.items()},
         }
 
@@ -242,8 +218,7 @@ class Pipeline:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """[N, C, 256, 256] float32 → W+ codes [N, n_styles, 512] (latent_avg included)."""
-        run = lambda chunk: [self.encoder.infer({IMAGE: chunk})[CODES]]  # noqa: E731
-        return run_batched(run, np.asarray(x, np.float32), self.encoder.record.batch, self.max_batch)[0]
+        return self.host.encode(np.asarray(x, np.float32))
 
     def mapping(self, z: np.ndarray) -> np.ndarray:
         """z [N, 512] → w [N, 512]."""
@@ -252,13 +227,7 @@ class Pipeline:
 
     def synthesize(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """W+ codes → (image [N, 3, R, R], image_256 [N, 3, 256, 256]), floats in about [−1, 1]."""
-
-        def run(chunk: np.ndarray) -> list[np.ndarray]:
-            out = self.synthesis_net.infer({CODES: chunk})
-            return [out[IMAGE], out[IMAGE_256]]
-
-        image, pooled = run_batched(run, np.asarray(codes, np.float32), self.synthesis_net.record.batch, self.max_batch)
-        return image, pooled
+        return self.host.floats(codes)
 
     def style_latent(self, seed: int | None) -> np.ndarray:
         """w of a random z ~ N(0, 1) (seeded), repeated over the styles: [1, n_styles, 512]."""
@@ -287,23 +256,22 @@ class Pipeline:
         """Inputs and each row's options → each row's outputs: one encode, every row's style variants
         mixed, ONE synthesis over all of them. ``x`` holds ``prepare_face`` faces (uint8 [N, 256, 256, C])
         or ``prepare`` tensors (float32 [N, C, 256, 256]). ``inject`` (w or W+) replaces the seeded
-        styles of every masked row. On the resident path (resident.py) codes go from the encoder to the
+        styles of every masked row. On a device-resident chain (ONNX Runtime's) codes go from the encoder to the
         synthesis on the device, unless rows mix styles (mixed on the host, a few kB up again)."""
         x = self._checked(x)
         wanted = {IMAGE_256 if row.resize else IMAGE for row in rows}
         names = [name for name in (IMAGE, IMAGE_256) if name in wanted]  # the pooled image only when asked
         timings: dict[str, float] = {}
-        if self.resident is not None and all(row.latent_mask is None for row in rows):
-            codes, pixels = self.resident.chained(x, names, timings)
+        if all(row.latent_mask is None for row in rows):
+            codes, pixels = self.chain.chained(x, names, timings)
             variants = [c[None] for c in codes]
         else:
             clock = time.perf_counter()
-            codes = self.resident.encode(x) if self.resident else self.encode(self._normalised(x))
+            codes = self.chain.encode(x)
             timings["encode"], clock = time.perf_counter() - clock, time.perf_counter()
             variants = self._variants(codes, rows, inject)
-            if any(row.latent_mask is not None for row in rows):
-                timings["mix"], clock = time.perf_counter() - clock, time.perf_counter()
-            pixels = self._pixels(np.concatenate(variants), names)
+            timings["mix"], clock = time.perf_counter() - clock, time.perf_counter()
+            pixels = self.chain.synthesize(np.concatenate(variants), names)
             timings["synthesize"] = time.perf_counter() - clock
         ends = np.cumsum([len(v) for v in variants])
         outputs = [
@@ -313,31 +281,17 @@ class Pipeline:
         return Generated(outputs, timings, pixels)
 
     def _checked(self, x: np.ndarray) -> np.ndarray:
-        """``generate``'s input, refused unless it is uint8 faces or (resident) the encoder's tensors."""
+        """``generate``'s input, refused unless it is uint8 faces or encoder tensors the chain accepts."""
         x = np.asarray(x)
         if len(x) == 0:
             raise InputError("no inputs given")
-        if x.dtype == np.uint8:
-            face = (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, PIXEL_CHANNELS.get(self.config.input_kind))
-            if x.ndim != 4 or x.shape[1:] != face or face[2] is None:
-                what = f"uint8 faces {['N', *face]}" if face[2] else "float32 encoder tensors (label maps are one-hot)"
-                raise InputError(f"{self.config.input_kind} pipeline: expected {what}, got uint8 {list(x.shape)}")
-            return np.ascontiguousarray(x)
-        # the numpy path checks in the backend; the resident one binds memory by address: check here
-        return check_feeds({IMAGE: x}, self.encoder.inputs, "encoder")[IMAGE] if self.resident else x
-
-    def _normalised(self, x: np.ndarray) -> np.ndarray:
-        """Encoder tensors of uint8 faces, normalised on the host (the numpy path)."""
         if x.dtype != np.uint8:
-            return x
-        return np.stack([preprocess(face if face.shape[2] == 3 else face[..., 0], self.config) for face in x])
-
-    def _pixels(self, codes: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Codes → the named synthesis outputs as uint8 [N, H, W, 3]."""
-        if self.resident is not None:
-            return self.resident.synthesize(codes, outputs)
-        image, pooled = self.synthesize(codes)
-        return {name: to_uint8(image if name == IMAGE else pooled) for name in outputs}
+            return self.chain.check(x)
+        face = (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, PIXEL_CHANNELS.get(self.config.input_kind))
+        if x.ndim != 4 or x.shape[1:] != face or face[2] is None:
+            what = f"uint8 faces {['N', *face]}" if face[2] else "float32 encoder tensors (label maps are one-hot)"
+            raise InputError(f"{self.config.input_kind} pipeline: expected {what}, got uint8 {list(x.shape)}")
+        return np.ascontiguousarray(x)
 
     def _variants(self, codes: np.ndarray, rows: Sequence[RunOptions], inject: np.ndarray | None) -> list[np.ndarray]:
         """Per row, the codes of each output [n_outputs, n_styles, 512]. Output k of a row mixes in
@@ -398,7 +352,7 @@ class Pipeline:
         )
 
     def close(self) -> None:
-        self.resident = None  # its sessions and buffers go with it
+        self.chain = self.host  # the device-resident chain's buffers go with it
         for backend in self.nets.values():
             backend.close()
 

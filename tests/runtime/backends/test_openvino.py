@@ -1,5 +1,6 @@
 """The OpenVINO backend: parity with ONNX Runtime, explicit precision, cache, fixed-batch models."""
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from psp_deploy.benchmark.op_profile import profile_graph
 from psp_deploy.bundle import Bundle
 from psp_deploy.calibration import calibrate_bundle
 from psp_deploy.calibration.report import psnr_db
-from psp_deploy.errors import BackendUnavailableError
+from psp_deploy.errors import BackendUnavailableError, EngineError
 from psp_deploy.machine import cpu_info, has_native_bf16
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.backends import BackendOptions, resolve_backend
@@ -82,8 +83,16 @@ def test_built_blobs_are_imported_and_match(bundle_copy, pipelines, tmp_path):
         assert list(built.synthesis_net._compiled) == [1]
         pair = np.concatenate([codes, codes])
         assert psnr_db(built.synthesize(pair)[0], ov.synthesize(pair)[0]) >= 60
-    with Pipeline.from_bundle(bundle_copy, "openvino", options=BackendOptions(threads=1)) as other:  # compiled
-        assert {net.source.suffix for net in other.nets.values()} == {".onnx"}
+    with Pipeline.from_bundle(bundle_copy, "openvino", options=BackendOptions(threads=1)) as other:
+        assert {net.source.suffix for net in other.nets.values()} == {".blob"}  # threads are a run-time setting
+    # one policy for every backend: a blob made for another CPU is refused with the reason, never skipped
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["engines"][0]["details"]["cpu_flags"] = ["avx512f", "amx_tile"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match="was built for .*amx_tile.*this machine is .* or pass --no-engines"):
+        Pipeline.from_bundle(bundle_copy, "openvino")
+    with Pipeline.from_bundle(bundle_copy, "openvino", options=BackendOptions(engines=False)) as plain:
+        assert {net.source.suffix for net in plain.nets.values()} == {".onnx"}
 
 
 def test_fp32_profile_shows_only_f32_kernels(pipelines, bundles):

@@ -1,38 +1,28 @@
 """The backend interface: a session over one model file.
 
-The base class owns the life cycle (context manager, close) and the one input check
-every backend shares, so all refuse bad input with the same message; a backend
-implements only ``_infer``.
+The base class owns the life cycle (context manager, close), the one input check every
+backend shares (so all refuse bad input with the same message) and the one policy for an
+engine made for another machine; a backend implements ``_infer`` and overrides the facts and
+steps that are its own (device, TF32, settings, engines, profiling, its chain).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, Resolved, TensorSpec
-from ...errors import BackendUnavailableError, BundleError, InputError
+from ...config import PspConfig
+from ...errors import BundleError, EngineError, InputError
 from .options import BackendOptions
+from .registry import REGISTRY, BackendSpec, check_precision
 
-# What each backend really runs. OpenVINO's CPU plugin has no FP16 arithmetic on x86 (it would
-# run the FP16 graphs' casts in f32 at no gain): its reduced precisions are bf16 and int8.
-PRECISIONS = {
-    "onnxruntime": ("fp32", "fp16", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-    "tensorrt": ("fp32", "fp16", "int8"),
-}
-
-
-def check_precision(backend: str, precision: str) -> None:
-    """Refuse a precision the backend does not run, listing what each backend runs."""
-    if precision not in PRECISIONS.get(backend, (precision,)):
-        each = "; ".join(f"{name}: {', '.join(precisions)}" for name, precisions in PRECISIONS.items())
-        raise BackendUnavailableError(f"{backend} does not run {precision} (precisions per backend — {each})")
-
+if TYPE_CHECKING:
+    from ..chain import Chain
 
 def check_feeds(feeds: Mapping[str, np.ndarray], specs: list[TensorSpec], graph: str) -> dict[str, np.ndarray]:
     """Names, dtypes and shapes against the declared inputs; one message naming tensor and expectation."""
@@ -63,7 +53,13 @@ def check_feeds(feeds: Mapping[str, np.ndarray], specs: list[TensorSpec], graph:
 class Backend(ABC):
     """One model file, ready to run; every backend lets several threads call ``infer`` at once."""
 
-    name = "base"
+    name: ClassVar[str] = "base"  # its REGISTRY key
+    captures: bool = False  # whether it replays CUDA graphs
+    runs_graphs: ClassVar[bool] = True  # whether it can run the ONNX graphs without an engine of its own
+
+    @classmethod
+    def spec(cls) -> BackendSpec:
+        return REGISTRY[cls.name]
 
     def __init__(self, path: Path, record: ModelRecord, graph: str) -> None:
         self.path, self.record, self.graph = path, record, graph
@@ -73,13 +69,66 @@ class Backend(ABC):
     def from_bundle(cls, bundle: Bundle, graph: str, precision: str, options: BackendOptions | None = None) -> Backend:
         """Open what the bundle resolves for this graph, precision and backend (hash-checked), once
         the manifest agrees with what the file declares."""
+        options = options or BackendOptions()
         check_precision(cls.name, precision)
-        return cls.load(bundle, bundle.resolve(graph, precision, cls.name), options or BackendOptions()).checked(bundle)
+        return cls.load(bundle, bundle.resolve(graph, precision, cls.name), options).checked(bundle)
 
     @classmethod
     def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> Backend:
         """The resolved ONNX graph; backends that run engines override this."""
         return cls(bundle.model_path(resolved.graph, resolved.record.precision), resolved.record, resolved.graph)
+
+    @classmethod
+    def fitting_engine(cls, bundle: Bundle, resolved: Resolved, here: dict[str, Any]) -> Path | None:
+        """The engine `build` made for the resolved graph when there is one, hash-checked; refused, with
+        what it was made for and what this machine is, when ``here`` (what the backend's engines depend
+        on: versions, ISA, GPU, settings) differs. The one policy: an engine in the bundle is never
+        silently replaced or skipped (run-time caches, outside the bundle, may rebuild)."""
+        engine = resolved.engine
+        if engine is None:
+            return None
+        if differences := engine.differences(here):
+            built, now = ({k: v[i] for k, v in differences.items()} for i in (0, 1))
+            instead = ", or pass --no-engines to run the ONNX graph" if cls.runs_graphs else ""
+            raise EngineError(
+                f"{engine.file} was built for {built}, this machine is {now}; rebuild it with "
+                f"`psp-deploy build {bundle.root} --backend {cls.name} --precision {resolved.precision}`{instead}"
+            )
+        return bundle.verified_path(engine.file, engine.sha256)
+
+    @classmethod
+    def chain(cls, encoder: Backend, synthesis: Backend, config: PspConfig, max_batch: int) -> Chain:
+        """How a Pipeline whose encoder runs on this backend moves data between encoder and synthesis:
+        on the host unless the backend has a faster chain."""
+        from ..chain import HostChain
+
+        return HostChain(encoder, synthesis, config, max_batch)
+
+    @property
+    def device(self) -> str:
+        """Where the graph runs."""
+        return self.spec().devices[0]
+
+    @property
+    def tf32(self) -> bool:
+        """Whether FP32 tensors may run as TF32 (as it runs, not as asked)."""
+        return False
+
+    def settings(self) -> dict[str, Any]:
+        """What the backend's library reports it runs with, to record beside results."""
+        return {}
+
+    def bound(self, feeds: dict[str, np.ndarray]) -> Callable[[], None] | None:
+        """The graph alone: a call that runs it once on ``feeds`` with inputs and outputs already on its device
+        (no checks, no copies), for the benchmarks' graphs-alone rows; None where the backend cannot bind them."""
+        return None
+
+    def op_seconds(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+        """Seconds per operator type of the last of ``runs`` runs on ``feeds``, from the backend's profiler."""
+        raise InputError(
+            f"per-op profiles are available for {', '.join(s.name for s in REGISTRY.values() if s.profiles)}, "
+            f"not {self.name}"
+        )
 
     def declaration(self) -> GraphDeclaration:
         """The loaded file's I/O shapes and metadata, as the backend's library reports them."""

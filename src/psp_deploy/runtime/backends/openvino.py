@@ -7,14 +7,16 @@ here "fp32" pins f32, "bf16" asks for bf16 and refuses a CPU without native BF16
 arithmetic on x86.
 
 A model compiled by `psp-deploy build --backend openvino` (an exported blob in the bundle)
-is imported when it was made for this OpenVINO, CPU and precision; otherwise the graph is
-compiled, with OpenVINO's cache in the user's cache folder, never in the bundle. A batch size in
+is imported; one made for another OpenVINO, CPU or precision is refused (rebuild it, or
+--no-engines). Without one the graph is compiled, with OpenVINO's cache in the user's cache
+folder, never in the bundle. A batch size in
 ``FIXED_BATCHES`` runs a model compiled for exactly that size, always from the ONNX graph.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from ...onnx_metadata import read_metadata
 from ..cache import graph_cache
 from .base import Backend
 from .options import BackendOptions
+from .registry import check_device
 
 HINTS = ("latency", "throughput")
 
@@ -57,8 +60,13 @@ def check_bf16(force: bool) -> None:
 
 
 def machine_key(config: dict[str, Any]) -> dict[str, Any]:
-    """What a compiled blob depends on: OpenVINO's version, the CPU's ISA and the compile settings."""
-    return {"openvino": import_openvino().__version__, "cpu_flags": cpu_info()["flags"], "config": config}
+    """What a compiled blob depends on: OpenVINO's version, the CPU's ISA and the precision it computes in.
+    Threads and the performance hint are run-time settings: an imported blob takes the caller's."""
+    return {
+        "openvino": import_openvino().__version__,
+        "cpu_flags": cpu_info()["flags"],
+        "inference_precision": config["INFERENCE_PRECISION_HINT"],
+    }
 
 
 def compile_config(precision: str, hint: str = "latency", threads: int | None = None) -> dict[str, Any]:
@@ -79,13 +87,9 @@ class OpenVINOBackend(Backend):
 
     @classmethod
     def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> OpenVINOBackend:
-        """The blob `build` exported when it fits this machine and these settings, else the ONNX
-        graph compiled with the user's cache (keyed by the graph's sha256). A GPU device is refused: the
-        user asked for the GPU and this would run on the CPU."""
-        if options.device != "cpu":
-            raise BackendUnavailableError(
-                f"openvino runs on the CPU, not {options.device}: use --backend onnxruntime or tensorrt"
-            )
+        """The blob `build` exported (refused when made for another OpenVINO, CPU or settings), else the
+        ONNX graph compiled with the user's cache (keyed by the graph's sha256). A GPU device is refused."""
+        check_device(cls.name, options.device)  # the user asked for a GPU: this would run on the CPU
         record = resolved.record
         path = bundle.model_path(resolved.graph, record.precision)
         backend = cls(
@@ -97,12 +101,8 @@ class OpenVINOBackend(Backend):
             threads=options.threads,
             force_bf16=options.force_bf16,
         )
-        engine = resolved.engine
-        cache = graph_cache(cls.name, record.sha256, options.cache_dir)
-        if engine is not None and not engine.differences(machine_key(backend.config)):
-            backend.prepare(bundle.verified_path(engine.file, engine.sha256), cache)
-        else:
-            backend.prepare(path, cache)
+        engine = cls.fitting_engine(bundle, resolved, machine_key(backend.config)) if options.engines else None
+        backend.prepare(engine or path, graph_cache(cls.name, record.sha256, options.cache_dir))
         return backend
 
     def __init__(
@@ -150,12 +150,14 @@ class OpenVINOBackend(Backend):
         self._ports = [[(p.get_any_name(), dims(p)) for p in side] for side in (model.inputs, model.outputs)]
         self._check_io(*([name for name, _ in side] for side in self._ports))
 
-    def compile_model(self, source: Path, batch: int | None) -> Any:
-        """``source`` compiled (or imported) for any batch, or an ONNX graph compiled for ``batch`` rows."""
+    def compile_model(self, source: Path, batch: int | None, extra: dict[str, Any] | None = None) -> Any:
+        """``source`` compiled (or imported) for any batch, or an ONNX graph compiled for ``batch`` rows;
+        ``extra`` properties on top of the backend's."""
         core = import_openvino().Core()
-        config = {**self.config, **({"CACHE_DIR": str(self._cache_dir)} if self._cache_dir else {})}
+        settings = {**self.config, **(extra or {})}
+        config = {**settings, **({"CACHE_DIR": str(self._cache_dir)} if self._cache_dir else {})}
         if source.suffix != ".onnx":
-            return self._loading(source, lambda: core.import_model(source.read_bytes(), "CPU", self.config))
+            return self._loading(source, lambda: core.import_model(source.read_bytes(), "CPU", settings))
         if batch is None:
             return self._loading(source, lambda: core.compile_model(str(source), "CPU", config))
 
@@ -195,6 +197,13 @@ class OpenVINOBackend(Backend):
                     self._compiled[key] = self.compile_model(self.source if key is None else self.path, key)
         return self._compiled[key]
 
+    def op_seconds(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+        """From OpenVINO's per-layer performance counters, on the model this batch size runs compiled again
+        with the counters on; keyed by layer type and the kernel OpenVINO chose (``layer_seconds``)."""
+        key = self._key(len(next(iter(feeds.values()))))
+        compiled = self.compile_model(self.source if key is None else self.path, key, {"PERF_COUNT": True})
+        return layer_seconds(compiled, feeds, runs)
+
     def declaration(self) -> GraphDeclaration:
         """Ports as OpenVINO read them; metadata from the ONNX file (a compiled model does not keep it)."""
         inputs, outputs = self._ports
@@ -214,6 +223,19 @@ class OpenVINOBackend(Backend):
                 idle.append(request)
 
 
+def layer_seconds(compiled: Any, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    """Seconds per ``layer type [kernel]`` (e.g. ``Convolution [brgconv_avx2_FP32]``, which shows whether a layer
+    really ran in the precision asked for) of the last of ``runs`` runs of a model compiled with PERF_COUNT."""
+    request = compiled.create_infer_request()
+    for _ in range(runs):
+        request.infer(feeds)
+    seconds: Counter[str] = Counter()
+    for info in request.get_profiling_info():
+        if info.status == info.Status.EXECUTED:
+            seconds[f"{info.node_type} [{info.exec_type}]"] += info.real_time.total_seconds()
+    return dict(seconds)
+
+
 def export_compiled(
     bundle: Bundle, graph: str, precision: str, target: Path, force_bf16: bool = False
 ) -> dict[str, Any]:
@@ -224,4 +246,4 @@ def export_compiled(
     backend = OpenVINOBackend(path, resolved.record, graph, precision=resolved.precision, force_bf16=force_bf16)
     with atomic_file(target) as f:
         f.write(backend.compile_model(path, None).export_model().getvalue())
-    return {**machine_key(backend.config), "cpu": cpu_info()["model"], "source": path.name}
+    return {**machine_key(backend.config), "config": backend.config, "cpu": cpu_info()["model"], "source": path.name}

@@ -5,9 +5,13 @@ settings `build --device cuda` measured fastest on a GPU (engines/ort_cuda.py)."
 from __future__ import annotations
 
 import functools
+import json
+from collections.abc import Callable
+import tempfile
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -16,7 +20,11 @@ from ....bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecor
 from ....errors import BackendUnavailableError, BundleError, EngineError
 from ....machine import cpu_info, nvidia_smi
 from ..base import Backend
+from ....config import PspConfig
 from ..options import BackendOptions, CudaConv
+
+if TYPE_CHECKING:
+    from ...chain import Chain
 
 _state = ort.capi.onnxruntime_pybind11_state
 # What a run can raise: ONNX Runtime's error types are siblings under Exception, not one hierarchy
@@ -50,19 +58,6 @@ def _mismatch(engine: EngineRecord, key: dict[str, object]) -> str:
     differences = engine.differences(key)
     built, here = ({k: v[i] for k, v in differences.items()} for i in (0, 1))
     return f"{built}, this machine is {here}" if differences else ""
-
-
-def optimized_model(bundle: Bundle, resolved: Resolved) -> Path | None:
-    """The saved optimized model `build` made for this graph, if any; refused if made for another machine."""
-    engine = resolved.engine
-    if engine is None:
-        return None
-    if mismatch := _mismatch(engine, machine_key()):
-        raise EngineError(
-            f"{engine.file} was optimized for {mismatch}; rebuild it with "
-            "`psp-deploy build --backend onnxruntime`, or pass --no-engines"
-        )
-    return bundle.verified_path(engine.file, engine.sha256)
 
 
 @functools.cache
@@ -187,7 +182,8 @@ class OnnxRuntimeBackend(Backend):
     def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> OnnxRuntimeBackend:
         """The ONNX graph, or its saved optimized model when one was built for this machine; on CUDA with
         the settings measured for this GPU, when they were."""
-        engine = optimized_model(bundle, resolved) if options.engines and options.device == "cpu" else None
+        cpu_engine = options.engines and options.device == "cpu"
+        engine = cls.fitting_engine(bundle, resolved, machine_key()) if cpu_engine else None
         if options.engines and options.device == "cuda":
             options = tuned_options(bundle, resolved, options)
         path = engine or bundle.model_path(resolved.graph, resolved.record.precision)
@@ -203,7 +199,7 @@ class OnnxRuntimeBackend(Backend):
         preoptimized: bool = False,
     ):
         super().__init__(path, record, graph)
-        self.options = options or BackendOptions()
+        self.options, self.preoptimized = options or BackendOptions(), preoptimized
         try:
             self.session = open_session(
                 path, graph, self.options, optimize=not preoptimized, precision=record.precision
@@ -230,6 +226,50 @@ class OnnxRuntimeBackend(Backend):
         inputs, outputs = shapes(self.session.get_inputs()), shapes(self.session.get_outputs())
         return GraphDeclaration(self.path.name, inputs, outputs, self.session.get_modelmeta().custom_metadata_map)
 
+    @classmethod
+    def chain(cls, encoder: Backend, synthesis: Backend, config: PspConfig, max_batch: int) -> Chain:
+        """The device-resident chain (resident.py) when ONNX Runtime runs the encoder and the synthesis on one
+        device and the encoder takes any batch (as exported); else the host chain."""
+        same_device = isinstance(synthesis, OnnxRuntimeBackend) and synthesis.device == encoder.device
+        if not (isinstance(encoder, OnnxRuntimeBackend) and same_device and encoder.record.batch is None):
+            return super().chain(encoder, synthesis, config, max_batch)
+        from .resident import ResidentChain
+
+        return ResidentChain(encoder, synthesis, config.input_kind, max_batch)
+
+    @property
+    def device(self) -> str:
+        return self.options.device
+
+    @property
+    def tf32(self) -> bool:
+        return self.device == "cuda" and uses_tf32(self.precision, self.options.tf32)
+
+    def bound(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
+        from .bound import BoundGraph
+
+        return BoundGraph(self.session, feeds, self.outputs, self.device, self.captures)
+
+    def op_seconds(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+        """From ONNX Runtime's session profiling: a profiling session like this one (same file, options and
+        providers), whose trace's last run is read."""
+        options = session_options(self.options.threads, optimize=not self.preoptimized)
+        options.enable_profiling = True
+        with tempfile.TemporaryDirectory() as tmp:
+            options.profile_file_prefix = str(Path(tmp) / "ort")
+            providers = provider_options(self.graph, self.options, self.precision)
+            session = ort.InferenceSession(str(self.path), options, providers=providers)
+            for _ in range(runs):
+                session.run(None, feeds)
+            trace = json.loads(Path(session.end_profiling()).read_text())
+        last = [e for e in trace if e.get("name") == "model_run"][-1]
+        start, end = last["ts"], last["ts"] + last["dur"]
+        seconds: Counter[str] = Counter()
+        for event in trace:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and start <= event["ts"] <= end:
+                seconds[event["args"]["op_name"]] += event["dur"] / 1e6  # the trace is in microseconds
+        return dict(seconds)
+
     def settings(self) -> dict[str, Any]:
         """What the session runs with, as ONNX Runtime reports it: providers and their options."""
         return {"providers": self.session.get_providers(), "provider_options": self.session.get_provider_options()}
@@ -254,5 +294,6 @@ def build_optimized(onnx_path: Path, out_path: Path) -> dict[str, Any]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.optimized_model_filepath = str(out_path)
+    options.log_severity_level = 3  # errors only: its warning that the file is tied to this machine is build's note
     ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     return {**machine_key(), "cpu": cpu_info()["model"], "source": onnx_path.name}

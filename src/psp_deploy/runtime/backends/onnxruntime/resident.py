@@ -17,12 +17,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ....errors import EngineError
 from ....graph_io import CODES, IMAGE
+from ..base import check_feeds
 from . import RUN_ERRORS, OnnxRuntimeBackend, open_session, run_options
 from ...chunks import Chunk, padded, plan
 from .io_graphs import (
@@ -51,7 +53,8 @@ class Stager:
 
 
 class ResidentChain:
-    """Encoder → synthesis on one device with ONE set of buffers: ``lock`` serializes calls."""
+    """Encoder → synthesis on one device with ONE set of buffers: ``lock`` serializes calls. A Chain
+    (runtime/chain.py), as ``OnnxRuntimeBackend.chain`` gives it."""
 
     def __init__(self, encoder: OnnxRuntimeBackend, synthesis: OnnxRuntimeBackend, kind: str, limit: int) -> None:
         options = encoder.options
@@ -71,6 +74,13 @@ class ResidentChain:
         self.to_uint8 = small(to_uint8_graph(), "to_uint8")
         self.buffers = Buffers(options.device)
         self.lock = threading.Lock()
+
+    def check(self, x: np.ndarray) -> np.ndarray:
+        """Encoder tensors checked here, not by the backend: this chain binds their memory by address."""
+        return check_feeds({IMAGE: x}, self.encoder.inputs, "encoder")[IMAGE]
+
+    def describe(self) -> dict[str, Any]:
+        return {"resident": True, "pinned_host": self.buffers.pinned}
 
     def _chunks(self, total: int) -> list[Chunk]:
         return plan(total, self.size, self.fixed, self.capturing)
