@@ -92,7 +92,7 @@ def default_settings_ms(net: Any, feed: np.ndarray, runs: int, sync: Any) -> flo
     import onnxruntime as ort
 
     from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
-    from psp_deploy.benchmark.timing import measure
+    from psp_deploy.measure.timing import measure
 
     session = ort.InferenceSession(str(net.path), providers=["CUDAExecutionProvider"])
     bound = BoundGraph(session, {net.record.inputs[0].name: feed}, net.record.outputs, "cuda")
@@ -103,7 +103,7 @@ def profile_precision(bundle: Path, precision: str, batches: list[int], runs: in
     from psp_deploy.benchmark.device import stage_graphs
     from psp_deploy.benchmark.gpu import cuda_synchronizer
     from psp_deploy.benchmark.harness import benchmark_face, benchmark_photo
-    from psp_deploy.benchmark.timing import measure
+    from psp_deploy.measure.timing import measure
     from psp_deploy.runtime import Pipeline
     from psp_deploy.runtime.backends import BackendOptions
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import RESULTS, bundle, checkpoint, save_json, say
 
-from psp_deploy.benchmark.flops import node_flops
+from psp_deploy.measure.flops import node_flops
 from psp_deploy.bundle import Bundle
 from psp_deploy.calibration.convert import sample_feeds
 from psp_deploy.calibration.data import make_calibration_set

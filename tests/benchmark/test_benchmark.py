@@ -14,11 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
-from psp_deploy.benchmark.flops import graph_flops
+from psp_deploy.measure.flops import graph_flops
 from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug
 from psp_deploy.benchmark.harness import busy_rows
 from psp_deploy.benchmark.report import graphs_section, latency_table, speedup_section, tf32_line, warnings_section
-from psp_deploy.benchmark.timing import measure
+from psp_deploy.measure.timing import measure
 from psp_deploy.bundle import ModelRecord, TensorSpec
 from psp_deploy.cli import app
 from psp_deploy.machine import parse_nvidia_smi

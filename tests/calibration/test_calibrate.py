@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
 
-from psp_deploy.benchmark.flops import node_flops
+from psp_deploy.measure.flops import node_flops
 from psp_deploy.bundle import GRAPHS, Bundle
 from psp_deploy.calibration import calibrate_bundle
 from psp_deploy.calibration.calibrate import make_fp16

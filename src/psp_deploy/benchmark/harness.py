@@ -25,9 +25,9 @@ from ..runtime import Pipeline
 from ..runtime.backends import DEVICES, BackendOptions, check_device, resolve_backend
 from ..runtime.pipeline import openable
 from .device import STAGE_GRAPHS, stage_graphs
-from .flops import flops_per_image
+from ..measure.flops import flops_per_image
 from .gpu import cuda_problem, cuda_synchronizer, gpu_info
-from .timing import Latency, measure
+from ..measure.timing import Latency, measure
 
 STAGES = ("align", "encode", "synthesize", "e2e")
 OFFICIAL_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}  # fp16: the FP32 model under torch.autocast

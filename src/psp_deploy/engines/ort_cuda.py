@@ -38,7 +38,7 @@ def _label(conv: CudaConv, cuda_graph: bool) -> str:
 def time_candidate(path: Path, record: ModelRecord, graph: str, options: BackendOptions, batch: int) -> float:
     """Median milliseconds of one run of ``graph`` with ``options``, bound on the device at ``batch``."""
     from ..runtime.backends.onnxruntime.bound import BoundGraph
-    from ..benchmark.timing import measure
+    from ..measure.timing import measure
 
     session = open_session(path, graph, options, precision=record.precision)
     spec = record.inputs[0]
