@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import InputError
+from ...errors import EngineError, InputError
 
 CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")  # cuDNN's, as ONNX Runtime names them
 
@@ -47,3 +47,31 @@ class BackendOptions:
                 raise InputError(
                     f"{flag} is a mode of ONNX Runtime's CUDA provider: it needs --device cuda, not {self.device}"
                 )
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The batch sizes an engine is built for: the smallest, the one it is tuned for, the largest."""
+
+    minimum: int = 1
+    optimum: int = 1
+    maximum: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.minimum <= self.optimum <= self.maximum:
+            raise EngineError(
+                f"batch profile needs 1 ≤ min ≤ opt ≤ max, got {self.minimum}/{self.optimum}/{self.maximum}"
+            )
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What `psp-deploy build` asks of a backend's engine builder; each builder reads the fields it needs."""
+
+    device: str = "cpu"  # onnxruntime: cpu (saved optimized models) or cuda (timed settings); inductor: cpu or cuda
+    batch: BatchProfile = field(default_factory=BatchProfile)
+    optimization_level: int = 3  # tensorrt builder optimization level
+    version_compatible: bool = False  # tensorrt: plans that later TensorRT versions run
+    tf32: bool = False  # FP32 layers may run as TF32 (tensorrt; onnxruntime --device cuda)
+    force_bf16: bool = False  # openvino: bf16 on a CPU without native BF16
+    checkpoint: Path | None = None  # inductor: the checkpoint the bundle was exported from (sha256-checked)

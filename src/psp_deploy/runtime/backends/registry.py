@@ -28,6 +28,11 @@ class BackendSpec:
     precisions: tuple[str, ...]  # what it really runs
     profiles: bool  # whether `bench --profile` can read its per-operator times
     calibrates: tuple[str, ...]  # the reduced precisions `calibrate --backend` measures on it
+    # "module:function" that builds one graph's engine for `psp-deploy build` (engines/build.py calls it as
+    # builder(bundle, resolved, target, options: BuildOptions) -> the engine record's details), and the suffix
+    # of the file it writes; None: the backend builds nothing
+    builder: str | None = None
+    engine_suffix: str = ""
 
     @property
     def installed(self) -> bool:
@@ -56,6 +61,8 @@ REGISTRY: dict[str, BackendSpec] = {
             precisions=("fp32", "fp16", "int8"),
             profiles=True,
             calibrates=("fp16", "int8"),
+            builder="psp_deploy.runtime.backends.onnxruntime:build_optimized",
+            engine_suffix="onnx",
         ),
         BackendSpec(
             "openvino",
@@ -66,6 +73,8 @@ REGISTRY: dict[str, BackendSpec] = {
             precisions=("fp32", "bf16", "int8"),
             profiles=True,
             calibrates=("bf16", "int8"),
+            builder="psp_deploy.runtime.backends.openvino:export_compiled",
+            engine_suffix="blob",
         ),
         BackendSpec(
             "tensorrt",
@@ -76,6 +85,8 @@ REGISTRY: dict[str, BackendSpec] = {
             precisions=("fp32", "fp16", "int8"),
             profiles=False,
             calibrates=(),
+            builder="psp_deploy.runtime.backends.tensorrt:build_plan",
+            engine_suffix="plan",
         ),
     )
 }

@@ -15,7 +15,6 @@ one stream).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from ...files import atomic_file
 from ...onnx_metadata import read_metadata
 from .base import Backend
 from .cuda_memory import CudaMemory, device_properties
-from .options import BackendOptions
+from .options import BackendOptions, BatchProfile
 
 
 def import_tensorrt() -> Any:
@@ -135,19 +134,6 @@ class TensorRTBackend(Backend):
     def close(self) -> None:
         with self.lock:
             self.memory.close()
-
-
-@dataclass(frozen=True)
-class BatchProfile:
-    minimum: int = 1
-    optimum: int = 1
-    maximum: int = 8
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.minimum <= self.optimum <= self.maximum:
-            raise EngineError(
-                f"batch profile needs 1 ≤ min ≤ opt ≤ max, got {self.minimum}/{self.optimum}/{self.maximum}"
-            )
 
 
 def profile_shapes(record: ModelRecord, batch: BatchProfile) -> list[dict[str, Any]]:
