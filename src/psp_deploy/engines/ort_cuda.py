@@ -3,8 +3,8 @@ chosen by timing them on this GPU and recorded in the bundle (the runtime applie
 only, as TensorRT plans are: onnxruntime.py's ``tuned_options``).
 
 Which is faster depends on the graph, its precision and the GPU: on an H200 NHWC convolutions sped
-the FP16 encoder up and slowed the synthesis, and replaying a captured CUDA graph saved ~10% of the
-synthesis at batch 1 (issue 18's measurements); with TF32 off, NHWC slowed both FP32 graphs
+the FP16 encoder up and slowed the synthesis, replaying a captured CUDA graph sped the synthesis up
+at batch 1, and with TF32 off NHWC slowed both FP32 graphs
 (benchmarks/results/nvidia-h200-cuda-settings.json). Each candidate is timed as the graph alone,
 input and output bound on the device, at the batch asked for; the record keeps every candidate's time
 beside the choice.

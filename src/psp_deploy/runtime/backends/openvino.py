@@ -36,10 +36,10 @@ from .registry import check_device
 HINTS = ("latency", "throughput")
 
 # OpenVINO fuses the synthesis' elementwise chains (demodulation, noise, bias, activation, next style)
-# into its jit "Subgraph" kernels only where shapes are static. On the AVX-512 EPYC the 1024² synthesis
-# compiled for the batch it runs took 10% (FP32) and 11% (BF16) less time at batch 1 than compiled for
-# any batch; the encoder did not change (benchmarks/results/amd-epyc-openvino-fixed-batch.md). A
-# fixed-batch synthesis holds about 1.4 GB at 1024², so only batch 1, the latency path, gets one.
+# into its jit "Subgraph" kernels only where shapes are static, so a synthesis compiled for the batch it
+# runs is faster; the encoder gains nothing. A fixed-batch model costs a model's memory of its own
+# (both measured: benchmarks/results/amd-epyc-openvino-fixed-batch.md), so only batch 1, the latency
+# path, gets one.
 FIXED_BATCHES = {"synthesis": (1,)}
 
 

@@ -121,8 +121,7 @@ def uses_tf32(precision: str, asked: bool) -> bool:
 
     Off for FP32 graphs unless ``asked``: ONNX Runtime's default is on, which makes "fp32" mean TF32. On for
     FP16 graphs: with use_tf32=0, cuDNN ran the FP16 encoder's convolutions mostly in kernels without tensor
-    cores (onnxruntime-gpu 1.31.1 on an H200: 65.8 ms at batch 8, against 12.4 ms with ONNX Runtime's defaults;
-    benchmarks/results/nvidia-h200-profile.md). The nodes an FP16 graph keeps in FP32 may then run as TF32:
+    cores, several times slower (benchmarks/results/nvidia-h200-profile.md). The nodes an FP16 graph keeps in FP32 may then run as TF32:
     the FP16 accuracy report, measured on the CPU, does not cover that."""
     return asked or precision == "fp16"
 
