@@ -204,6 +204,10 @@ def _declared_metadata(declared: GraphDeclaration) -> dict[str, Any]:
 
 @dataclass
 class Manifest:
+    """manifest.json as data: the checkpoint's configuration and source (file name, sha256), the
+    modulated-conv forms, each graph's record per precision, and the engines `build` made. ``to_dict`` /
+    ``from_dict`` are the JSON form docs/bundle.md specifies."""
+
     config: PspConfig
     source: dict[str, Any]
     modconv: dict[str, Any]
@@ -273,6 +277,8 @@ class Bundle:
 
     @classmethod
     def open(cls, root: str | Path) -> Bundle:
+        """The bundle in folder ``root`` with its manifest parsed; a missing folder or manifest, or an unreadable
+        or unknown-schema manifest, is a BundleError naming it. Files are hash-checked when first used."""
         root = Path(root)
         path = root / MANIFEST
         if not root.exists():
@@ -290,6 +296,8 @@ class Bundle:
         return self.manifest.config
 
     def record(self, graph: str, precision: str = "fp32") -> ModelRecord:
+        """The manifest's record of ``graph`` stored at ``precision`` (file, I/O, sha256); a graph or precision
+        the bundle lacks is a BundleError listing what it has and how to make the rest."""
         by_precision = self.manifest.models.get(graph)
         if not by_precision:
             raise BundleError(f"{self.root}: the bundle has no {graph} graph")
@@ -329,6 +337,8 @@ class Bundle:
         return path
 
     def model_path(self, graph: str, precision: str = "fp32") -> Path:
+        """The path of ``graph``'s file at ``precision`` once it (and its external data) exists and has the
+        recorded sha256; a BundleError otherwise."""
         record = self.record(graph, precision)
         if record.external_data:
             self.verified_path(record.external_data, record.external_data_sha256 or "")

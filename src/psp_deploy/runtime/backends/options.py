@@ -29,6 +29,10 @@ class CudaConv:
 
 @dataclass(frozen=True)
 class BackendOptions:
+    """How every graph of a pipeline runs, passed once to ``Pipeline.from_bundle`` / ``Backend.from_bundle``:
+    build it with keywords (``BackendOptions(device="cuda", threads=4)``). Each backend reads the fields that
+    concern it; a mode that needs another device (TF32, CUDA graphs) is refused here."""
+
     device: str = "cpu"  # onnxruntime: cpu or cuda
     threads: int | None = None  # CPU threads per graph (None: the backend's default, all cores)
     engines: bool = True  # onnxruntime: use optimized models saved by `psp-deploy build`
