@@ -80,7 +80,7 @@ def test_built_blobs_are_imported_and_match(bundle_copy, pipelines, tmp_path):
         np.testing.assert_array_equal(codes := built.encode(x), ov.encode(x))
         # batch 1 of the synthesis runs its own model from the ONNX graph; the blob is for other sizes
         np.testing.assert_array_equal(built.synthesize(codes)[0], ov.synthesize(codes)[0])
-        assert list(built.synthesis_net._compiled) == [1]
+        assert built.synthesis_net.compiled_batches == [1]
         pair = np.concatenate([codes, codes])
         assert psnr_db(built.synthesize(pair)[0], ov.synthesize(pair)[0]) >= 60
     with Pipeline.from_bundle(bundle_copy, "openvino", options=BackendOptions(threads=1)) as other:
@@ -111,9 +111,9 @@ def test_batch_one_synthesis_runs_a_model_compiled_for_one_and_agrees(pipelines,
     codes = np.concatenate([ort.style_latent(0), ort.style_latent(1)])
     with OpenVINOBackend.from_bundle(bundles("rgb-scaled")[0], "synthesis", "fp32") as synthesis:
         single = synthesis.infer({"codes": codes[:1]})["image"]
-        assert list(synthesis._compiled) == [1]  # a batch-1 user holds one model
+        assert synthesis.compiled_batches == [1]  # a batch-1 user holds one model
         pair = synthesis.infer({"codes": codes})["image"]
-        assert list(synthesis._compiled) == [1, None]
+        assert synthesis.compiled_batches == [1, None]
         fixed = synthesis.compiled_for(1).inputs[0].get_partial_shape()
         assert [d.get_length() for d in fixed] == [1, *codes.shape[1:]]
         assert synthesis.compiled_for(2) is synthesis.compiled
@@ -131,7 +131,9 @@ def test_bf16_is_refused_without_native_support(bundles):
 @pytest.mark.skipif(not has_native_bf16(), reason=NO_BF16)
 def test_bf16_accuracy_is_reported(bundle_copy):
     report = calibrate_bundle(bundle_copy, "bf16", backend="openvino", synthetic=8)
-    assert next(g for g in report.graphs if g.name == "end-to-end").psnr_db > 25
+    # BF16's gate (40 dB, as at 1024²); this 64² bundle measured 51.5 dB (synthesis) and 53.0 dB (end to end)
+    scores = {g.name: g.psnr_db for g in report.graphs}
+    assert scores["synthesis"] >= 40 and scores["end-to-end"] >= 40, scores
 
 
 def test_openvino_int8_runs_the_qdq_graphs_and_reports_accuracy(bundle_copy):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from numpy.typing import NDArray
 
 from ...bundle import Bundle, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError
@@ -143,10 +143,13 @@ class OpenVINOBackend(Backend):
         self.source, self._cache_dir = source, cache_dir
         first = self.fixed_batches[0] if self.fixed_batches else None
         model = self._model(first)
-        dims = lambda port: [  # noqa: E731 - a fixed-batch model's batch axis is any size to its callers
-            None if (first is not None and axis == 0) or not d.is_static else d.get_length()
-            for axis, d in enumerate(port.get_partial_shape())
-        ]
+
+        def dims(port: Any) -> list[int | None]:  # a fixed-batch model's batch axis is any size to its callers
+            return [
+                None if (first is not None and axis == 0) or not d.is_static else d.get_length()
+                for axis, d in enumerate(port.get_partial_shape())
+            ]
+
         self._ports = [[(p.get_any_name(), dims(p)) for p in side] for side in (model.inputs, model.outputs)]
         self._check_io(*([name for name, _ in side] for side in self._ports))
 
@@ -182,6 +185,11 @@ class OpenVINOBackend(Backend):
         """The model compiled for any batch size (compiled now if no batch has needed it yet)."""
         return self._model(None)
 
+    @property
+    def compiled_batches(self) -> list[int | None]:
+        """The batch sizes compiled so far, in order (None: the model for any batch): what memory it holds."""
+        return list(self._compiled)
+
     def _key(self, batch: int) -> int | None:
         return batch if batch in self.fixed_batches else None
 
@@ -197,7 +205,7 @@ class OpenVINOBackend(Backend):
                     self._compiled[key] = self.compile_model(self.source if key is None else self.path, key)
         return self._compiled[key]
 
-    def op_seconds(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    def op_seconds(self, feeds: dict[str, NDArray[Any]], runs: int) -> dict[str, float]:
         """From OpenVINO's per-layer performance counters, on the model this batch size runs compiled again
         with the counters on; keyed by layer type and the kernel OpenVINO chose (``layer_seconds``)."""
         key = self._key(len(next(iter(feeds.values()))))
@@ -209,7 +217,7 @@ class OpenVINOBackend(Backend):
         inputs, outputs = self._ports
         return GraphDeclaration(self.path.name, inputs, outputs, read_metadata(self.path))
 
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         key = self._key(len(next(iter(feeds.values()))))
         compiled = self._model(key)
         with self._lock:
@@ -223,7 +231,7 @@ class OpenVINOBackend(Backend):
                 idle.append(request)
 
 
-def layer_seconds(compiled: Any, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+def layer_seconds(compiled: Any, feeds: dict[str, NDArray[Any]], runs: int) -> dict[str, float]:
     """Seconds per ``layer type [kernel]`` (e.g. ``Convolution [brgconv_avx2_FP32]``, which shows whether a layer
     really ran in the precision asked for) of the last of ``runs`` runs of a model compiled with PERF_COUNT."""
     request = compiled.create_infer_request()
