@@ -6,8 +6,12 @@
 // every runtime, the file's sha256 and that the manifest states what the graph itself declares
 // (its inputs and outputs, and the sections export wrote into its ONNX metadata).
 //
-//   psp_infer BUNDLE --face FACE.ppm  --out-image OUT.ppm [--out-codes CODES.npy] [--resize]
-//   psp_infer BUNDLE --codes CODES.npy --out-image OUT.ppm [--resize]
+//   psp_infer BUNDLE --face FACE.png   --out-image OUT.png [--out-codes CODES.npy] [--resize]
+//   psp_infer BUNDLE --codes CODES.npy --out-image OUT.png [--resize]
+//
+// Faces are read as psp-deploy writes them (PNG: the crops of `psp-deploy align`), or as JPEG or
+// binary PPM/PGM, with stb_image; images with transparency are put on white, as psp-deploy's
+// runtime does. OUT is written as PNG (stb_image_write), or as binary PPM when it ends in .ppm.
 //
 // Exit codes: 0 ok, 2 usage, 3 manifest, 4 missing file, 5 bad input, 6 ONNX Runtime error,
 // 7 the bundle does not match its manifest (a file's sha256, or what a graph declares).
@@ -16,8 +20,18 @@
 
 #include <nlohmann/json.hpp>
 
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_PNM
+#define STBI_FAILURE_USERMSG
+#include <stb_image.h>
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image_write.h>
+
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -49,8 +63,14 @@ struct Args {
   bool resize = false;
 };
 
+std::string lower_extension(const fs::path& path) {
+  std::string ext = path.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext;
+}
+
 Args parse_args(int argc, char** argv) {
-  if (argc < 2) throw Failure(2, "usage: psp_infer BUNDLE (--face FACE.ppm | --codes CODES.npy) --out-image OUT.ppm "
+  if (argc < 2) throw Failure(2, "usage: psp_infer BUNDLE (--face FACE.png | --codes CODES.npy) --out-image OUT.png "
                                  "[--out-codes CODES.npy] [--resize]");
   Args args;
   args.bundle = argv[1];
@@ -69,6 +89,9 @@ Args parse_args(int argc, char** argv) {
   }
   if (args.face.empty() == args.codes.empty()) throw Failure(2, "give exactly one of --face and --codes");
   if (args.out_image.empty()) throw Failure(2, "--out-image is required");
+  std::string ext = lower_extension(args.out_image);
+  if (ext != ".png" && ext != ".ppm")
+    throw Failure(2, "--out-image " + args.out_image.string() + ": name a .png or a .ppm file");
   return args;
 }
 
@@ -185,36 +208,44 @@ fs::path model_file(const fs::path& bundle, const json& record) {
   return verified_file(bundle, record.at("file"), record.at("sha256"));
 }
 
-std::string next_token(std::istream& in) {  // PPM header tokens, skipping comments
-  std::string token;
-  while (in >> token) {
-    if (token[0] != '#') return token;
-    std::string rest;
-    std::getline(in, rest);
-  }
-  throw Failure(5, "truncated PPM header");
-}
-
-Image read_ppm(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Failure(4, path.string() + ": cannot open");
-  if (next_token(in) != "P6") throw Failure(5, path.string() + ": not a binary PPM (P6)");
-  Image image;
-  image.width = std::stoi(next_token(in));
-  image.height = std::stoi(next_token(in));
-  if (std::stoi(next_token(in)) != 255) throw Failure(5, path.string() + ": only 8-bit PPM (maxval 255) is supported");
-  in.get();  // the single whitespace before the pixels
-  image.rgb.resize(static_cast<size_t>(image.width) * image.height * 3);
-  if (!in.read(reinterpret_cast<char*>(image.rgb.data()), static_cast<std::streamsize>(image.rgb.size())))
-    throw Failure(5, path.string() + ": truncated pixel data");
+// A face image as psp-deploy's runtime reads it (runtime/io.py): 8-bit RGB; grey is spread to the
+// three channels, and transparency is put on white with Pillow's alpha_composite arithmetic.
+Image read_image(const fs::path& path) {
+  if (!fs::is_regular_file(path)) throw Failure(4, path.string() + ": cannot open (no such file)");
+  int width = 0, height = 0, channels = 0;
+  if (!stbi_info(path.string().c_str(), &width, &height, &channels))
+    throw Failure(5, path.string() + ": not an image this program reads (PNG, JPEG, binary PPM/PGM): " +
+                         stbi_failure_reason());
+  bool alpha = channels == 2 || channels == 4;
+  stbi_uc* pixels = stbi_load(path.string().c_str(), &width, &height, &channels, alpha ? 4 : 3);
+  if (pixels == nullptr) throw Failure(5, path.string() + ": unreadable image: " + stbi_failure_reason());
+  Image image{width, height, std::vector<uint8_t>(static_cast<size_t>(width) * height * 3)};
+  for (size_t i = 0, n = static_cast<size_t>(width) * height; i < n; ++i)
+    for (int c = 0; c < 3; ++c) {
+      if (!alpha) {
+        image.rgb[i * 3 + c] = pixels[i * 3 + c];
+        continue;
+      }
+      // Pillow's alpha_composite over opaque white, to the same integer rounding (PRECISION_BITS 7).
+      uint32_t a = pixels[i * 4 + 3], coef1 = a << 7, coef2 = (255u << 7) - coef1;
+      uint32_t blend = pixels[i * 4 + c] * coef1 + 255u * coef2 + (0x80u << 7);
+      image.rgb[i * 3 + c] = static_cast<uint8_t>((((blend >> 8) + blend) >> 8) >> 7);
+    }
+  stbi_image_free(pixels);
   return image;
 }
 
-void write_ppm(const fs::path& path, const Image& image) {
-  std::ofstream out(path, std::ios::binary);
-  out << "P6\n" << image.width << " " << image.height << "\n255\n";
-  out.write(reinterpret_cast<const char*>(image.rgb.data()), static_cast<std::streamsize>(image.rgb.size()));
-  if (!out) throw Failure(4, path.string() + ": cannot write");
+void write_image(const fs::path& path, const Image& image) {
+  bool ok;
+  if (lower_extension(path) == ".ppm") {
+    std::ofstream out(path, std::ios::binary);
+    out << "P6\n" << image.width << " " << image.height << "\n255\n";
+    out.write(reinterpret_cast<const char*>(image.rgb.data()), static_cast<std::streamsize>(image.rgb.size()));
+    ok = static_cast<bool>(out);
+  } else {
+    ok = stbi_write_png(path.string().c_str(), image.width, image.height, 3, image.rgb.data(), image.width * 3) != 0;
+  }
+  if (!ok) throw Failure(4, path.string() + ": cannot write");
 }
 
 // .npy (version 1.0) float32 little-endian, C order.
@@ -376,7 +407,7 @@ int run(const Args& args) {
   if (!args.face.empty()) {
     Graph encoder(env, args.bundle, manifest, "encoder");
     int size = manifest.at("preprocess").at("size");
-    auto outputs = encoder.run(preprocess(read_ppm(args.face), manifest.at("preprocess")), {1, 3, size, size});
+    auto outputs = encoder.run(preprocess(read_image(args.face), manifest.at("preprocess")), {1, 3, size, size});
     const float* out = outputs[0].GetTensorData<float>();
     codes.assign(out, out + static_cast<size_t>(n_styles) * 512);
   } else {
@@ -390,7 +421,7 @@ int run(const Args& args) {
   auto outputs = synthesis.run(codes, {1, n_styles, 512});
   Ort::Value& image = outputs[args.resize ? 1 : 0];
   int size = static_cast<int>(image.GetTensorTypeAndShapeInfo().GetShape()[2]);
-  write_ppm(args.out_image, postprocess(image.GetTensorData<float>(), size));
+  write_image(args.out_image, postprocess(image.GetTensorData<float>(), size));
   std::cout << "wrote " << args.out_image.string() << " (" << size << "x" << size << ")\n";
   return 0;
 }
