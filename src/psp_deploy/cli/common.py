@@ -7,14 +7,18 @@ Every message that shows text from outside (paths, errors, install hints such as
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.columns import Columns
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
 
 from ..errors import PspDeployError
 
@@ -30,7 +34,106 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True, soft_wrap=True)  # messages stay one line: greppable in logs
+
+
+class _Console(Console):
+    """A console whose live displays (spinners, progress bars) leave nothing behind when an exception
+    ends them, so the error line that follows stands alone, not under a frozen "⠋ loading checkpoint
+    0/7". Every command's bars and spinners draw on this console, so this one place covers them all:
+    on a terminal the last frame is erased; in logs and pipes, where a bar prints its last frame and a
+    blank line when it stops, neither is printed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (live display, the exception being handled when it started), innermost last
+        self._lives: list[tuple[Any, BaseException | None]] = []
+        self._drop_blank = False
+
+    def set_live(self, live: Any) -> Any:  # rich's Live; what rich returns (nothing before rich 14)
+        self._lives.append((live, sys.exc_info()[1]))
+        try:
+            return super().set_live(live)
+        except Exception:
+            self._lives.pop()
+            raise
+
+    def clear_live(self) -> None:  # Live.stop calls this first, before it draws its last frame
+        live, handling = self._lives.pop() if self._lives else (None, None)
+        if live is not None and sys.exc_info()[1] not in (None, handling):  # an exception on its way out
+            live.transient = True
+            self._drop_blank = not self.is_interactive  # rich's Progress then prints a blank line
+        super().clear_live()
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        drop, self._drop_blank = self._drop_blank, False
+        if drop and not objects:
+            return
+        super().print(*objects, **kwargs)
+
+
+console = _Console(stderr=True, soft_wrap=True)  # messages stay one line: greppable in logs
+
+
+class _Folded:
+    """A renderable drawn with words too long for its width folded onto the next line, never cut
+    with "…" (what rich's tables do to them)."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console_: Console, options: ConsoleOptions) -> RenderResult:
+        yield from console_.render(self.renderable, options.update(overflow="fold"))
+
+    def __rich_measure__(self, console_: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console_, options, self.renderable)
+
+
+class _FoldingTable(Table):
+    """typer's options and commands tables, whose cells fold what does not fit instead of cutting it."""
+
+    def add_row(self, *renderables: RenderableType | None, **kwargs: Any) -> None:
+        super().add_row(*renderables, **kwargs)
+        for column in self.columns:
+            column.overflow = "fold"
+
+
+def _help_that_wraps() -> None:
+    """Typer's help as a narrow terminal needs it: every cell of its tables wraps, and a word wider than
+    its column folds onto the next line ("OUTPUT/psp-deploy.json" or "--optimization-level" are never
+    cut to "OUTPUT/psp-depl…", "--optimization-l…"); a flag (--help, --version, --resize/--no-resize)
+    shows no "<bool>" value placeholder, since it takes no value. Typer draws these in private helpers,
+    so each change is made only where the helper exists as expected; typer's drawing is kept otherwise."""
+    from typer import core, rich_utils
+
+    option = getattr(core, "TyperOption", None)
+    display = getattr(option, "display_type_rich", None)
+    if display is not None and not getattr(display, "_psp_deploy", False):
+
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
+            return None if getattr(self, "is_flag", False) and not getattr(self, "count", False) else display(self, ctx)
+
+        display_type_rich._psp_deploy = True
+        option.display_type_rich = display_type_rich
+
+    if getattr(rich_utils, "Table", None) is Table:
+        rich_utils.Table = _FoldingTable
+    for name in ("_get_parameter_help", "_make_command_help"):  # a help cell: Columns of texts, or one text
+        helper = getattr(rich_utils, name, None)
+        if helper is None or getattr(helper, "_psp_deploy", False):
+            continue
+
+        def folded(*args: Any, _helper: Any = helper, **kwargs: Any) -> RenderableType:
+            drawn = _helper(*args, **kwargs)
+            if isinstance(drawn, Columns):  # its own grid would cut each text: fold them one by one
+                drawn.renderables = [_Folded(item) for item in drawn.renderables]
+                return drawn
+            return _Folded(drawn)
+
+        folded._psp_deploy = True
+        setattr(rich_utils, name, folded)
+
+
+_help_that_wraps()
 
 
 def say(text: str, style: str = "") -> None:
