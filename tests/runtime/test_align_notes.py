@@ -1,5 +1,5 @@
-"""Photos that need a word to the user (several faces, a small face), and the landmarks of small
-faces in a group photo against the official full-resolution procedure."""
+"""Photos that need a word to the user (several faces, a small face, a crop partly outside the photo),
+and the landmarks of small faces in a group photo against the official full-resolution procedure."""
 
 import itertools
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from psp_deploy.runtime.align import FaceAligner, ffhq_quad, predictor_path
+from psp_deploy.runtime.align import UPSCALE_WARNING, FaceAligner, ffhq_quad, outside_share, predictor_path
 
 HEAD = np.ascontiguousarray(data.astronaut()[0:300, 60:380])  # one face: the whole photo also finds her badge
 # (scale, left, top, mirrored) on a 2400×1800 canvas: inter-ocular distances 65-95 px, each face
@@ -55,6 +55,59 @@ def test_group_photo_says_how_many_faces_and_which_was_taken(group, policy, rule
 def test_small_face_warns_about_upscaling(aligner):
     small = cv2.resize(HEAD, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     assert aligner.align(small).warnings == ("face crop is 85 px across, upscaled 3.0× to 256²: expect a soft result",)
+
+
+def framed(aligner, share: float, side: int) -> np.ndarray:
+    """HEAD cut to a square ``share`` of its face crop's side, around the crop's centre, resized to
+    ``side``: the rest of the crop lies outside the photo."""
+    quad, qsize = ffhq_quad(aligner.align(HEAD).landmarks)
+    (cx, cy), half = quad.mean(0), qsize * share / 2
+    cut = HEAD[round(cy - half) : round(cy + half), round(cx - half) : round(cx + half)]
+    return cv2.resize(cut, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def crop_numbers(face, photo) -> tuple[float, float]:
+    """(upscale to 256², share of the crop outside the photo)"""
+    return 256 / ffhq_quad(face.landmarks)[1], outside_share(face.quad, photo.shape)
+
+
+def test_outside_share_is_the_crop_area_beyond_the_photo():
+    square = np.array([[-10, -10], [-10, 10], [10, 10], [10, -10]], float)  # 20×20, centred on a corner
+    assert outside_share(square, (100, 100, 3)) == pytest.approx(0.75)
+    assert outside_share(square + 50, (100, 100, 3)) == 0.0
+    assert outside_share(square + 1000, (100, 100, 3)) == 1.0
+
+
+def test_small_upscale_with_much_padding_warns_of_a_soft_result(aligner):
+    """The report's photo: 112×112, its crop enlarged about 1.75× (under the 2× of a face alone) with
+    a large part of it outside the photo: few real pixels behind the 256² result."""
+    photo = framed(aligner, 0.77, 112)
+    face = aligner.align(photo)
+    upscale, outside = crop_numbers(face, photo)
+    assert 1.6 < upscale < UPSCALE_WARNING and 0.25 < outside < 0.5  # the upscale alone would say nothing
+    assert len(face.warnings) == 1, face.warnings
+    note = face.warnings[0]
+    assert note.startswith(f"face crop is {256 / upscale:.0f} px across, upscaled {upscale:.1f}× to 256², ")
+    assert note.endswith(f", {outside:.0%} of it padding outside the photo: expect a soft result")
+
+
+def test_much_padding_without_upscaling_says_the_borders_are_made_up(aligner):
+    photo = framed(aligner, 0.8, 180)
+    face = aligner.align(photo)
+    upscale, outside = crop_numbers(face, photo)
+    assert upscale < 1.3 and outside > 0.3
+    assert face.warnings == (
+        f"{outside:.0%} of the face crop lies outside the photo, padded from its blurred edges: expect blurred, "
+        "made-up borders",
+    )
+
+
+def test_a_sliver_of_padding_says_nothing(aligner):
+    photo = framed(aligner, 0.95, 180)  # the crop's corners, tilted, stick out a little
+    face = aligner.align(photo)
+    upscale, outside = crop_numbers(face, photo)
+    assert upscale < 1.5 and 0.02 < outside < 0.2
+    assert face.warnings == ()
 
 
 @pytest.fixture(scope="module")

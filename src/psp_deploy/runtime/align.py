@@ -26,7 +26,18 @@ POLICY_WORDS = {  # how each face policy reads in "3 faces found; took …"
     "best": "the best-scoring detection",
     "last": "the last detection, as the official script does",
 }
-UPSCALE_WARNING = 2.0  # a crop enlarged more than this to the output size comes out visibly soft
+# The notes on a crop (AlignedFace.warnings). Padding (the part of the crop outside the photo, filled
+# with the photo's mirrored edges faded toward a blur) holds no detail, so softness counts only the
+# photo pixels inside the crop: a crop q px across with a share p of its area outside the photo,
+# warped to S px, spreads (1 - p)·q² photo pixels over S² output pixels, an effective upscale of
+# S / q / sqrt(1 - p). Above UPSCALE_WARNING (less than one photo pixel per 2×2 output pixels) the
+# result is soft: a face upscaled 2.1× with no padding, or 1.75× with a quarter of the crop outside the
+# photo (2.02×). A crop that is not soft but has PADDING_WARNING or more of its area outside the photo
+# gets a note of its own: the result's borders come out blurred and made up (from a fifth on,
+# mirrored hair shows along the edges; see tests/runtime/test_align_notes.py).
+UPSCALE_WARNING = 2.0
+PADDING_WARNING = 0.2  # share of the crop's area outside the photo
+PADDING_MENTION = 0.05  # a soft note names the padding from this share on
 # dlib's boxes snap to a grid of HOG cells (about a tenth of the box at the pyramid level that
 # finds the face) and its landmarks move with the box: a 1 px shift of a photo moves the official
 # procedure's crop by 1-3 % of the inter-ocular distance. Faces near the smallest the detector finds
@@ -47,7 +58,7 @@ class AlignedFace:
     quad: np.ndarray  # [4, 2] corners (top-left, bottom-left, bottom-right, top-right) in the photo
     box: Box  # the detector's box (on the detection copy, scaled to the photo)
     faces_found: int
-    warnings: tuple[str, ...] = ()  # what a user should know about this input (several faces, upscaling)
+    warnings: tuple[str, ...] = ()  # what a user should know about this input (several faces, a soft or padded crop)
 
 
 def predictor_path() -> Path:
@@ -159,7 +170,8 @@ class FaceAligner:
     detector score, or "last" as the official script does. ``detect_size`` caps the
     longer side of the copy the detector sees (then upsampled once, as officially); a face
     small on that copy is found again at full resolution. ``align`` says in
-    ``AlignedFace.warnings`` when it chose among several faces or upscaled a small one.
+    ``AlignedFace.warnings`` when it chose among several faces, when the crop comes out soft (a small face
+    upscaled, counting padding as no pixels), or when much of it lies outside the photo (see UPSCALE_WARNING).
     """
 
     def __init__(self, output_size: int = 256, face: str = "largest", detect_size: int = 640) -> None:
@@ -238,20 +250,46 @@ class FaceAligner:
         landmarks = self.landmarks(rgb, box)
         quad, qsize = ffhq_quad(landmarks)
         image = warp_face(rgb, quad, qsize, self.output_size)
-        return AlignedFace(image, landmarks, quad, box, len(faces), self._warnings(len(faces), box, qsize))
+        notes = self._warnings(len(faces), box, quad, qsize, rgb.shape)
+        return AlignedFace(image, landmarks, quad, box, len(faces), notes)
 
-    def _warnings(self, faces_found: int, box: Box, qsize: float) -> tuple[str, ...]:
-        """What a user should hear about this input: a choice among faces, a soft upscaled crop."""
+    def _warnings(
+        self, faces_found: int, box: Box, quad: np.ndarray, qsize: float, shape: tuple[int, ...]
+    ) -> tuple[str, ...]:
+        """What a user should hear about this input: a choice among faces; a crop that comes out soft
+        (upscaled, counting padding as no pixels) or with much of it outside the photo."""
         notes = []
         if faces_found > 1:
             left, top, right, bottom = box
             where = f"box {right - left}×{bottom - top} at {left},{top}"
             notes.append(f"{faces_found} faces found; took {POLICY_WORDS[self.face]} ({where})")
+        outside = outside_share(quad, shape)
         upscale = self.output_size / qsize
-        if upscale > UPSCALE_WARNING:
+        effective = upscale / np.sqrt(max(1.0 - outside, 1e-6))
+        if effective > UPSCALE_WARNING:
             enlarged = f"upscaled {upscale:.1f}× to {self.output_size}²"
+            if outside >= PADDING_MENTION:
+                enlarged += f", {outside:.0%} of it padding outside the photo"
             notes.append(f"face crop is {qsize:.0f} px across, {enlarged}: expect a soft result")
+        elif outside >= PADDING_WARNING:
+            notes.append(
+                f"{outside:.0%} of the face crop lies outside the photo, padded from its blurred edges: expect "
+                "blurred, made-up borders"
+            )
         return tuple(notes)
+
+
+def outside_share(quad: np.ndarray, shape: tuple[int, ...]) -> float:
+    """The share (0-1) of the crop quad's area that lies outside a photo of ``shape`` [H, W, ...]: the
+    part the official procedure fills with padding."""
+    corners = np.asarray(quad, np.float32)
+    area = abs(cv2.contourArea(corners))
+    if area == 0:
+        return 0.0
+    h, w = shape[:2]
+    photo = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    inside, _ = cv2.intersectConvexConvex(corners, photo)
+    return float(min(max(1.0 - inside / area, 0.0), 1.0))
 
 
 def _centre(box: Box) -> tuple[float, float]:
