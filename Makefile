@@ -25,7 +25,8 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/psp-deploy demo
 
-# The C++ consumer of a bundle (examples/cpp): headers fetched into build/cpp, never installed.
+# The C++ consumer of a bundle (examples/cpp/README.md): linked to .venv's onnxruntime; headers already on the
+# machine are used, missing ones fetched from the Debian archive into build/cpp, never installed.
 cpp-example: $(STAMP)
 	examples/cpp/build.sh $(PY) build/cpp
 
