@@ -60,6 +60,22 @@ class AlignedFace:
     faces_found: int
     warnings: tuple[str, ...] = ()  # what a user should know about this input (several faces, a soft or padded crop)
 
+    @property
+    def size(self) -> float:
+        """The crop square's side in photo pixels (the official ``qsize``)."""
+        return float(np.hypot(*(self.quad[3] - self.quad[0])))
+
+
+@dataclass(frozen=True)
+class LocatedFace:
+    """A detected face before its crop is warped: what ``FaceAligner.locate`` finds per face."""
+
+    box: Box  # the detector's box, in photo pixels
+    score: float  # the detector's score
+    landmarks: np.ndarray  # [68, 2] float64, in photo pixels
+    quad: np.ndarray  # [4, 2] the crop square (ffhq_quad of the landmarks), in photo pixels
+    size: float  # the crop square's side in photo pixels
+
 
 def predictor_path() -> Path:
     """The 68-point model inside the face_recognition_models package, found without importing it
@@ -148,6 +164,27 @@ def _quad_warp(img: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
     return cv2.warpAffine(
         img, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT
     )
+
+
+def crop_matrix(quad: np.ndarray, qsize: float, size: int, photo_shape: tuple[int, ...]) -> np.ndarray:
+    """The affine map [2, 3] that ``warp_face`` samples with: crop pixel (u, v) → photo point (x, y),
+    pixel centres at integers in both. It includes the shrink that ``warp_face`` applies to a face
+    much larger than ``size`` (INTER_AREA to rint(W / shrink) × rint(H / shrink), which moves pixel
+    centres by up to half a shrunken pixel); crop and padding are integer shifts that cancel."""
+    quad = np.asarray(quad, np.float64)
+    h, w = photo_shape[:2]
+    shrink = int(np.floor(qsize / size * 0.5))
+    scale, offset = np.ones(2), np.zeros(2)
+    if shrink > 1:
+        quad = quad / shrink
+        scale = np.array([w / int(np.rint(w / shrink)), h / int(np.rint(h / shrink))])
+        offset = 0.5 * scale - 0.5  # shrunken pixel centre i sits at (i + ½)·scale − ½ in the photo
+    top_left, bottom_left, top_right = quad[0], quad[1], quad[3]
+    ax, ay = (top_right - top_left) / size, (bottom_left - top_left) / size
+    origin = top_left + 0.5 * (ax + ay)
+    return np.array([[ax[0], ay[0], origin[0]], [ax[1], ay[1], origin[1]]]) * scale[:, None] + np.c_[
+        np.zeros((2, 2)), offset
+    ]
 
 
 def warp_face(rgb: np.ndarray, quad: np.ndarray, qsize: float, size: int = 256) -> np.ndarray:
@@ -252,6 +289,56 @@ class FaceAligner:
         image = warp_face(rgb, quad, qsize, self.output_size)
         notes = self._warnings(len(faces), box, quad, qsize, rgb.shape)
         return AlignedFace(image, landmarks, quad, box, len(faces), notes)
+
+    def locate(
+        self, rgb: np.ndarray, min_face: float = 0.0, every: bool = True
+    ) -> tuple[list[LocatedFace], list[LocatedFace]]:
+        """Landmarks and crop squares of the faces in a photo, no crop warped yet: (kept, skipped).
+
+        ``every`` keeps every detection, left to right; False keeps the one ``face`` policy picks,
+        as ``align`` does. Faces whose crop square is under ``min_face`` photo pixels across are
+        skipped (a box and a size to name in a summary). No face is an empty list, not an error."""
+        rgb = check_rgb(rgb)
+        faces = self.detect(rgb)
+        if faces and not every:
+            picked = self._pick(faces)
+            faces = [next(f for f in faces if f[0] == picked)]
+        kept: list[LocatedFace] = []
+        skipped: list[LocatedFace] = []
+        for box, score in sorted(faces, key=lambda f: (_centre(f[0]), f[1])):
+            landmarks = self.landmarks(rgb, box)
+            quad, qsize = ffhq_quad(landmarks)
+            (kept if qsize >= min_face else skipped).append(LocatedFace(box, float(score), landmarks, quad, qsize))
+        return kept, skipped
+
+    def crop(
+        self,
+        rgb: np.ndarray,
+        landmarks: np.ndarray,
+        quad: np.ndarray | None = None,
+        box: Box | None = None,
+        faces_found: int = 1,
+    ) -> AlignedFace:
+        """The aligned face of given landmarks (e.g. smoothed over a video's frames), cropped along
+        ``quad`` (default: ``ffhq_quad(landmarks)``; a smoothed quad must stay a square). ``box``
+        defaults to the landmarks' bounds. Warnings as ``align``'s, the choice among faces left out."""
+        rgb = check_rgb(rgb)
+        landmarks = np.asarray(landmarks, np.float64)
+        quad = ffhq_quad(landmarks)[0] if quad is None else np.asarray(quad, np.float64)
+        qsize = float(np.hypot(*(quad[3] - quad[0])))
+        if box is None:
+            (left, top), (right, bottom) = np.floor(landmarks.min(0)), np.ceil(landmarks.max(0))
+            box = (int(left), int(top), int(right), int(bottom))
+        image = warp_face(rgb, quad, qsize, self.output_size)
+        return AlignedFace(image, landmarks, quad, box, faces_found, self._warnings(1, box, quad, qsize, rgb.shape))
+
+    def align_all(self, rgb: np.ndarray, min_face: float = 0.0) -> tuple[list[AlignedFace], list[LocatedFace]]:
+        """Every face of a photo, left to right, aligned: (faces, skipped), where skipped faces have
+        a crop square under ``min_face`` photo pixels across. No face: two empty lists."""
+        rgb = check_rgb(rgb)
+        kept, skipped = self.locate(rgb, min_face)
+        found = len(kept) + len(skipped)
+        return [self.crop(rgb, f.landmarks, f.quad, f.box, found) for f in kept], skipped
 
     def _warnings(
         self, faces_found: int, box: Box, quad: np.ndarray, qsize: float, shape: tuple[int, ...]
