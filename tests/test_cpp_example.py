@@ -53,6 +53,13 @@ def run(binary, *args):
     return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+def infer(binary, bundle, face, out_image, codes):
+    """psp_infer on a face, which must succeed: the W+ codes it wrote."""
+    done = run(binary, bundle, "--face", face, "--out-image", out_image, "--out-codes", codes)
+    assert done.returncode == 0, done.stderr
+    return np.load(codes)
+
+
 def _invoke(*args):
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -69,11 +76,8 @@ def test_cpp_runs_on_psp_deploys_pngs_as_psp_deploy_run_does(psp_infer, bundles,
     _invoke("align", photos, "-o", tmp_path / "aligned")
     _invoke("run", bundle, photos, "-o", tmp_path / "python", "--save-latents")
     face = tmp_path / "aligned" / "astronaut.png"
-    done = run(
-        psp_infer, bundle, "--face", face, "--out-image", tmp_path / "cpp.png", "--out-codes", tmp_path / "cpp.npy"
-    )
-    assert done.returncode == 0, done.stderr
-    assert np.abs(np.load(tmp_path / "cpp.npy") - np.load(tmp_path / "python" / "astronaut.npy")).max() <= 1e-5
+    codes = infer(psp_infer, bundle, face, tmp_path / "cpp.png", tmp_path / "cpp.npy")
+    assert np.abs(codes - np.load(tmp_path / "python" / "astronaut.npy")).max() <= 1e-5
     cpp = np.asarray(Image.open(tmp_path / "cpp.png"))
     python = np.asarray(Image.open(tmp_path / "python" / "astronaut.png"))
     assert cpp.shape == python.shape and np.abs(cpp.astype(int) - python.astype(int)).max() <= 1
@@ -81,18 +85,8 @@ def test_cpp_runs_on_psp_deploys_pngs_as_psp_deploy_run_does(psp_infer, bundles,
 
 def test_cpp_matches_the_python_runtime(psp_infer, case):
     bundle, folder, result = case
-    done = run(
-        psp_infer,
-        bundle,
-        "--face",
-        folder / "face.png",
-        "--out-image",
-        folder / "out.png",
-        "--out-codes",
-        folder / "codes.npy",
-    )
-    assert done.returncode == 0, done.stderr
-    assert np.abs(np.load(folder / "codes.npy") - result.codes[0]).max() <= 1e-5
+    codes = infer(psp_infer, bundle, folder / "face.png", folder / "out.png", folder / "codes.npy")
+    assert np.abs(codes - result.codes[0]).max() <= 1e-5
     image = np.asarray(Image.open(folder / "out.png"))
     assert np.abs(image.astype(int) - result.images[0].astype(int)).max() <= 1
 
@@ -106,35 +100,15 @@ def test_cpp_reads_ppm_and_puts_transparency_on_white_as_psp_deploy_does(psp_inf
     same rounding as the Python runtime (runtime/io.py), so both encode the same pixels."""
     bundle, folder, result = case
     Image.fromarray(result.aligned[0].image).save(tmp_path / "face.ppm")
-    ppm = run(
-        psp_infer,
-        bundle,
-        "--face",
-        tmp_path / "face.ppm",
-        "--out-image",
-        tmp_path / "o.ppm",
-        "--out-codes",
-        tmp_path / "ppm.npy",
-    )
-    assert ppm.returncode == 0, ppm.stderr
-    assert np.abs(np.load(tmp_path / "ppm.npy") - result.codes[0]).max() <= 1e-5
+    codes = infer(psp_infer, bundle, tmp_path / "face.ppm", tmp_path / "o.ppm", tmp_path / "ppm.npy")
+    assert np.abs(codes - result.codes[0]).max() <= 1e-5
 
     alpha = np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))[..., None]
     Image.fromarray(np.concatenate([result.aligned[0].image, alpha], 2), "RGBA").save(tmp_path / "rgba.png")
-    done = run(
-        psp_infer,
-        bundle,
-        "--face",
-        tmp_path / "rgba.png",
-        "--out-image",
-        tmp_path / "o.png",
-        "--out-codes",
-        tmp_path / "rgba.npy",
-    )
-    assert done.returncode == 0, done.stderr
+    codes = infer(psp_infer, bundle, tmp_path / "rgba.png", tmp_path / "o.png", tmp_path / "rgba.npy")
     with Pipeline.from_bundle(bundle) as pipeline:
         expected = pipeline.run(read_image(tmp_path / "rgba.png"), align=False).codes[0]
-    assert np.abs(np.load(tmp_path / "rgba.npy") - expected).max() <= 1e-5
+    assert np.abs(codes - expected).max() <= 1e-5
 
 
 def _copy(bundle, dst):
