@@ -1,6 +1,7 @@
 """`psp-deploy align` over a folder with good, corrupt, faceless and non-image files."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -86,3 +87,32 @@ def test_align_into_a_file_is_a_named_error(photos, tmp_path):
     result = CliRunner().invoke(app, ["align", str(photos / "astronaut.png"), "-o", str(taken)])
     assert result.exit_code == 2 and "somefile: exists and is not a directory" in result.output
     assert taken.read_text() == "keep me"
+
+
+def test_aligning_a_folder_into_itself_is_refused_naming_the_clash(photos, tmp_path):
+    """It said "no input images found" of a folder holding PNGs."""
+    aligned = tmp_path / "aligned"
+    assert CliRunner().invoke(app, ["align", str(photos / "astronaut.png"), "-o", str(aligned)]).exit_code == 0
+    before = sorted(p.name for p in aligned.iterdir())
+    result = CliRunner().invoke(app, ["align", f"{aligned}/", "-o", f"{aligned}/"])
+    assert result.exit_code == 2, result.output
+    assert f"{aligned}/ is also the output folder" in result.output and "no input images" not in result.output
+    assert sorted(p.name for p in aligned.iterdir()) == before
+    inside = CliRunner().invoke(app, ["align", str(photos), "-o", str(photos / "aligned")])  # fine: kept apart
+    assert inside.exit_code == 1 and "2 done" in inside.output, inside.output
+    rerun = CliRunner().invoke(app, ["align", str(photos), "-o", str(photos / "aligned")])
+    assert "0 done, 2 skipped" in rerun.output  # its outputs are not read as inputs
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(photos, unwritable_dir):
+    result = CliRunner().invoke(app, ["align", str(photos / "astronaut.png"), "-o", str(unwritable_dir)])
+    assert result.exit_code == 2 and f"error: cannot write to {unwritable_dir}" in result.output, result.output
+    assert isinstance(result.exception, SystemExit) and list(unwritable_dir.iterdir()) == []
+
+
+def test_the_summary_gives_the_time_and_rate(photos, tmp_path):
+    result = CliRunner().invoke(app, ["align", str(photos / "astronaut.png"), "-o", str(tmp_path / "o")])
+    assert re.search(r"1 done, 0 skipped \(already there\), 0 failed — \d+\.\d s, [\d.]+ images/s", result.output)
+    args = ["align", str(photos / "astronaut.png"), "-o", str(tmp_path / "o2"), "--size", "5000"]
+    big = CliRunner().invoke(app, args)
+    assert big.exit_code == 2 and "Invalid value for '--size'" in big.output and not (tmp_path / "o2").exists()

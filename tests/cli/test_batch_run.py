@@ -170,3 +170,59 @@ def test_a_stop_signal_drains_the_batch_and_reports(bundle, many_faces, tmp_path
     assert 1 <= done < N_FACES and len(list(out.glob("*.png"))) == done  # each finished output is complete
     assert [f["input"].rsplit("/", 1)[-1] for f in json.loads((out / "failures.json").read_text())] == ["a_corrupt.png"]
     assert not list(out.glob(".*"))
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--latent-mask", "8-9", "--seed", "-1"], "Invalid value for '--seed'"),  # was a numpy traceback mid-run
+        (["--seed", "-1"], "Invalid value for '--seed'"),  # was accepted silently
+        (["--latent-mask", "8-9", "--seed", str(2**32)], "Invalid value for '--seed'"),
+        (["--latent-mask", "8-9", "--mix-alpha", "1.5"], "Invalid value for '--mix-alpha'"),
+        (["--latent-mask", "8-9", "--mix-alpha", "nan"], "Invalid value for '--mix-alpha'"),
+        (["--latent-mask", "8-9", "--n-outputs", "0"], "Invalid value for '--n-outputs'"),
+        (["--batch-size", "0"], "Invalid value for '--batch-size'"),
+        (["--threads", "0"], "Invalid value for '--threads'"),
+        (["--latent-mask", "8-9", "--n-outputs", "2", "--seed", str(2**32 - 1)], "seed must be an integer from 0 to"),
+        (["--mix-alpha", "0.5"], "--mix-alpha needs --latent-mask"),
+        (["--no-align", "--save-aligned"], "--save-aligned writes the aligned face, so it needs alignment"),
+    ],
+)
+def test_bad_numbers_are_refused_before_anything_is_written(bundle, photos, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(bundle), str(photos / "astronaut.png"), "-o", str(out), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not out.exists()  # no settings record left behind
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_unwritable_output_folder_is_refused_before_loading(bundle, photos, unwritable_dir):
+    for out in (unwritable_dir, unwritable_dir / "sub"):
+        result = CliRunner().invoke(app, ["run", str(bundle), str(photos / "astronaut.png"), "-o", str(out)])
+        assert result.exit_code == 2 and f"error: cannot write to {out}" in result.output, result.output
+        assert "backend:" not in result.output  # refused before the pipeline loaded
+        assert isinstance(result.exception, SystemExit)  # no PermissionError traceback
+
+
+def test_the_input_folder_as_output_is_refused_naming_it(bundle, photos):
+    result = CliRunner().invoke(app, ["run", str(bundle), str(photos), "-o", str(photos)])
+    assert result.exit_code == 2 and f"{photos} is also the output folder" in result.output, result.output
+    assert sorted(p.name for p in photos.iterdir()) == sorted(
+        ["astronaut.png", "mirror.jpg", "corrupt.jpg", "empty_wall.png", "readme.png"]
+    )
+
+
+def test_save_aligned_writes_the_crop_beside_the_result_and_a_summary_with_the_rate(bundle, photos, tmp_path):
+    from psp_deploy.runtime.align import FaceAligner
+
+    out = tmp_path / "out"
+    args = ["run", str(bundle), str(photos / "astronaut.png"), str(photos / "mirror.jpg"), "-o", str(out)]
+    result = CliRunner().invoke(app, [*args, "--save-aligned", "--latent-mask", "8-9", "--n-outputs", "2"])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in out.glob("astronaut*"))
+    assert written == ["astronaut.aligned.png", "astronaut_0.png", "astronaut_1.png"]
+    expected = FaceAligner().align(read_image(photos / "astronaut.png")).image
+    np.testing.assert_array_equal(read_image(out / "astronaut.aligned.png"), expected)
+    assert re.search(r"2 done, 0 skipped \(already there\), 0 failed — \d+\.\d s, [\d.]+ images/s", result.output)
+    again = CliRunner().invoke(app, [*args, "--save-aligned", "--latent-mask", "8-9", "--n-outputs", "2"])
+    assert re.search(r"0 done, 2 skipped \(already there\), 0 failed — \d+\.\d s\n", again.output), again.output

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from psp_deploy.errors import InputError
+from psp_deploy.errors import InputError, OutputError
 from psp_deploy.files import new_file_mode
 from psp_deploy.runtime.batch import SETTINGS_FILE, BatchRunner, collect_inputs
 from psp_deploy.runtime.io import write_image_atomic
@@ -122,9 +122,61 @@ def test_outputs_left_by_a_stopped_overwrite_are_redone_not_skipped(tmp_path):
 def test_an_output_folder_inside_the_input_folder_is_not_read_as_input(tmp_path):
     photos = _tree(tmp_path / "in", ["a.png"])
     out = photos / "out"
-    _runner(out).run(collect_inputs([photos], exclude=out))
-    assert [i.source.name for i in collect_inputs([photos], exclude=out)] == ["a.png"]
-    assert len(_runner(out).run(collect_inputs([photos], exclude=out)).skipped) == 1
+    _runner(out).run(collect_inputs([photos], out))
+    assert [i.source.name for i in collect_inputs([photos], out)] == ["a.png"]
+    assert len(_runner(out).run(collect_inputs([photos], out)).skipped) == 1
+    assert [i.source.name for i in collect_inputs([str(photos / "**" / "*.png")], out)] == ["a.png"]  # globs too
+
+
+def test_the_input_folder_as_output_folder_is_refused_naming_the_clash(tmp_path):
+    """`align aligned/ -o aligned/` said "no input images found" of a folder full of PNGs."""
+    photos = _tree(tmp_path / "in", ["a.png", "b.png"])
+    for spec in (photos, str(photos / "*.png")):
+        with pytest.raises(InputError, match=r"in(/\*\.png)? is also the output folder \(--output .*in\): outputs"):
+            collect_inputs([spec], photos)
+    with pytest.raises(InputError, match=r"in/sub lies inside the output folder .*in: outputs would be written among"):
+        collect_inputs([_tree(photos / "sub", ["c.png"])], photos)
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png", "b.png", "sub"]  # nothing written
+
+
+def test_a_file_named_in_the_output_folder_is_an_input(tmp_path):
+    """Only what a folder or a glob finds under the output folder is taken for an output; a file named
+    as such is an input, and one whose output would replace it is refused by name."""
+    out = _tree(tmp_path / "out", ["a.png"])
+    items = collect_inputs([out / "a.png"], out)
+    assert [i.source.name for i in items] == ["a.png"]
+    runner = _runner(out)
+    runner.outputs = lambda item: [item.output(out, ".png")]
+    with pytest.raises(InputError, match=r"a\.png would overwrite the input"):
+        runner.run(items)
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, unwritable_dir):
+    photos = _tree(tmp_path / "in", ["a.png"])
+    for out in (unwritable_dir, unwritable_dir / "new"):
+        runner = _runner(out)
+        runner.prepare = lambda item: pytest.fail("work started")
+        with pytest.raises(OutputError, match=f"cannot write to {out}"):
+            runner.run(collect_inputs([photos], out))
+    assert list(unwritable_dir.iterdir()) == []
+
+
+def test_the_summary_says_how_long_the_run_took(tmp_path):
+    photos = _tree(tmp_path / "in", ["a.png", "b.png"])
+    runner = _runner(tmp_path / "out")
+    runner.prepare = lambda item: time.sleep(0.05) or item.source.read_bytes()
+    summary = runner.run(collect_inputs([photos]))
+    assert summary.elapsed >= 0.1 and summary.rate == pytest.approx(2 / summary.elapsed)
+    again = runner.run(collect_inputs([photos]))  # all skipped: no rate to speak of
+    assert len(again.skipped) == 2 and again.rate is None
+
+
+def test_other_suffixes_for_other_inputs(tmp_path):
+    codes = _tree(tmp_path / "codes", ["a.npy", "b.png", "trip/c.npy"])
+    items = collect_inputs([codes], suffixes=(".npy",), kind="codes")
+    assert sorted(i.stem.as_posix() for i in items) == ["a", "trip/c"]
+    with pytest.raises(InputError, match=r"no input codes found \(looked for \.npy\)"):
+        collect_inputs([_tree(tmp_path / "none", ["x.png"])], suffixes=(".npy",), kind="codes")
 
 
 def test_a_glob_keeps_sub_folders_below_its_fixed_part(tmp_path):
@@ -141,3 +193,16 @@ def test_outputs_are_never_written_into_a_bundle(tmp_path):
     with pytest.raises(InputError, match="is inside the bundle"):
         _runner(bundle / "out").run(collect_inputs([photos]))
     assert not (bundle / "out").exists()
+
+
+def test_run_options_refuse_seeds_and_blends_numpy_cannot_take():
+    """What every row passes (run, serve, Pipeline.run): a negative seed was a numpy traceback mid-run."""
+    from psp_deploy.runtime import RunOptions
+
+    for seed, n in ((-1, 1), (2**32, 1), (2**32 - 2, 3), (1.5, 1)):
+        with pytest.raises(InputError, match="seed must be an integer from 0 to"):
+            RunOptions(latent_mask=(1,), seed=seed, n_outputs=n)
+    for alpha in (-0.1, 1.1, float("nan")):
+        with pytest.raises(InputError, match="mix_alpha must be from 0 to 1"):
+            RunOptions(latent_mask=(1,), mix_alpha=alpha)
+    assert RunOptions(latent_mask=(1,), seed=2**32 - 3, n_outputs=3, mix_alpha=1.0).seed == 2**32 - 3

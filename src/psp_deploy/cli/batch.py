@@ -1,4 +1,8 @@
-"""The batch commands: align, run and infer, over files, folders and globs."""
+"""The batch commands: align, run, infer and synthesize, over files, folders and globs.
+
+Each refuses bad arguments and an unusable output folder (exit 2) before it loads a model or
+writes a file, then hands its inputs to runtime.batch.BatchRunner behind a progress bar and ends
+with one summary line: counts, elapsed time and rate."""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from ..bundle import Bundle
-from ..errors import PspDeployError
-from ..runtime.batch import FAILURES_FILE, Item, Summary, collect_inputs
+from ..config import STYLE_DIM
+from ..errors import InputError, PspDeployError
+from ..runtime.batch import FAILURES_FILE, Item, Summary, check_before_work, collect_inputs
 from .common import (
     AlignOpt,
     BackendOpt,
@@ -43,8 +49,18 @@ if TYPE_CHECKING:
     from ..runtime import Output, Pipeline
     from ..runtime.align import AlignedFace
 
-NOutputsOpt = Annotated[int, typer.Option(min=1, help="Mixed outputs per input, each with its own random style.")]
+NOutputsOpt = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Mixed outputs per input, each with its own random style: NAME_0.png … (needs --latent-mask)."
+    ),
+]
 BatchSizeOpt = Annotated[int | None, typer.Option(min=1, help="Images per batch (default: the bundle's, else 4).")]
+SaveAlignedOpt = Annotated[
+    bool, typer.Option(help="Also write each input's aligned face (the crop the encoder saw) as NAME.aligned.png.")
+]
+ALIGNED = ".aligned"  # NAME.aligned.png: the aligned crop beside the result
+NO_ALIGNMENT = "--save-aligned writes the aligned face, so it needs alignment: drop --no-align"
 
 
 def run_batch(items: list[Item], title: str, **runner: Any) -> Summary:
@@ -63,12 +79,14 @@ def run_batch(items: list[Item], title: str, **runner: Any) -> Summary:
         return batch.run(items)
 
 
-def report(summary: Summary, out_dir: Path) -> None:
-    """One summary line; failures listed (first few) with the file holding them all."""
+def report(summary: Summary, out_dir: Path, unit: str = "images") -> None:
+    """One summary line (counts, then how long the run took and its rate); failures listed (first
+    few) with the file holding them all."""
     stopped = f" — [yellow]stopped early ({signal.Signals(summary.stopped_by).name})[/]" if summary.interrupted else ""
     console.print(
         f"[green]{len(summary.done)} done[/], {len(summary.skipped)} skipped (already there), "
-        f"[{'red' if summary.failed else 'green'}]{len(summary.failed)} failed[/]{stopped}",
+        f"[{'red' if summary.failed else 'green'}]{len(summary.failed)} failed[/]{stopped} — "
+        f"{escape(pace(summary, unit))}",
         highlight=False,
     )
     for item, (error, message) in summary.failed[:10]:
@@ -78,19 +96,37 @@ def report(summary: Summary, out_dir: Path) -> None:
         say(f"  all failures: {out_dir / FAILURES_FILE}")
 
 
-def noted(item: Item, prepared: np.ndarray, face: AlignedFace | None) -> np.ndarray:
-    """``prepared``, after printing what the aligner noted about this input (several faces, a
-    small face), one line each: printed through the console, they land above the progress bar."""
-    for note in face.warnings if face else ():
+def pace(summary: Summary, unit: str) -> str:
+    """'12.3 s, 0.16 images/s (6.1 s each)': the run's elapsed time and the rate of the inputs it did."""
+    text = duration(summary.elapsed)
+    if summary.rate is not None:
+        text += f", {summary.rate:.3g} {unit}/s"
+        if summary.rate < 1:
+            text += f" ({1 / summary.rate:.3g} s each)"
+    return text
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def print_notes(item: Item, notes: Any) -> None:
+    """What the aligner noted about this input (several faces, a small face), one line each: printed
+    through the console, they land above the progress bar."""
+    for note in notes:
         say(f"  ! {item.source}: {note}", "yellow")
-    return prepared
 
 
 @app.command()
 def align(
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders (searched recursively) or glob patterns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the aligned 256×256 PNGs.")],
-    size: Annotated[int, typer.Option(min=16, help="Output side in pixels.")] = 256,
+    size: Annotated[int, typer.Option(min=16, max=4096, help="Output side in pixels.")] = 256,
     face: FaceOpt = FacePolicy.largest,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -103,18 +139,21 @@ def align(
     from ..runtime.io import read_image, write_image_atomic
 
     with handled():
-        items = collect_inputs(inputs, exclude=output)
+        items = collect_inputs(inputs, output)
+        outputs = lambda item: [item.output(output, ".png")]  # noqa: E731
+        check_before_work(items, output, outputs)  # before the detector loads
         aligner = FaceAligner(output_size=size, face=face.value)
 
         def prepare(item: Item) -> np.ndarray:
             aligned = aligner.align(read_image(item.source))
-            return noted(item, aligned.image, aligned)
+            print_notes(item, aligned.warnings)
+            return aligned.image
 
         summary = run_batch(
             items,
             "aligning",
             out_dir=output,
-            outputs=lambda item: [item.output(output, ".png")],
+            outputs=outputs,
             prepare=prepare,
             compute=lambda images: images,
             write=lambda item, image: write_image_atomic(item.output(output, ".png"), image),
@@ -157,6 +196,7 @@ def run(
     n_outputs: NOutputsOpt = 1,
     seed: SeedOpt = 0,
     save_latents: SaveLatentsOpt = False,
+    save_aligned: SaveAlignedOpt = False,
     batch_size: BatchSizeOpt = None,
     face: FaceOpt = FacePolicy.largest,
     engines: EnginesOpt = True,
@@ -166,9 +206,10 @@ def run(
     """Run the pipeline on photos: align → encode → (style mixing) → synthesize.
 
     Writes OUTPUT/NAME.png, NAME being the input's whole name minus its extension (--n-outputs K:
-    NAME_0.png … NAME_K-1.png), keeping sub-folders. Reruns skip finished inputs, and refuse (unless
-    --overwrite) other settings than the folder's (OUTPUT/psp-deploy.json); Ctrl-C or SIGTERM stop
-    after the current batch. Failures go to OUTPUT/failures.json; exit code 1 if any.
+    NAME_0.png … NAME_K-1.png), keeping sub-folders; --save-latents adds NAME.npy (the encoded codes),
+    --save-aligned NAME.aligned.png. Reruns skip finished inputs, and refuse (unless --overwrite) other
+    settings than the folder's (OUTPUT/psp-deploy.json); Ctrl-C or SIGTERM stop after the current
+    batch. Failures go to OUTPUT/failures.json; exit code 1 if any.
 
     Example: psp-deploy run bundles/ffhq photos/ -o out --latent-mask 8-17 --n-outputs 3
     """
@@ -177,22 +218,37 @@ def run(
     from ..runtime.io import read_image
 
     with handled():
-        n_styles = Bundle.open(bundle).config.n_styles  # the manifest alone: bad arguments fail before loading
-        mask = None if latent_mask is None else tuple(parse_latent_mask(latent_mask, n_styles))
+        config = Bundle.open(bundle).config  # the manifest alone: bad arguments fail before loading
+        mask = None if latent_mask is None else tuple(parse_latent_mask(latent_mask, config.n_styles))
         row = RunOptions(align, resize, mask, mix_alpha, seed, n_outputs)
-        items = collect_inputs(inputs, exclude=output)
+        if save_aligned and (align is False or config.input_kind != "rgb"):
+            never = f"--save-aligned: {config.input_kind} inputs are never aligned"
+            raise InputError(NO_ALIGNMENT if align is False else never)
+        items = collect_inputs(inputs, output)
+        tags = [f"_{k}" for k in range(n_outputs)] if n_outputs > 1 else [""]
+        outputs = lambda item: paths(item, output, tags, save_latents, save_aligned)  # noqa: E731
+        check_before_work(items, output, outputs)
         options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir, tf32=tf32)
         pipeline = open_pipeline(bundle, backend.value, precision.value, options, face.value)
         read_mode = "RGB" if pipeline.config.input_kind == "rgb" else "L"
-        tags = [f"_{k}" for k in range(n_outputs)] if n_outputs > 1 else [""]
+
+        def prepare(item: Item) -> tuple[np.ndarray, AlignedFace | None]:
+            x, aligned = pipeline.prepare_face(read_image(item.source, read_mode), align)
+            print_notes(item, aligned.warnings if aligned else ())
+            return x, aligned
+
+        def compute(prepared: list[tuple[np.ndarray, AlignedFace | None]]) -> list[tuple[Output, np.ndarray | None]]:
+            outs = pipeline.generate(np.stack([x for x, _ in prepared]), [row] * len(prepared)).outputs
+            return [(out, aligned.image if aligned else None) for out, (_, aligned) in zip(outs, prepared, strict=True)]
+
         summary = run_batch(
             items,
             "running",
             out_dir=output,
-            outputs=lambda item: [item.output(output, ".png", t) for t in tags] + latents(item, output, save_latents),
-            prepare=lambda item: noted(item, *pipeline.prepare_face(read_image(item.source, read_mode), align)),
-            compute=lambda tensors: pipeline.generate(np.stack(tensors), [row] * len(tensors)).outputs,
-            write=lambda item, out: write_output(item, out, output, tags, save_latents),
+            outputs=outputs,
+            prepare=prepare,
+            compute=compute,
+            write=lambda item, result: write_output(item, *result, output, tags, save_latents, save_aligned),
             overwrite=overwrite,
             batch_size=batch_size or pipeline.synthesis_net.record.batch or 4,
             settings=run_settings(pipeline, row, face.value, save_latents),
@@ -201,23 +257,46 @@ def run(
     raise typer.Exit(summary.exit_code)
 
 
-def latents(item: Item, out_dir: Path, save: bool) -> list[Path]:
-    return [item.output(out_dir, ".npy")] if save else []
+def paths(item: Item, out_dir: Path, tags: list[str], save_latents: bool, save_aligned: bool) -> list[Path]:
+    """An input's outputs (run, infer): its image(s), then NAME.npy and NAME.aligned.png when asked."""
+    found = [item.output(out_dir, ".png", tag) for tag in tags]
+    if save_latents:
+        found.append(item.output(out_dir, ".npy"))
+    if save_aligned:
+        found.append(item.output(out_dir, ".png", ALIGNED))
+    return found
 
 
-def write_output(item: Item, out: Output, out_dir: Path, tags: list[str], save_latents: bool) -> None:
+def write_output(
+    item: Item,
+    out: Output,
+    aligned: np.ndarray | None,
+    out_dir: Path,
+    tags: list[str],
+    save_latents: bool,
+    save_aligned: bool,
+) -> None:
     from ..runtime.io import write_image_atomic, write_npy_atomic
 
     for tag, image in zip(tags, out.images, strict=True):
         write_image_atomic(item.output(out_dir, ".png", tag), image)
     if save_latents:
         write_npy_atomic(item.output(out_dir, ".npy"), out.codes)
+    if save_aligned and aligned is not None:
+        write_image_atomic(item.output(out_dir, ".png", ALIGNED), aligned)
+
+
+def graph_settings(pipeline: Pipeline, graphs: Any = None) -> dict[str, str]:
+    """Each graph that makes the outputs, by precision and hash: another graph makes other outputs."""
+    nets = pipeline.nets
+    return {graph: f"{nets[graph].precision} {nets[graph].record.sha256[:16]}" for graph in graphs or nets}
 
 
 def run_settings(pipeline: Pipeline, row: Any, face: str, save_latents: bool) -> dict[str, Any]:
     """What decides a run's outputs (psp-deploy.json): the graphs that ran and the row's options.
-    The backend and threads are left out: they move numbers within tolerance, not what an output is."""
-    graphs = {graph: f"{net.precision} {net.record.sha256[:16]}" for graph, net in pipeline.nets.items()}
+    The backend and threads are left out: they move numbers within tolerance, not what an output is;
+    so is --save-aligned, which adds a file but changes none (a rerun asking for it makes what is missing)."""
+    graphs = graph_settings(pipeline)
     mixing = row.latent_mask is not None
     return {
         "command": "run",
@@ -245,19 +324,35 @@ def infer(
     resize: ResizeOpt = False,
     latent_mask: LatentMaskOpt = None,
     mix_alpha: MixAlphaOpt = None,
+    n_outputs: NOutputsOpt = 1,
     seed: SeedOpt = 0,
     save_latents: SaveLatentsOpt = False,
+    save_aligned: SaveAlignedOpt = False,
     overwrite: OverwriteOpt = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for one request.")] = 300.0,
+    timeout: Annotated[float, typer.Option(min=0.1, max=86400.0, help="Seconds to wait for one request.")] = 300.0,
 ) -> None:
-    """Send photos to a `psp-deploy serve` server; outputs, resume, failures.json and exit codes as `run`."""
+    """Send photos to a `psp-deploy serve` server; outputs, resume, failures.json, notes, summary and exit codes
+    as `run` (--save-latents: the codes output 0 was synthesized from, as the server answers them)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from ..runtime import RunOptions
     from ..serving.client import ClientPool
+    from ..serving.models import MAX_OUTPUTS
 
-    parameters = {"align": align, "resize": resize, "latent_mask": latent_mask, "mix_alpha": mix_alpha, "seed": seed}
     with handled():
-        items = collect_inputs(inputs, exclude=output)
+        # run's rules for a row; the mask itself is checked by the server, which knows its model's styles
+        RunOptions(align, resize, (0,) if latent_mask else None, mix_alpha, seed, n_outputs)
+        if n_outputs > MAX_OUTPUTS:
+            raise InputError(f"--n-outputs: the server makes at most {MAX_OUTPUTS} outputs per photo, got {n_outputs}")
+        if save_aligned and align is False:
+            raise InputError(NO_ALIGNMENT)
+        items = collect_inputs(inputs, output)
+        tags = [f"_{k}" for k in range(n_outputs)] if n_outputs > 1 else [""]
+        outputs = lambda item: paths(item, output, tags, save_latents, save_aligned)  # noqa: E731
+        check_before_work(items, output, outputs)
+        parameters = dict(
+            align=align, resize=resize, latent_mask=latent_mask, mix_alpha=mix_alpha, seed=seed, n_outputs=n_outputs
+        )
         clients = ClientPool(url, timeout)
         if not clients.get().ready():
             raise PspDeployError(f"no ready server at {url} (start one with `psp-deploy serve BUNDLE`)")
@@ -266,10 +361,10 @@ def infer(
                 items,
                 "inferring",
                 out_dir=output,
-                outputs=lambda item: [item.output(output, ".png")] + latents(item, output, save_latents),
+                outputs=outputs,
                 prepare=lambda item: item.source,
-                compute=lambda paths: list(pool.map(lambda path: clients.run(path, **parameters), paths)),
-                write=lambda item, result: write_served(item, result, output, save_latents),
+                compute=lambda sources: list(pool.map(lambda path: clients.run(path, **parameters), sources)),
+                write=lambda item, result: write_served(item, result, output, tags, save_latents, save_aligned),
                 batch_size=concurrency,
                 overwrite=overwrite,
                 settings={"command": "infer", **parameters, "save_latents": save_latents},
@@ -278,9 +373,105 @@ def infer(
     raise typer.Exit(summary.exit_code)
 
 
-def write_served(item: Item, result: dict[str, np.ndarray], out_dir: Path, save_latents: bool) -> None:
+def write_served(
+    item: Item, result: dict[str, Any], out_dir: Path, tags: list[str], save_latents: bool, save_aligned: bool
+) -> None:
+    """A served answer's files, as ``run`` writes them; the aligner's notes printed first."""
     from ..runtime.io import write_image_atomic, write_npy_atomic
 
-    write_image_atomic(item.output(out_dir, ".png"), result["image"])
+    print_notes(item, result.get("warnings", ()))
+    if len(result["images"]) != len(tags):
+        raise InputError(f"the server answered {len(result['images'])} images for {len(tags)} outputs")
+    if save_aligned and not result["aligned"].any():  # a blank face: the served model did not align
+        raise InputError("the server did not align this input (its model takes sketches or label maps)")
+    for tag, image in zip(tags, result["images"], strict=True):
+        write_image_atomic(item.output(out_dir, ".png", tag), image)
     if save_latents:
         write_npy_atomic(item.output(out_dir, ".npy"), result["codes"])
+    if save_aligned:
+        write_image_atomic(item.output(out_dir, ".png", ALIGNED), result["aligned"])
+
+
+CodesArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="W+ codes: .npy files of [n_styles, 512] floats (as `run --save-latents` writes them), folders "
+        "(searched recursively for .npy) or glob patterns."
+    ),
+]
+
+
+@app.command()
+def synthesize(
+    bundle: BundleArg,
+    codes: CodesArg,
+    output: OutputDir,
+    backend: BackendOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    tf32: Tf32Opt = False,
+    force_bf16: ForceBf16Opt = False,
+    threads: ThreadsOpt = None,
+    resize: ResizeOpt = False,
+    batch_size: BatchSizeOpt = None,
+    engines: EnginesOpt = True,
+    overwrite: OverwriteOpt = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Synthesize images from saved W+ codes (.npy, e.g. from `run --save-latents`, edited or not).
+
+    Writes OUTPUT/NAME.png per NAME.npy, keeping sub-folders; resume, settings (OUTPUT/psp-deploy.json),
+    Ctrl-C/SIGTERM, failures.json and exit codes as `run`. A file that is not finite [n_styles, 512]
+    floats fails alone, named in OUTPUT/failures.json.
+
+    Example: psp-deploy synthesize bundles/ffhq out/*.npy -o edited/
+    """
+    from ..runtime.backends import BackendOptions
+    from ..runtime.io import write_image_atomic
+    from ..runtime.preprocess import to_uint8
+
+    with handled():
+        n_styles = Bundle.open(bundle).config.n_styles  # the manifest alone: bad arguments fail before loading
+        items = collect_inputs(codes, output, suffixes=(".npy",), kind="codes")
+        outputs = lambda item: [item.output(output, ".png")]  # noqa: E731
+        check_before_work(items, output, outputs)
+        options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir, tf32=tf32)
+        pipeline = open_pipeline(bundle, backend.value, precision.value, options)
+        summary = run_batch(
+            items,
+            "synthesizing",
+            out_dir=output,
+            outputs=outputs,
+            prepare=lambda item: read_codes(item.source, n_styles),
+            compute=lambda batch: list(to_uint8(pipeline.synthesize(np.stack(batch))[1 if resize else 0])),
+            write=lambda item, image: write_image_atomic(item.output(output, ".png"), image),
+            overwrite=overwrite,
+            batch_size=batch_size or pipeline.synthesis_net.record.batch or 4,
+            settings={"command": "synthesize", "graphs": graph_settings(pipeline, ["synthesis"]), "resize": resize},
+        )
+    report(summary, output, "codes")
+    raise typer.Exit(summary.exit_code)
+
+
+def read_codes(path: Path, n_styles: int) -> np.ndarray:
+    """W+ codes from a .npy file as float32 [n_styles, 512] (a leading axis of 1 is dropped), or an
+    InputError saying what is wrong with them: not an array file, a wrong shape, not floats, or values
+    that are not finite (in float32: what the synthesis runs), which would come out as plausible pixels."""
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise InputError(f"{path}: not a .npy array file ({err})") from None
+    if not isinstance(codes, np.ndarray):  # an .npz archive
+        codes.close()
+        raise InputError(f"{path}: an .npz archive, not one .npy array")
+    found = f"{codes.dtype} {list(codes.shape)}"
+    if codes.ndim == 3 and len(codes) == 1:
+        codes = codes[0]
+    if codes.shape != (n_styles, STYLE_DIM) or not np.issubdtype(codes.dtype, np.floating):
+        raise InputError(f"{path}: W+ codes for this bundle are floats [{n_styles}, {STYLE_DIM}], got {found}")
+    with np.errstate(over="ignore"):  # counted below
+        codes = codes.astype(np.float32)
+    bad = int((~np.isfinite(codes)).sum())
+    if bad:
+        raise InputError(f"{path}: codes hold {bad} NaN or infinite values (in float32); W+ codes must be finite")
+    return codes

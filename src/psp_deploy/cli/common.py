@@ -274,6 +274,11 @@ LatentMaskOpt = Annotated[
         "texture; a 256² model has 14 styles, 0-13)."
     ),
 ]
-MixAlphaOpt = Annotated[float | None, typer.Option(help="Blend factor of the injected styles (default: replace).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the injected styles: output k uses z from seed + k.")]
+MixAlphaOpt = Annotated[
+    float | None,
+    typer.Option(min=0.0, max=1.0, help="Blend factor of the injected styles, 0 to 1 (default: replace)."),
+]
+SeedOpt = Annotated[
+    int, typer.Option(min=0, max=2**32 - 1, help="Seed of the injected styles: output k uses z from seed + k.")
+]
 SaveLatentsOpt = Annotated[bool, typer.Option(help="Also write each input's W+ codes as NAME.npy.")]

@@ -2,20 +2,23 @@
 
 Inputs are files, folders (searched recursively) or glob patterns. Each input maps to
 output files under one directory by one naming rule (``Item.output``); two inputs that
-would write the same file are refused before any work starts. Outputs are written
-atomically, so a killed run leaves complete files only, and a rerun skips inputs whose
-outputs all exist, provided it asks for the same settings (recorded in psp-deploy.json).
-Every failure is kept (failures.json) while the rest goes on. A first Ctrl-C or SIGTERM
-stops after the batch in flight.
+would write the same file, an output that would replace an input, an input folder that is
+(or lies inside) the output folder, and an output folder that cannot be written are refused
+before any work starts. Outputs are written atomically, so a killed run leaves complete files
+only, and a rerun skips inputs whose outputs all exist, provided it asks for the same settings
+(recorded in psp-deploy.json). Every failure is kept (failures.json) while the rest goes on. A
+first Ctrl-C or SIGTERM stops after the batch in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import json
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from ..bundle import MANIFEST
 from ..errors import InputError, PspDeployError
-from ..files import write_json
+from ..files import require_writable, write_json
 from .io import IMAGE_SUFFIXES
 
 FAILURES_FILE = "failures.json"
@@ -49,6 +52,12 @@ class Summary:
     skipped: list[Item] = field(default_factory=list)
     failed: list[tuple[Item, tuple[str, str]]] = field(default_factory=list)  # (error type, message)
     stopped_by: int | None = None  # the signal that stopped the run early, if any
+    elapsed: float = 0.0  # seconds the run took, from its checks to failures.json
+
+    @property
+    def rate(self) -> float | None:
+        """Inputs done per second (skipped ones not counted: they cost nothing); None if none was done."""
+        return len(self.done) / self.elapsed if self.done and self.elapsed > 0 else None
 
     @property
     def interrupted(self) -> bool:
@@ -61,15 +70,28 @@ class Summary:
         return 1 if self.failed else 0
 
 
-def collect_inputs(specs: Sequence[str | Path], exclude: Path | None = None) -> list[Item]:
-    """Files, folders (recursive, image suffixes only) and globs → items; a folder's or a glob's
-    sub-folders are kept in the items' stems. Files under ``exclude`` (the output folder, when it
-    lies inside an input folder) are not inputs."""
+def collect_inputs(
+    specs: Sequence[str | Path],
+    output: Path | None = None,
+    suffixes: Sequence[str] = IMAGE_SUFFIXES,
+    kind: str = "images",
+) -> list[Item]:
+    """Files, folders (recursive, ``suffixes`` only) and globs → items; a folder's or a glob's
+    sub-folders are kept in the items' stems.
+
+    ``output`` (the output folder) keeps outputs and inputs apart: an input folder, or a glob's
+    folder, that is the output folder or lies inside it is refused, naming both (outputs would
+    replace inputs, or be read as inputs by the next run); an output folder inside an input folder
+    is fine: the files a folder or a glob finds under it are outputs, not inputs. A file named
+    as such is always an input (one its own output would replace is refused by check_outputs)."""
     items: list[Item] = []
+    found: list[Item] = []  # items a folder or a glob found: those under the output folder are outputs
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            items += [Item(p, p.relative_to(path).with_suffix("")) for p in sorted(path.rglob("*")) if _is_image(p)]
+            _check_apart(path, output, spec)
+            files = [p for p in sorted(path.rglob("*")) if _is_input(p, suffixes)]
+            found += [Item(p, p.relative_to(path).with_suffix("")) for p in files]
         elif path.is_file():
             items.append(Item(path, Path(path.stem)))
         else:
@@ -77,16 +99,35 @@ def collect_inputs(specs: Sequence[str | Path], exclude: Path | None = None) -> 
             if not matches:
                 raise InputError(f"{spec}: no such file, folder or matching pattern")
             root = _glob_root(str(spec))
-            items += [Item(m, m.relative_to(root).with_suffix("")) for m in matches if m.is_file()]
-    if exclude is not None:
-        items = [item for item in items if not item.source.resolve().is_relative_to(exclude.resolve())]
+            _check_apart(root, output, spec)
+            found += [Item(m, m.relative_to(root).with_suffix("")) for m in matches if m.is_file()]
+    if output is not None:
+        found = [item for item in found if not item.source.resolve().is_relative_to(output.resolve())]
+    items += found
     if not items:
-        raise InputError("no input images found (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
+        raise InputError(f"no input {kind} found (looked for " + ", ".join(suffixes) + ")")
     return list({item.source.resolve(): item for item in items}.values())
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+def _check_apart(folder: Path, output: Path | None, spec: str | Path) -> None:
+    """Refuse an input folder that is the output folder, or lies inside it."""
+    if output is None:
+        return
+    folder, out = folder.resolve(), output.resolve()
+    if folder == out:
+        raise InputError(
+            f"{spec} is also the output folder (--output {output}): outputs would replace inputs or be read as "
+            "inputs by the next run. Choose another --output (a new folder, or one inside the input folder)"
+        )
+    if folder.is_relative_to(out):
+        raise InputError(
+            f"{spec} lies inside the output folder {output}: outputs would be written among the inputs. Choose an "
+            "--output outside it (a new folder, or one inside the input folder)"
+        )
+
+
+def _is_input(path: Path, suffixes: Sequence[str]) -> bool:
+    return path.is_file() and path.suffix.lower() in suffixes
 
 
 def _glob_root(pattern: str) -> Path:
@@ -143,6 +184,23 @@ def check_not_in_bundle(out_dir: Path) -> None:
     for folder in (out_dir.resolve(), *out_dir.resolve().parents):
         if (folder / MANIFEST).is_file():
             raise InputError(f"{out_dir} is inside the bundle {folder}: choose an --output outside it")
+
+
+def check_destination(out_dir: Path) -> None:
+    """The output folder can take the outputs: a folder (made here if missing) outside any bundle, that
+    this process can write into (a read-only or immutable one is refused naming it, not met as a
+    traceback at the first write)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a directory; --output names a folder")
+    check_not_in_bundle(out_dir)
+    require_writable(out_dir)
+
+
+def check_before_work(items: Sequence[Item], out_dir: Path, outputs: Callable[[Item], list[Path]]) -> None:
+    """What refuses a batch before anything loads: colliding outputs, then an unusable output folder.
+    Commands call it before loading a model; BatchRunner.check calls it again (cheap)."""
+    check_outputs(items, outputs)
+    check_destination(out_dir)
 
 
 class StopFlag:
@@ -212,19 +270,17 @@ class BatchRunner(Generic[T, R]):
 
     def check(self, items: Sequence[Item]) -> float:
         """Everything that refuses a run, before any work: colliding outputs, an output path that is
-        a file or inside a bundle, other settings than the folder's. Returns when the settings took
-        effect (see check_settings). Safe to call again: ``run`` does."""
-        check_outputs(items, self.outputs)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise InputError(f"{self.out_dir}: exists and is not a directory; --output names a folder")
-        check_not_in_bundle(self.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        a file, inside a bundle or not writable, other settings than the folder's. Returns when the
+        settings took effect (see check_settings). Safe to call again: ``run`` does."""
+        check_before_work(items, self.out_dir, self.outputs)
         return check_settings(self.out_dir, self.settings, self.overwrite)
 
     def run(self, items: Sequence[Item]) -> Summary:
+        clock = time.monotonic()
         since = self.check(items)
         for stale in self.out_dir.rglob(".*.partial"):  # temp files of a run that was killed
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # one in a folder made read-only since: left there
+                stale.unlink(missing_ok=True)
         summary = Summary()
         todo = self.pending(items, summary, since)
         self.on_advance(len(summary.skipped))
@@ -238,6 +294,7 @@ class BatchRunner(Generic[T, R]):
             if len(summary.done) + len(summary.failed) + len(summary.skipped) < len(items):
                 summary.stopped_by = stop.signal
         write_failures(self.out_dir, summary.failed)
+        summary.elapsed = time.monotonic() - clock
         return summary
 
     def _run_batch(self, batch: list[tuple[Item, T]], summary: Summary) -> None:
