@@ -333,3 +333,20 @@ def test_describe_says_what_runs(rgb_pipeline):
 def test_generate_refuses_what_it_cannot_bind(rgb_pipeline, x, message):
     with pytest.raises(InputError, match=message):
         rgb_pipeline.generate(x, [RunOptions(align=False)] * len(x))
+
+
+def test_run_pastes_each_face_back_into_its_photo(rgb_pipeline, astronaut, bundles):
+    from psp_deploy.runtime.paste import paste_mask
+
+    result = rgb_pipeline.run(astronaut, paste=True)
+    pasted, face = result.pasted[0], result.aligned[0]
+    assert pasted.shape == astronaut.shape and pasted.dtype == np.uint8
+    support = paste_mask(astronaut.shape, [face], result.images.shape[1]) > 0
+    np.testing.assert_array_equal(pasted[~support], astronaut[~support])  # outside the mask: the photo itself
+    assert np.abs(pasted[support].astype(int) - astronaut[support]).mean() > 5  # inside: the generated face
+    np.testing.assert_array_equal(result.images, rgb_pipeline.run(astronaut).images)  # pasting changes no image
+    with pytest.raises(InputError, match="needs alignment"):
+        rgb_pipeline.run(astronaut, paste=True, align=False)
+    with Pipeline.from_bundle(bundles("sketch-scaled")[0].root) as sketch:
+        with pytest.raises(InputError, match="sketch inputs are not photos"):
+            sketch.run(astronaut[..., 0], paste=True)

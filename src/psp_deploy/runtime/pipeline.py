@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..bundle import GRAPHS, Bundle
 from ..config import ENCODER_INPUT_SIZE, STYLE_DIM
@@ -19,6 +20,7 @@ from ..graph_io import IMAGE, IMAGE_256, W, Z
 from .align import AlignedFace, FaceAligner
 from .backends import Backend, BackendOptions, backend_class, check_precision
 from .chain import Chain, HostChain, run_batched
+from .paste import paste_all
 from .preprocess import PIXEL_CHANNELS, face_pixels, preprocess
 
 DEFAULT_MAX_BATCH = 8
@@ -57,24 +59,25 @@ class RunOptions:
 class Output:
     """One row's result."""
 
-    codes: np.ndarray  # [n_styles, 512] W+ codes as encoded (latent_avg included), before any mixing
-    mixed: np.ndarray  # [n_outputs, n_styles, 512] the codes each output was synthesized from
-    images: np.ndarray  # [n_outputs, R, R, 3] uint8 (R = output size, or 256 with resize)
+    codes: NDArray[np.float32]  # [n_styles, 512] W+ codes as encoded (latent_avg included), before any mixing
+    mixed: NDArray[np.float32]  # [n_outputs, n_styles, 512] the codes each output was synthesized from
+    images: NDArray[np.uint8]  # [n_outputs, R, R, 3] (R = output size, or 256 with resize)
 
 
 @dataclass
 class Generated:
     outputs: list[Output]  # per row; their images are views into ``pixels``
     timings: dict[str, float]  # seconds per stage of the batch
-    pixels: dict[str, np.ndarray]  # per output name, every row's images in row order: uint8 [n, R, R, 3]
+    pixels: dict[str, NDArray[np.uint8]]  # per output name, every row's images in row order: uint8 [n, R, R, 3]
 
 
 @dataclass
 class Result:
-    images: np.ndarray  # [N, R, R, 3] uint8 (R = output size, or 256 with resize)
-    codes: np.ndarray  # [N, n_styles, 512] float32, as synthesized (after any mixing)
+    images: NDArray[np.uint8]  # [N, R, R, 3] (R = output size, or 256 with resize)
+    codes: NDArray[np.float32]  # [N, n_styles, 512], as synthesized (after any mixing)
     aligned: list[AlignedFace | None]  # per input; None when not aligned
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    pasted: list[NDArray[np.uint8]] | None = None  # per input, with ``paste``: the photo with its face put back
 
 
 def parse_latent_mask(text: str, n_styles: int) -> list[int]:
@@ -202,12 +205,14 @@ class Pipeline:
             raise InputError(f"{self.config.input_kind} inputs cannot be face-aligned; pass align=False (--no-align)")
         return photo and align is not False
 
-    def prepare(self, image: np.ndarray, align: bool | None = None) -> tuple[np.ndarray, AlignedFace | None]:
+    def prepare(self, image: NDArray[Any], align: bool | None = None) -> tuple[NDArray[np.float32], AlignedFace | None]:
         """One input image → encoder tensor [C, 256, 256] (and the aligned face, if aligned)."""
         face = self.aligner.align(image) if self.wants_alignment(align) else None
         return preprocess(face.image if face else image, self.config), face
 
-    def prepare_face(self, image: np.ndarray, align: bool | None = None) -> tuple[np.ndarray, AlignedFace | None]:
+    def prepare_face(
+        self, image: NDArray[Any], align: bool | None = None
+    ) -> tuple[NDArray[np.uint8] | NDArray[np.float32], AlignedFace | None]:
         """One input image → what ``generate`` uploads: a photo's or sketch's face resized to uint8
         [256, 256, C], normalised later (on the device when resident); a label map's one-hot encoder
         tensor, as ``prepare``. And the aligned face, if aligned."""
@@ -216,25 +221,27 @@ class Pipeline:
         face = self.aligner.align(image) if self.wants_alignment(align) else None
         return face_pixels(face.image if face else image, self.config.input_kind), face
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
+    def encode(self, x: NDArray[Any]) -> NDArray[np.float32]:
         """[N, C, 256, 256] float32 → W+ codes [N, n_styles, 512] (latent_avg included)."""
         return self.host.encode(np.asarray(x, np.float32))
 
-    def mapping(self, z: np.ndarray) -> np.ndarray:
+    def mapping(self, z: NDArray[Any]) -> NDArray[np.float32]:
         """z [N, 512] → w [N, 512]."""
         run = lambda chunk: [self.mapping_net.infer({Z: chunk})[W]]  # noqa: E731
         return run_batched(run, np.asarray(z, np.float32).reshape(-1, STYLE_DIM), None, self.max_batch)[0]
 
-    def synthesize(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def synthesize(self, codes: NDArray[Any]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """W+ codes → (image [N, 3, R, R], image_256 [N, 3, 256, 256]), floats in about [−1, 1]."""
         return self.host.floats(codes)
 
-    def style_latent(self, seed: int | None) -> np.ndarray:
+    def style_latent(self, seed: int | None) -> NDArray[np.float32]:
         """w of a random z ~ N(0, 1) (seeded), repeated over the styles: [1, n_styles, 512]."""
         z = np.random.default_rng(seed).standard_normal((1, STYLE_DIM)).astype(np.float32)
         return np.repeat(self.mapping(z)[:, None, :], self.config.n_styles, axis=1)
 
-    def mix(self, codes: np.ndarray, latent_mask: Sequence[int], inject: np.ndarray, alpha: float | None) -> np.ndarray:
+    def mix(
+        self, codes: NDArray[np.float32], latent_mask: Sequence[int], inject: NDArray[Any], alpha: float | None
+    ) -> NDArray[np.float32]:
         """Official mixing: codes[:, i] = α·inject[:, i] + (1 − α)·codes[:, i] for i in the mask
         (α None: replace). ``inject`` is w [512], [N, 512] or W+ [N or 1, n_styles, 512]."""
         mask = check_latent_mask(latent_mask, self.config.n_styles)
@@ -252,7 +259,7 @@ class Pipeline:
         mixed[:, mask] = target[:, mask] if alpha is None else alpha * target[:, mask] + (1 - alpha) * codes[:, mask]
         return mixed
 
-    def generate(self, x: np.ndarray, rows: Sequence[RunOptions], inject: np.ndarray | None = None) -> Generated:
+    def generate(self, x: NDArray[Any], rows: Sequence[RunOptions], inject: NDArray[Any] | None = None) -> Generated:
         """Inputs and each row's options → each row's outputs: one encode, every row's style variants
         mixed, ONE synthesis over all of them. ``x`` holds ``prepare_face`` faces (uint8 [N, 256, 256, C])
         or ``prepare`` tensors (float32 [N, C, 256, 256]). ``inject`` (w or W+) replaces the seeded
@@ -280,7 +287,7 @@ class Pipeline:
         ]
         return Generated(outputs, timings, pixels)
 
-    def _checked(self, x: np.ndarray) -> np.ndarray:
+    def _checked(self, x: NDArray[Any]) -> NDArray[Any]:
         """``generate``'s input, refused unless it is uint8 faces or encoder tensors the chain accepts."""
         x = np.asarray(x)
         if len(x) == 0:
@@ -293,11 +300,13 @@ class Pipeline:
             raise InputError(f"{self.config.input_kind} pipeline: expected {what}, got uint8 {list(x.shape)}")
         return np.ascontiguousarray(x)
 
-    def _variants(self, codes: np.ndarray, rows: Sequence[RunOptions], inject: np.ndarray | None) -> list[np.ndarray]:
+    def _variants(
+        self, codes: NDArray[np.float32], rows: Sequence[RunOptions], inject: NDArray[Any] | None
+    ) -> list[NDArray[np.float32]]:
         """Per row, the codes of each output [n_outputs, n_styles, 512]. Output k of a row mixes in
         the style of seed + k, shared by every row asking for it (an unseeded call draws one seed)."""
         unseeded = int(np.random.default_rng().integers(2**31))
-        styles: dict[int, np.ndarray] = {}
+        styles: dict[int, NDArray[np.float32]] = {}
         per_row = inject is not None and np.ndim(inject) == 3 and len(inject) == len(codes) > 1
         variants = []
         for i, (row_codes, row) in enumerate(zip(codes, rows, strict=True)):
@@ -319,21 +328,26 @@ class Pipeline:
 
     def run(
         self,
-        images: Sequence[np.ndarray] | np.ndarray,
+        images: Sequence[NDArray[Any]] | NDArray[Any],
         *,
         align: bool | None = None,
         resize: bool = False,
         latent_mask: Sequence[int] | None = None,
         mix_alpha: float | None = None,
         seed: int | None = None,
-        inject: np.ndarray | None = None,
+        inject: NDArray[Any] | None = None,
+        paste: bool = False,
+        mask: str = "face",
     ) -> Result:
         """Images (uint8 photos, sketches or label maps) → synthesized faces.
 
         ``align`` None aligns photos and never sketches or label maps. With ``latent_mask``
         the masked styles come from ``inject`` (w or W+ codes; map a z with ``mapping``) or,
-        without it, from mapping(z) with z drawn from ``seed``.
+        without it, from mapping(z) with z drawn from ``seed``. With ``paste`` each photo also comes
+        back with its face replaced (``Result.pasted``; ``mask`` "face" or "square", runtime/paste.py).
         """
+        if paste:
+            self.check_paste(align)
         clock = time.perf_counter()
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             images = [images]  # one image; a batch is a list or an [N, H, W, C] array
@@ -341,15 +355,31 @@ class Pipeline:
             raise InputError("no images given")
         prepared = [self.prepare_face(image, align) for image in images]
         prepare_s = time.perf_counter() - clock
-        mask = None if latent_mask is None else tuple(latent_mask)
-        row = RunOptions(align, resize, mask, mix_alpha, seed)
+        styles = None if latent_mask is None else tuple(latent_mask)
+        row = RunOptions(align=align, resize=resize, latent_mask=styles, mix_alpha=mix_alpha, seed=seed)
         generated = self.generate(np.stack([x for x, _ in prepared]), [row] * len(prepared), inject)
-        return Result(
+        result = Result(
             generated.pixels[IMAGE_256 if resize else IMAGE],  # every row asked for it: no copy to gather them
             np.concatenate([o.mixed for o in generated.outputs]),
             [face for _, face in prepared],
             {"prepare": prepare_s, **generated.timings},
         )
+        if paste:
+            clock = time.perf_counter()
+            faces = [face for face in result.aligned if face is not None]
+            result.pasted = [
+                paste_all(i, [f], [g], mask=mask) for i, f, g in zip(images, faces, result.images, strict=True)
+            ]
+            result.timings["paste"] = time.perf_counter() - clock
+        return result
+
+    def check_paste(self, align: bool | None) -> None:
+        """Refuse paste-back where there is no photo to put a face back into, before any work."""
+        kind = self.config.input_kind
+        if kind != "rgb":
+            raise InputError(f"paste puts a face back into its photo: this model's {kind} inputs are not photos")
+        if not self.wants_alignment(align):
+            raise InputError("paste puts the face back where alignment found it: it needs alignment (drop --no-align)")
 
     def close(self) -> None:
         self.chain = self.host  # the device-resident chain's buffers go with it
