@@ -345,7 +345,7 @@ def test_run_pastes_each_face_back_into_its_photo(rgb_pipeline, astronaut, bundl
     np.testing.assert_array_equal(pasted[~support], astronaut[~support])  # outside the mask: the photo itself
     assert np.abs(pasted[support].astype(int) - astronaut[support]).mean() > 5  # inside: the generated face
     np.testing.assert_array_equal(result.images, rgb_pipeline.run(astronaut).images)  # pasting changes no image
-    with pytest.raises(InputError, match="needs alignment"):
+    with pytest.raises(InputError, match="it needs alignment"):
         rgb_pipeline.run(astronaut, paste=True, align=False)
     with Pipeline.from_bundle(bundles("sketch-scaled")[0].root) as sketch:
         with pytest.raises(InputError, match="sketch inputs are not photos"):

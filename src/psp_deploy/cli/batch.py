@@ -7,6 +7,7 @@ with one summary line: counts, elapsed time and rate."""
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,11 +26,14 @@ from .common import (
     CacheDirOpt,
     DeviceOpt,
     EnginesOpt,
+    FaceChoice,
     FaceOpt,
     FacePolicy,
     ForceBf16Opt,
     InputsArg,
     LatentMaskOpt,
+    Mask,
+    MaskOpt,
     MixAlphaOpt,
     OutputDir,
     OverwriteOpt,
@@ -60,6 +64,24 @@ SaveAlignedOpt = Annotated[
     bool, typer.Option(help="Also write each input's aligned face (the crop the encoder saw) as NAME.aligned.png.")
 ]
 ALIGNED = ".aligned"  # NAME.aligned.png: the aligned crop beside the result
+RunFaceOpt = Annotated[
+    FaceChoice,
+    typer.Option(
+        "--face",
+        help="Which face of a photo: every face (all: NAME.face1.png …, or one photo with --paste), or one: the "
+        "largest box, the best detector score, the last detection (the official script).",
+    ),
+]
+MinFaceOpt = Annotated[
+    float, typer.Option(min=0, help="With --face all: leave out faces whose crop is smaller (photo pixels across).")
+]
+PasteOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Write the input photo with each processed face put back where it was (at the photo's resolution, "
+        "blended through --mask; outside it the photo is untouched) instead of the aligned square."
+    ),
+]
 NO_ALIGNMENT = "--save-aligned writes the aligned face, so it needs alignment: drop --no-align"
 
 
@@ -198,92 +220,152 @@ def run(
     save_latents: SaveLatentsOpt = False,
     save_aligned: SaveAlignedOpt = False,
     batch_size: BatchSizeOpt = None,
-    face: FaceOpt = FacePolicy.largest,
+    face: RunFaceOpt = FaceChoice.largest,
+    min_face: MinFaceOpt = 0.0,
+    paste: PasteOpt = False,
+    mask: MaskOpt = Mask.face,
     engines: EnginesOpt = True,
     overwrite: OverwriteOpt = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Run the pipeline on photos: align → encode → (style mixing) → synthesize.
+    """Run the pipeline on photos: align → encode → (style mixing) → synthesize (→ paste back).
 
     Writes OUTPUT/NAME.png, NAME being the input's whole name minus its extension (--n-outputs K:
     NAME_0.png … NAME_K-1.png), keeping sub-folders; --save-latents adds NAME.npy (the encoded codes),
-    --save-aligned NAME.aligned.png. Reruns skip finished inputs, and refuse (unless --overwrite) other
-    settings than the folder's (OUTPUT/psp-deploy.json); Ctrl-C or SIGTERM stop after the current
-    batch. Failures go to OUTPUT/failures.json; exit code 1 if any.
+    --save-aligned NAME.aligned.png. --paste makes NAME.png the photo with its face put back; --face all
+    runs every face of a photo (NAME.face1.png, NAME.face2.png …, or all pasted into one photo). Reruns
+    skip finished inputs, and refuse (unless --overwrite) other settings than the folder's
+    (OUTPUT/psp-deploy.json); Ctrl-C or SIGTERM stop after the current batch. Failures go to
+    OUTPUT/failures.json; exit code 1 if any.
 
-    Example: psp-deploy run bundles/ffhq photos/ -o out --latent-mask 8-17 --n-outputs 3
+    Example: psp-deploy run bundles/toonify photos/ -o out --face all --paste
     """
     from ..runtime import RunOptions, parse_latent_mask
     from ..runtime.backends import BackendOptions
     from ..runtime.io import read_image
+    from ..runtime.pipeline import check_paste
 
     with handled():
         config = Bundle.open(bundle).config  # the manifest alone: bad arguments fail before loading
-        mask = None if latent_mask is None else tuple(parse_latent_mask(latent_mask, config.n_styles))
-        row = RunOptions(align, resize, mask, mix_alpha, seed, n_outputs)
+        styles = None if latent_mask is None else tuple(parse_latent_mask(latent_mask, config.n_styles))
+        row = RunOptions(
+            align=align, resize=resize, latent_mask=styles, mix_alpha=mix_alpha, seed=seed, n_outputs=n_outputs
+        )
         if save_aligned and (align is False or config.input_kind != "rgb"):
             never = f"--save-aligned: {config.input_kind} inputs are never aligned"
             raise InputError(NO_ALIGNMENT if align is False else never)
+        every = face == FaceChoice.all
+        if paste or every:
+            check_paste(config, align, "--paste" if paste else "--face all")
+        if min_face and not every:
+            raise InputError("--min-face chooses among every face of a photo: it goes with --face all")
         items = collect_inputs(inputs, output)
-        tags = [f"_{k}" for k in range(n_outputs)] if n_outputs > 1 else [""]
-        outputs = lambda item: paths(item, output, tags, save_latents, save_aligned)  # noqa: E731
-        check_before_work(items, output, outputs)
-        options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir, tf32=tf32)
-        pipeline = open_pipeline(bundle, backend.value, precision.value, options, face.value)
+        layout = RunLayout(output, n_outputs, save_latents, save_aligned, every, paste)
+        check_before_work(items, output, layout.done)
+        options = BackendOptions(
+            device=device.value, threads=threads, engines=engines, force_bf16=force_bf16, cache_dir=cache_dir, tf32=tf32
+        )
+        policy = FacePolicy.largest.value if every else face.value
+        pipeline = open_pipeline(bundle, backend.value, precision.value, options, policy)
         read_mode = "RGB" if pipeline.config.input_kind == "rgb" else "L"
 
-        def prepare(item: Item) -> tuple[np.ndarray, AlignedFace | None]:
-            x, aligned = pipeline.prepare_face(read_image(item.source, read_mode), align)
-            print_notes(item, aligned.warnings if aligned else ())
-            return x, aligned
+        def prepare(item: Item) -> Photo:
+            image = read_image(item.source, read_mode)
+            if every:
+                faces, skipped = pipeline.prepare_faces(image, min_face)
+                if skipped:
+                    print_notes(item, [f"{len(skipped)} face(s) under --min-face {min_face:g} px left as they were"])
+            else:
+                faces = [pipeline.prepare_face(image, align)]
+            for _, aligned in faces:
+                print_notes(item, aligned.warnings if aligned else ())
+            return Photo(image if paste else None, faces)
 
-        def compute(prepared: list[tuple[np.ndarray, AlignedFace | None]]) -> list[tuple[Output, np.ndarray | None]]:
-            outs = pipeline.generate(np.stack([x for x, _ in prepared]), [row] * len(prepared)).outputs
-            return [(out, aligned.image if aligned else None) for out, (_, aligned) in zip(outs, prepared, strict=True)]
+        def compute(photos: list[Photo]) -> list[tuple[Photo, list[Output]]]:
+            x = np.stack([x for photo in photos for x, _ in photo.faces])
+            outs = iter(pipeline.generate(x, [row] * len(x)).outputs)
+            return [(photo, [next(outs) for _ in photo.faces]) for photo in photos]
 
         summary = run_batch(
             items,
             "running",
             out_dir=output,
-            outputs=outputs,
+            outputs=layout.done,
             prepare=prepare,
             compute=compute,
-            write=lambda item, result: write_output(item, *result, output, tags, save_latents, save_aligned),
+            write=lambda item, result: layout.write(item, *result, mask.value),
             overwrite=overwrite,
             batch_size=batch_size or pipeline.synthesis_net.record.batch or 4,
-            settings=run_settings(pipeline, row, face.value, save_latents),
+            settings={
+                **run_settings(pipeline, row, face.value, save_latents),
+                "min_face": min_face,
+                "paste": mask.value if paste else None,
+            },
         )
     report(summary, output)
     raise typer.Exit(summary.exit_code)
 
 
-def paths(item: Item, out_dir: Path, tags: list[str], save_latents: bool, save_aligned: bool) -> list[Path]:
-    """An input's outputs (run, infer): its image(s), then NAME.npy and NAME.aligned.png when asked."""
-    found = [item.output(out_dir, ".png", tag) for tag in tags]
-    if save_latents:
-        found.append(item.output(out_dir, ".npy"))
-    if save_aligned:
-        found.append(item.output(out_dir, ".png", ALIGNED))
-    return found
+@dataclass
+class Photo:
+    """An input as `run` prepared it: its faces (what ``generate`` takes, and the aligned face), and the photo
+    itself when the faces go back into it."""
+
+    image: np.ndarray | None
+    faces: list[tuple[np.ndarray, AlignedFace | None]]
 
 
-def write_output(
-    item: Item,
-    out: Output,
-    aligned: np.ndarray | None,
-    out_dir: Path,
-    tags: list[str],
-    save_latents: bool,
-    save_aligned: bool,
-) -> None:
-    from ..runtime.io import write_image_atomic, write_npy_atomic
+@dataclass(frozen=True)
+class RunLayout:
+    """Where `run` writes an input's outputs. One face: NAME{tag}.png, NAME.npy, NAME.aligned.png. --face all:
+    each face's files carry .faceN, and face 1's are written last, so that they mark the input done (a rerun
+    skips it only when every face was written). --paste: NAME{tag}.png is the photo with every face put back,
+    written after each face's other files."""
 
-    for tag, image in zip(tags, out.images, strict=True):
-        write_image_atomic(item.output(out_dir, ".png", tag), image)
-    if save_latents:
-        write_npy_atomic(item.output(out_dir, ".npy"), out.codes)
-    if save_aligned and aligned is not None:
-        write_image_atomic(item.output(out_dir, ".png", ALIGNED), aligned)
+    out_dir: Path
+    n_outputs: int
+    save_latents: bool
+    save_aligned: bool
+    every: bool
+    paste: bool
+
+    @property
+    def tags(self) -> list[str]:
+        return [f"_{k}" for k in range(self.n_outputs)] if self.n_outputs > 1 else [""]
+
+    def done(self, item: Item) -> list[Path]:
+        """The files whose presence means the input is finished (all of them, for one face)."""
+        photos = [item.output(self.out_dir, ".png", tag) for tag in self.tags] if self.paste else []
+        return self.face_files(item, 0) + photos
+
+    def face_files(self, item: Item, index: int) -> list[Path]:
+        label = f".face{index + 1}" if self.every else ""
+        found = [] if self.paste else [item.output(self.out_dir, ".png", label + tag) for tag in self.tags]
+        if self.save_latents:
+            found.append(item.output(self.out_dir, ".npy", label))
+        if self.save_aligned:
+            found.append(item.output(self.out_dir, ".png", label + ALIGNED))
+        return found
+
+    def write(self, item: Item, photo: Photo, outs: list[Output], mask: str) -> None:
+        from ..runtime.io import write_image_atomic, write_npy_atomic
+        from ..runtime.paste import paste_all
+
+        for index in reversed(range(len(outs))):  # face 1 last: its files mark the input done
+            out, (_, aligned) = outs[index], photo.faces[index]
+            files = iter(self.face_files(item, index))
+            if not self.paste:
+                for image in out.images:
+                    write_image_atomic(next(files), image)
+            if self.save_latents:
+                write_npy_atomic(next(files), out.codes)
+            if self.save_aligned and aligned is not None:
+                write_image_atomic(next(files), aligned.image)
+        if self.paste and photo.image is not None:
+            faces = [aligned for _, aligned in photo.faces if aligned is not None]
+            for k, tag in enumerate(self.tags):
+                pasted = paste_all(photo.image, faces, [out.images[k] for out in outs], mask=mask)
+                write_image_atomic(item.output(self.out_dir, ".png", tag), pasted)
 
 
 def graph_settings(pipeline: Pipeline, graphs: Any = None) -> dict[str, str]:
@@ -348,7 +430,7 @@ def infer(
             raise InputError(NO_ALIGNMENT)
         items = collect_inputs(inputs, output)
         tags = [f"_{k}" for k in range(n_outputs)] if n_outputs > 1 else [""]
-        outputs = lambda item: paths(item, output, tags, save_latents, save_aligned)  # noqa: E731
+        outputs = RunLayout(output, n_outputs, save_latents, save_aligned, every=False, paste=False).done
         check_before_work(items, output, outputs)
         parameters = dict(
             align=align, resize=resize, latent_mask=latent_mask, mix_alpha=mix_alpha, seed=seed, n_outputs=n_outputs

@@ -171,6 +171,26 @@ class FacePolicy(str, Enum):
     last = "last"
 
 
+class FaceChoice(str, Enum):
+    """`run` and `video`: every face, or one as FacePolicy picks it."""
+
+    all = "all"
+    largest = "largest"
+    best = "best"
+    last = "last"
+
+
+class Mask(str, Enum):
+    face = "face"
+    square = "square"
+
+
+MaskOpt = Annotated[
+    Mask,
+    typer.Option(help="How a face goes back into its photo: a soft face-shaped mask, or its whole crop square."),
+]
+
+
 class Modconv(str, Enum):
     grouped = "grouped"
     scaled = "scaled"

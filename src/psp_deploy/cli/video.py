@@ -17,7 +17,10 @@ from .common import (
     CacheDirOpt,
     DeviceOpt,
     EnginesOpt,
+    FaceChoice,
     ForceBf16Opt,
+    Mask,
+    MaskOpt,
     PrecisionOpt,
     Tf32Opt,
     ThreadsOpt,
@@ -33,22 +36,10 @@ if TYPE_CHECKING:
 STOPPED_EXIT = {2: 130, 15: 143}  # SIGINT, SIGTERM: as the batch commands exit
 
 
-class VideoFace(str, Enum):
-    all = "all"
-    largest = "largest"
-    best = "best"
-    last = "last"
-
-
 class Smoothing(str, Enum):
     centred = "centred"
     causal = "causal"
     none = "none"
-
-
-class Mask(str, Enum):
-    face = "face"
-    square = "square"
 
 
 @app.command()
@@ -65,8 +56,8 @@ def video(
     engines: EnginesOpt = True,
     cache_dir: CacheDirOpt = None,
     face: Annotated[
-        VideoFace, typer.Option(help="Every face of a frame (all), or one: the largest box, the best score, the last.")
-    ] = VideoFace.largest,
+        FaceChoice, typer.Option(help="Every face of a frame (all), or one: the largest box, the best score, the last.")
+    ] = FaceChoice.largest,
     min_face: Annotated[
         float, typer.Option(min=0, help="Leave faces smaller than this (crop side, in pixels) as they are.")
     ] = 0.0,
@@ -77,9 +68,7 @@ def video(
             "some lag), none (frame by frame: jitters)."
         ),
     ] = Smoothing.centred,
-    mask: Annotated[
-        Mask, typer.Option(help="How a face is pasted: a soft face-shaped mask, or its whole crop square.")
-    ] = Mask.face,
+    mask: MaskOpt = Mask.face,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per synthesis batch.")] = 8,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
@@ -97,7 +86,11 @@ def video(
 
     with handled():
         job = VideoOptions(
-            smoothing=smoothing.value, every=face == VideoFace.all, min_face=min_face, mask=mask.value, batch=batch_size
+            smoothing=smoothing.value,
+            every=face == FaceChoice.all,
+            min_face=min_face,
+            mask=mask.value,
+            batch=batch_size,
         )
         if output.exists() and source.exists() and output.samefile(source):
             raise OutputError(f"{output} is the input video; write the output to another file")
@@ -106,7 +99,7 @@ def video(
         options = BackendOptions(
             device=device.value, threads=threads, engines=engines, force_bf16=force_bf16, cache_dir=cache_dir, tf32=tf32
         )
-        policy = "largest" if face == VideoFace.all else face.value
+        policy = "largest" if face == FaceChoice.all else face.value
         with open_pipeline(bundle, backend.value, precision.value, options, policy) as pipeline:
             with StopFlag() as stop:
                 summary = _with_progress(

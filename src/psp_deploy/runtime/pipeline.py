@@ -14,10 +14,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..bundle import GRAPHS, Bundle
-from ..config import ENCODER_INPUT_SIZE, STYLE_DIM
-from ..errors import InputError
+from ..config import ENCODER_INPUT_SIZE, STYLE_DIM, PspConfig
+from ..errors import InputError, NoFaceError
 from ..graph_io import IMAGE, IMAGE_256, W, Z
-from .align import AlignedFace, FaceAligner
+from .align import AlignedFace, FaceAligner, LocatedFace
 from .backends import Backend, BackendOptions, backend_class, check_precision
 from .chain import Chain, HostChain, run_batched
 from .paste import paste_all
@@ -109,6 +109,15 @@ def check_latent_mask(mask: Sequence[int], n_styles: int) -> list[int]:
     if bad or not mask:
         raise InputError(f"latent mask must name style indices in 0..{n_styles - 1}, got {list(mask)}")
     return [int(i) for i in mask]
+
+
+def check_paste(config: PspConfig, align: bool | None, what: str = "paste") -> None:
+    """Refuse what needs faces found in a photo (paste-back, every face) for a model that takes no photos,
+    or without alignment: before any work, from the bundle's configuration alone."""
+    if config.input_kind != "rgb":
+        raise InputError(f"{what} needs faces in photos: this model's {config.input_kind} inputs are not photos")
+    if align is False:
+        raise InputError(f"{what} works on the faces alignment finds: it needs alignment (drop --no-align)")
 
 
 def openable(bundle: Bundle, backend: str, precision: str) -> type[Backend]:
@@ -220,6 +229,18 @@ class Pipeline:
             return self.prepare(image, align)
         face = self.aligner.align(image) if self.wants_alignment(align) else None
         return face_pixels(face.image if face else image, self.config.input_kind), face
+
+    def prepare_faces(
+        self, image: NDArray[Any], min_face: float = 0.0
+    ) -> tuple[list[tuple[NDArray[np.uint8], AlignedFace]], list[LocatedFace]]:
+        """Every face of a photo, left to right, as ``prepare_face`` gives one (uint8 face, aligned face); and the
+        faces left out, whose crop is under ``min_face`` photo pixels across. No face kept is a NoFaceError."""
+        check_paste(self.config, True, "every face")
+        faces, skipped = self.aligner.align_all(image, min_face)
+        if not faces:
+            under = f" of at least {min_face:g} px ({len(skipped)} smaller)" if skipped else ""
+            raise NoFaceError(f"no face{under} found in the photo")
+        return [(face_pixels(face.image, self.config.input_kind), face) for face in faces], skipped
 
     def encode(self, x: NDArray[Any]) -> NDArray[np.float32]:
         """[N, C, 256, 256] float32 → W+ codes [N, n_styles, 512] (latent_avg included)."""
@@ -375,11 +396,7 @@ class Pipeline:
 
     def check_paste(self, align: bool | None) -> None:
         """Refuse paste-back where there is no photo to put a face back into, before any work."""
-        kind = self.config.input_kind
-        if kind != "rgb":
-            raise InputError(f"paste puts a face back into its photo: this model's {kind} inputs are not photos")
-        if not self.wants_alignment(align):
-            raise InputError("paste puts the face back where alignment found it: it needs alignment (drop --no-align)")
+        check_paste(self.config, align)
 
     def close(self) -> None:
         self.chain = self.host  # the device-resident chain's buffers go with it
