@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .config import ENCODER_INPUT_SIZE, POOLED_SIZE, STYLE_DIM, PspConfig
 from .errors import BundleError, PspDeployError
@@ -33,6 +34,11 @@ class TensorSpec:
     name: str
     shape: tuple[int | str, ...]
     dtype: str = "float32"
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """The shape of one row of the batch: only the batch dimension is ever dynamic."""
+        return tuple(int(d) for d in self.shape[1:])
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
@@ -357,11 +363,11 @@ class Bundle:
             stated = {t.name: list(t.shape) for t in getattr(record, io)}
             _compare(f"{where}.{io}", stated, _io_shapes(getattr(declared, io)), declared.file)
 
-    def latent_avg(self) -> np.ndarray:
+    def latent_avg(self) -> NDArray[np.float32]:
         """The average face's codes, hash-checked like every file of the bundle."""
         path = self.verified_path(LATENT_AVG_FILE, self.manifest.latent_avg_sha256 or "(none recorded)")
         try:
-            value = np.load(path, allow_pickle=False)
+            value: NDArray[np.float32] = np.load(path, allow_pickle=False)  # its dtype is checked below
         except (OSError, ValueError) as err:
             raise BundleError(f"{path}: unreadable latent_avg: {err}") from err
         expected = (self.config.n_styles, STYLE_DIM)

@@ -9,8 +9,12 @@ the padded rows' outputs are dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
+
+Scalar = TypeVar("Scalar", bound=np.generic)
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def plan(total: int, limit: int, fixed: int | None = None, bucketed: bool = Fals
     return chunks
 
 
-def padded(x: np.ndarray, batch: int) -> np.ndarray:
+def padded(x: NDArray[Scalar], batch: int) -> NDArray[Scalar]:
     """``x`` with copies of its last row appended up to ``batch`` rows."""
     if len(x) >= batch:
         return x

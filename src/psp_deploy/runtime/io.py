@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageDecodeError
@@ -46,7 +47,7 @@ def _composite(img: Image.Image) -> Image.Image:
     return img
 
 
-def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+def read_image(path: str | Path, mode: str = "RGB") -> NDArray[np.uint8]:
     """Read an image file as uint8 [H, W, 3] (mode "RGB") or [H, W] (mode "L")."""
     path = Path(path)
     try:
@@ -58,12 +59,12 @@ def read_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
         raise ImageDecodeError(f"{path}: is a directory, not an image") from None
 
 
-def decode_image(data: bytes, name: str = "image", mode: str = "RGB") -> np.ndarray:
+def decode_image(data: bytes, name: str = "image", mode: str = "RGB") -> NDArray[np.uint8]:
     """Decode an encoded image (the bytes of a JPEG, PNG, ... file) with the same checks as files."""
     return _decode(io.BytesIO(data), name, mode)
 
 
-def _decode(stream: BinaryIO, name: str, mode: str) -> np.ndarray:
+def _decode(stream: BinaryIO, name: str, mode: str) -> NDArray[np.uint8]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -86,13 +87,13 @@ def _decode(stream: BinaryIO, name: str, mode: str) -> np.ndarray:
         raise ImageDecodeError(f"{name}: cannot decode image: {err}") from None
 
 
-def write_image_atomic(path: str | Path, rgb: np.ndarray) -> None:
+def write_image_atomic(path: str | Path, rgb: NDArray[np.uint8]) -> None:
     """Write an image in the format its suffix names (PNG by default), atomically."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     with atomic_file(path) as f:
         Image.fromarray(rgb).save(f, format=fmt)
 
 
-def write_npy_atomic(path: str | Path, array: np.ndarray) -> None:
+def write_npy_atomic(path: str | Path, array: NDArray[Any]) -> None:
     with atomic_file(path) as f:
         np.save(f, array, allow_pickle=False)

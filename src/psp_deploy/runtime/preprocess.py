@@ -9,7 +9,10 @@ inputs are low-resolution faces and are upsampled to 256 by the same resize.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from ..config import ENCODER_INPUT_SIZE, PspConfig
@@ -19,13 +22,13 @@ SIZE = ENCODER_INPUT_SIZE
 PIXEL_CHANNELS = {"rgb": 3, "sketch": 1}  # the input kinds that start from uint8 pixels (not label maps)
 
 
-def _resized(array: np.ndarray) -> np.ndarray:
+def _resized(array: NDArray[np.uint8]) -> NDArray[np.uint8]:
     if array.shape[:2] == (SIZE, SIZE):
         return array
     return np.asarray(Image.fromarray(array).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
 
 
-def to_gray(rgb: np.ndarray) -> np.ndarray:
+def to_gray(rgb: NDArray[Any]) -> NDArray[np.uint8]:
     """PIL's 'L' conversion (ITU-R 601-2 luma), which the official loader applies to sketches."""
     return np.asarray(Image.fromarray(rgb).convert("L"))
 
@@ -37,7 +40,7 @@ def check_pixel_kind(kind: str) -> None:
         )
 
 
-def face_pixels(image: np.ndarray, kind: str) -> np.ndarray:
+def face_pixels(image: NDArray[Any], kind: str) -> NDArray[np.uint8]:
     """A photo (kind rgb) or sketch as the encoder sees it before normalising: resized to uint8
     [256, 256, 3], or a sketch's PIL grayscale [256, 256, 1]."""
     check_pixel_kind(kind)
@@ -52,16 +55,19 @@ def face_pixels(image: np.ndarray, kind: str) -> np.ndarray:
     return _resized(gray)[..., None]
 
 
-def preprocess_rgb(rgb: np.ndarray) -> np.ndarray:
+# float32 stays float32 through arithmetic with Python floats; numpy's stubs widen it to floating[Any], so the
+# results are restated as float32 (astype with copy=False: no copy).
+def preprocess_rgb(rgb: NDArray[Any]) -> NDArray[np.float32]:
     x = face_pixels(rgb, "rgb").astype(np.float32) / 255.0
-    return ((x - 0.5) / 0.5).transpose(2, 0, 1)
+    return ((x - 0.5) / 0.5).transpose(2, 0, 1).astype(np.float32, copy=False)
 
 
-def preprocess_sketch(image: np.ndarray) -> np.ndarray:
-    return face_pixels(image, "sketch").astype(np.float32).transpose(2, 0, 1) / 255.0
+def preprocess_sketch(image: NDArray[Any]) -> NDArray[np.float32]:
+    x = face_pixels(image, "sketch").astype(np.float32).transpose(2, 0, 1) / 255.0
+    return x.astype(np.float32, copy=False)
 
 
-def preprocess_labels(labels: np.ndarray, label_nc: int) -> np.ndarray:
+def preprocess_labels(labels: NDArray[Any], label_nc: int) -> NDArray[np.float32]:
     if labels.ndim == 3:
         labels = to_gray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
@@ -69,10 +75,11 @@ def preprocess_labels(labels: np.ndarray, label_nc: int) -> np.ndarray:
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= label_nc:
         raise InputError(f"label values must lie in [0, {label_nc - 1}], found {labels.min()}..{labels.max()}")
     resized = _resized(labels.astype(np.uint8))
-    return (resized[None] == np.arange(label_nc, dtype=np.uint8)[:, None, None]).astype(np.float32)
+    one_hot: NDArray[np.bool_] = resized[None] == np.arange(label_nc, dtype=np.uint8)[:, None, None]
+    return one_hot.astype(np.float32)
 
 
-def preprocess(image: np.ndarray, config: PspConfig) -> np.ndarray:
+def preprocess(image: NDArray[Any], config: PspConfig) -> NDArray[np.float32]:
     """One image → [C, 256, 256] float32 for the encoder of ``config``."""
     image = np.asarray(image)
     if config.input_kind == "rgb":
@@ -82,7 +89,7 @@ def preprocess(image: np.ndarray, config: PspConfig) -> np.ndarray:
     return preprocess_labels(image, config.label_nc)
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
+def to_uint8(images: NDArray[np.float32]) -> NDArray[np.uint8]:
     """[N, 3, H, W] in [−1, 1] → [N, H, W, 3] uint8 (C-contiguous, as image libraries expect), truncating
     as the official tensor2im does."""
     scaled = np.clip((images + 1.0) / 2.0, 0.0, 1.0) * 255.0

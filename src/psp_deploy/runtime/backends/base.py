@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ...bundle import BATCH, Bundle, GraphDeclaration, ModelRecord, Resolved, TensorSpec
 from ...config import PspConfig
@@ -24,7 +25,7 @@ from .registry import REGISTRY, BackendSpec, check_precision
 if TYPE_CHECKING:
     from ..chain import Chain
 
-def check_feeds(feeds: Mapping[str, np.ndarray], specs: list[TensorSpec], graph: str) -> dict[str, np.ndarray]:
+def check_feeds(feeds: Mapping[str, NDArray[Any]], specs: list[TensorSpec], graph: str) -> dict[str, NDArray[Any]]:
     """Names, dtypes and shapes against the declared inputs; one message naming tensor and expectation."""
     names = [s.name for s in specs]
     if set(feeds) != set(names):
@@ -118,12 +119,12 @@ class Backend(ABC):
         """What the backend's library reports it runs with, to record beside results."""
         return {}
 
-    def bound(self, feeds: dict[str, np.ndarray]) -> Callable[[], None] | None:
+    def bound(self, feeds: dict[str, NDArray[Any]]) -> Callable[[], None] | None:
         """The graph alone: a call that runs it once on ``feeds`` with inputs and outputs already on its device
         (no checks, no copies), for the benchmarks' graphs-alone rows; None where the backend cannot bind them."""
         return None
 
-    def op_seconds(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    def op_seconds(self, feeds: dict[str, NDArray[Any]], runs: int) -> dict[str, float]:
         """Seconds per operator type of the last of ``runs`` runs on ``feeds``, from the backend's profiler."""
         raise InputError(
             f"per-op profiles are available for {', '.join(s.name for s in REGISTRY.values() if s.profiles)}, "
@@ -151,11 +152,11 @@ class Backend(ABC):
     def outputs(self) -> list[TensorSpec]:
         return self.record.outputs
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feeds: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         return self._infer(check_feeds(feeds, self.inputs, self.graph))
 
     @abstractmethod
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def _infer(self, feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]: ...
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing that needs releasing
         """Release what the backend holds (device memory, sessions)."""

@@ -10,11 +10,14 @@ from __future__ import annotations
 import ctypes
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ...errors import BackendUnavailableError, EngineError
+
+Scalar = TypeVar("Scalar", bound=np.generic)
 
 
 def cudart() -> Any:
@@ -29,7 +32,7 @@ def cudart() -> Any:
     return runtime
 
 
-def check(result: tuple) -> Any:
+def check(result: tuple[Any, ...]) -> Any:
     """cuda-python returns (status, *values): raise on a bad status, else return the value(s)."""
     rt = cudart()
     status, values = result[0], result[1:]
@@ -61,21 +64,22 @@ def pages_lock() -> bool:
     return True
 
 
-def page_locked_array(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+def page_locked_array(shape: tuple[int, ...], dtype: np.dtype[Scalar] | type[Scalar]) -> NDArray[Scalar]:
     """A numpy array over page-locked host memory, freed with its last view (for buffers another library
     binds by address, as ONNX Runtime's I/O binding does)."""
     rt, nbytes = cudart(), int(np.prod(shape)) * np.dtype(dtype).itemsize
     pointer = check(rt.cudaMallocHost(max(nbytes, 1)))
     raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(int(pointer))
-    # raw is every view's base, so it lives as long as any of them; at exit the process's memory goes back
-    # anyway, and a pipeline still serving from another thread must not lose its buffers first
+    # raw is every view's base (under the memoryview, which numpy's stubs accept as a buffer), so it lives as
+    # long as any of them; at exit the process's memory goes back anyway, and a pipeline still serving from
+    # another thread must not lose its buffers first
     weakref.finalize(raw, rt.cudaFreeHost, pointer).atexit = False
-    return np.frombuffer(raw, np.uint8, count=nbytes).view(dtype).reshape(shape)
+    return np.frombuffer(memoryview(raw), np.uint8, count=nbytes).view(dtype).reshape(shape)
 
 
 @dataclass
 class PinnedBuffer:
-    host: np.ndarray  # a numpy view over page-locked memory
+    host: NDArray[Any]  # a numpy view over page-locked memory
     device: int  # device pointer
     nbytes: int
 
@@ -88,7 +92,7 @@ class CudaMemory:
         self.stream = check(self.rt.cudaStreamCreate())
         self.buffers: dict[str, PinnedBuffer] = {}
 
-    def buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> PinnedBuffer:
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> PinnedBuffer:
         """The buffer for ``name``, reallocated only when it must grow; host view shaped as asked."""
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
@@ -109,7 +113,7 @@ class CudaMemory:
         check(self.rt.cudaFree(buf.device))
         check(self.rt.cudaFreeHost(buf.host.ctypes.data))
 
-    def upload(self, name: str, array: np.ndarray) -> PinnedBuffer:
+    def upload(self, name: str, array: NDArray[Any]) -> PinnedBuffer:
         """Copy into the pinned buffer, then enqueue the host→device copy on the stream."""
         buf = self.buffer(name, array.shape, array.dtype)
         np.copyto(buf.host, array)

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ...bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
 from ...errors import BackendUnavailableError, BundleError, EngineError
 from ...files import atomic_file
 from ...onnx_metadata import read_metadata
 from .base import Backend
-from .cuda_memory import CudaMemory, device_properties
+from .cuda_memory import CudaMemory, PinnedBuffer, device_properties
 from .options import BackendOptions, BatchProfile
 
 
@@ -69,6 +70,7 @@ class TensorRTBackend(Backend):
     """Calls are serialized by a lock: one execution context and one set of buffers."""
 
     name = "tensorrt"
+    source: Path  # the ONNX graph the plan was built from (set by ``load``), read for its metadata
 
     @classmethod
     def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> TensorRTBackend:
@@ -76,12 +78,15 @@ class TensorRTBackend(Backend):
         engine = plan_record(bundle, resolved)
         check_engine_matches_machine(engine, trt.__version__, device_properties())
         backend = cls(bundle.verified_path(engine.file, engine.sha256), resolved.record, resolved.graph)
-        backend.source = bundle.root / resolved.record.file  # the ONNX graph the plan was built from
+        backend.source = bundle.root / resolved.record.file
         return backend
 
     def declaration(self) -> GraphDeclaration:
         """The plan's I/O (dynamic dimensions are -1 in TensorRT); metadata from its source ONNX graph."""
-        dims = lambda name: [d if d >= 0 else None for d in self.engine.get_tensor_shape(name)]  # noqa: E731
+
+        def dims(name: str) -> list[int | None]:
+            return [d if d >= 0 else None for d in self.engine.get_tensor_shape(name)]
+
         inputs = [(n, dims(n)) for n in self.input_names]
         outputs = [(n, dims(n)) for n in self.output_names]
         return GraphDeclaration(self.path.name, inputs, outputs, read_metadata(self.source))
@@ -103,7 +108,7 @@ class TensorRTBackend(Backend):
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != mode]
         self._check_io(self.input_names, self.output_names)
 
-    def _bind(self, feeds: dict[str, np.ndarray]) -> list:
+    def _bind(self, feeds: dict[str, NDArray[Any]]) -> list[tuple[str, PinnedBuffer]]:
         """Set shapes and addresses; the (name, buffer) of each output."""
         for name, value in feeds.items():
             if not self.context.set_input_shape(name, value.shape):
@@ -121,7 +126,7 @@ class TensorRTBackend(Backend):
             outputs.append((name, buf))
         return outputs
 
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         with self.lock:
             outputs = self._bind(feeds)
             if not self.context.execute_async_v3(self.memory.stream):

@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import onnxruntime as ort
+from numpy.typing import NDArray
 
 from ....bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
 from ....errors import BackendUnavailableError, BundleError, EngineError
@@ -221,7 +221,9 @@ class OnnxRuntimeBackend(Backend):
             )
 
     def declaration(self) -> GraphDeclaration:
-        shapes = lambda args: [(a.name, a.shape) for a in args]
+        def shapes(args: list[Any]) -> list[tuple[str, list[Any]]]:  # ONNX Runtime's NodeArgs
+            return [(a.name, a.shape) for a in args]
+
         inputs, outputs = shapes(self.session.get_inputs()), shapes(self.session.get_outputs())
         return GraphDeclaration(self.path.name, inputs, outputs, self.session.get_modelmeta().custom_metadata_map)
 
@@ -229,12 +231,16 @@ class OnnxRuntimeBackend(Backend):
     def chain(cls, encoder: Backend, synthesis: Backend, config: PspConfig, max_batch: int) -> Chain:
         """The device-resident chain (resident.py) when ONNX Runtime runs the encoder and the synthesis on one
         device and the encoder takes any batch (as exported); else the host chain."""
-        same_device = isinstance(synthesis, OnnxRuntimeBackend) and synthesis.device == encoder.device
-        if not (isinstance(encoder, OnnxRuntimeBackend) and same_device and encoder.record.batch is None):
-            return super().chain(encoder, synthesis, config, max_batch)
-        from .resident import ResidentChain
+        if (
+            isinstance(encoder, OnnxRuntimeBackend)
+            and isinstance(synthesis, OnnxRuntimeBackend)
+            and synthesis.device == encoder.device
+            and encoder.record.batch is None
+        ):
+            from .resident import ResidentChain
 
-        return ResidentChain(encoder, synthesis, config.input_kind, max_batch)
+            return ResidentChain(encoder, synthesis, config.input_kind, max_batch)
+        return super().chain(encoder, synthesis, config, max_batch)
 
     @property
     def device(self) -> str:
@@ -244,12 +250,12 @@ class OnnxRuntimeBackend(Backend):
     def tf32(self) -> bool:
         return self.device == "cuda" and uses_tf32(self.precision, self.options.tf32)
 
-    def bound(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
+    def bound(self, feeds: dict[str, NDArray[Any]]) -> Callable[[], None]:
         from .bound import BoundGraph
 
         return BoundGraph(self.session, feeds, self.outputs, self.device, self.captures)
 
-    def op_seconds(self, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    def op_seconds(self, feeds: dict[str, NDArray[Any]], runs: int) -> dict[str, float]:
         """From ONNX Runtime's session profiling: a profiling session like this one (same file, options and
         providers), whose trace's last run is read."""
         options = session_options(self.options.threads, optimize=not self.preoptimized)
@@ -273,7 +279,7 @@ class OnnxRuntimeBackend(Backend):
         """What the session runs with, as ONNX Runtime reports it: providers and their options."""
         return {"providers": self.session.get_providers(), "provider_options": self.session.get_provider_options()}
 
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, feeds: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         names = [o.name for o in self.outputs]
         if self.options.device == "cpu":
             return dict(zip(names, self.session.run(names, feeds), strict=True))

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ....bundle import BATCH, TensorSpec
 from . import run_options
@@ -26,7 +27,7 @@ class BoundGraph:
     def __init__(
         self,
         session: Any,
-        feeds: Mapping[str, np.ndarray],
+        feeds: Mapping[str, NDArray[Any]],
         outputs: list[TensorSpec],
         device: str,
         captures: bool = False,
@@ -41,7 +42,7 @@ class BoundGraph:
             buffer.bind_input(self.binding, name, batch)
         self.outputs = {}  # name → OrtValue
         for spec in outputs:
-            shape = [batch if dim == BATCH else dim for dim in spec.shape]
+            shape = [batch if dim == BATCH else int(dim) for dim in spec.shape]
             buffer = buffers.on_device(spec.name, shape, np.dtype(spec.dtype).type)
             buffer.bind_output(self.binding, spec.name, batch)
             self.outputs[spec.name] = buffer.value

@@ -19,13 +19,16 @@ import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import onnxruntime as ort
+from numpy.typing import NDArray
 
 from ..cuda_memory import page_locked_array, pages_lock
 from . import CUDA_DEVICE_ID
+
+DType: TypeAlias = np.dtype[Any] | type[np.generic]  # what a buffer holds: a dtype, or a scalar type (np.float32)
 
 
 def pinned_memory(device_id: int = CUDA_DEVICE_ID) -> Any | None:
@@ -57,7 +60,7 @@ def _allocates(memory: Any | None) -> Any | None:
 class Buffer:
     value: ort.OrtValue
     where: str  # what ONNX Runtime is told the memory is: "cuda" (device) or "cpu" (host, page-locked or not)
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     capacity: tuple[int, ...]
 
     def shape(self, rows: int) -> tuple[int, ...]:
@@ -69,30 +72,30 @@ class Buffer:
     def bind_output(self, binding: ort.IOBinding, name: str, rows: int) -> None:
         binding.bind_output(name, self.where, CUDA_DEVICE_ID, self.dtype, self.shape(rows), self.value.data_ptr())
 
-    def view(self) -> np.ndarray:
+    def view(self) -> NDArray[Any]:
         """The whole buffer as a writable numpy array over its memory (host buffers only)."""
         if self.where != "cpu":
             raise ValueError("only host buffers can be viewed from Python")
         return self._host
 
     @functools.cached_property
-    def _host(self) -> np.ndarray:
+    def _host(self) -> NDArray[Any]:
         nbytes = int(np.prod(self.capacity)) * self.dtype.itemsize
         raw = (ctypes.c_uint8 * nbytes).from_address(self.value.data_ptr())
-        return np.frombuffer(raw, np.uint8).view(self.dtype).reshape(self.capacity)
+        return np.frombuffer(memoryview(raw), np.uint8).view(self.dtype).reshape(self.capacity)
 
     @functools.cached_property
-    def _staging(self) -> np.ndarray:
+    def _staging(self) -> NDArray[Any]:
         """The buffer's image in Python's memory, allocated once: an upload copies a whole buffer."""
         return np.zeros(self.capacity, self.dtype)
 
-    def fill(self, x: np.ndarray) -> None:
+    def fill(self, x: NDArray[Any]) -> None:
         """Copy ``x`` into the first rows through ONNX Runtime (one copy of the whole buffer, on the device
         or not: one code path); rows past ``x`` hold earlier rows, which no run binds."""
         self._staging[: len(x)] = x
         self.value.update_inplace(self._staging)
 
-    def rows(self, rows: int) -> np.ndarray:
+    def rows(self, rows: int) -> NDArray[Any]:
         """A copy of the first rows (device buffers: one download of the whole buffer, already a copy)."""
         return self.view()[:rows].copy() if self.where == "cpu" else self.value.numpy()[:rows]
 
@@ -107,16 +110,16 @@ class Buffers:
         self.pinned = self.host_memory is not None or self.runtime_pinned
         self._buffers: dict[str, Buffer] = {}
 
-    def on_device(self, role: str, capacity: Sequence[int], dtype: type) -> Buffer:
+    def on_device(self, role: str, capacity: Sequence[int], dtype: DType) -> Buffer:
         return self._get(role, capacity, dtype, on_host=False)
 
-    def on_host(self, role: str, capacity: Sequence[int], dtype: type) -> Buffer:
+    def on_host(self, role: str, capacity: Sequence[int], dtype: DType) -> Buffer:
         return self._get(role, capacity, dtype, on_host=True)
 
-    def _get(self, role: str, capacity: Sequence[int], dtype: type, on_host: bool) -> Buffer:
+    def _get(self, role: str, capacity: Sequence[int], dtype: DType, on_host: bool) -> Buffer:
         shape = tuple(int(d) for d in capacity)
-        if role in self._buffers and (self._buffers[role].capacity, self._buffers[role].dtype) != (shape, dtype):
-            known = self._buffers[role]
+        known = self._buffers.get(role)
+        if known is not None and (known.capacity, known.dtype) != (shape, np.dtype(dtype)):
             raise ValueError(f"buffer {role!r} is {known.dtype} {known.capacity}, asked for {np.dtype(dtype)} {shape}")
         if role not in self._buffers:
             where = "cpu" if on_host else self.device

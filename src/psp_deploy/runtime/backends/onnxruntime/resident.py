@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from numpy.typing import NDArray
 
 from ....errors import EngineError
 from ....graph_io import CODES, IMAGE
@@ -63,9 +64,11 @@ class ResidentChain:
         self.capturing = encoder.captures or synthesis.captures  # then chunks are padded to captured sizes
         # The small graphs run as written (no graph optimizations): their formulas must stay exact. Inputs
         # are staged in a host buffer, then normalised (uint8 faces) or copied (float32 tensors) onto the device.
-        small = lambda graph, name: open_session(graph, name, options, optimize=False)
-        channels = encoder.record.inputs[0].shape[1]
-        self.stagers = {
+        def small(graph: bytes, name: str) -> ort.InferenceSession:
+            return open_session(graph, name, options, optimize=False)
+
+        channels = encoder.record.inputs[0].row_shape[0]
+        self.stagers: dict[np.dtype[Any], Stager] = {
             np.dtype(np.float32): Stager(small(upload_graph(channels), "upload"), "upload", TENSORS, UPLOADED)
         }
         if kind in PIXEL_CHANNELS:
@@ -75,7 +78,7 @@ class ResidentChain:
         self.buffers = Buffers(options.device)
         self.lock = threading.Lock()
 
-    def check(self, x: np.ndarray) -> np.ndarray:
+    def check(self, x: NDArray[Any]) -> NDArray[Any]:
         """Encoder tensors checked here, not by the backend: this chain binds their memory by address."""
         return check_feeds({IMAGE: x}, self.encoder.inputs, "encoder")[IMAGE]
 
@@ -85,12 +88,12 @@ class ResidentChain:
     def _chunks(self, total: int) -> list[Chunk]:
         return plan(total, self.size, self.fixed, self.capturing)
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
+    def encode(self, x: NDArray[Any]) -> NDArray[np.float32]:
         """Faces (uint8 [N, 256, 256, C]) or encoder tensors (float32 [N, C, 256, 256]) → codes [N, n_styles, 512]."""
         with self.lock:
             return np.concatenate([self._encode(x, chunk) for chunk in self._chunks(len(x))])
 
-    def synthesize(self, codes: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    def synthesize(self, codes: NDArray[np.float32], outputs: Sequence[str]) -> dict[str, NDArray[np.uint8]]:
         """Codes [N, n_styles, 512] → the named outputs as uint8 [N, H, W, 3]."""
         with self.lock:
             pixels = self._pixels(len(codes), outputs)
@@ -100,8 +103,8 @@ class ResidentChain:
             return pixels
 
     def chained(
-        self, x: np.ndarray, outputs: Sequence[str], timings: dict[str, float]
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        self, x: NDArray[Any], outputs: Sequence[str], timings: dict[str, float]
+    ) -> tuple[NDArray[np.float32], dict[str, NDArray[np.uint8]]]:
         """Encode and synthesize, each chunk's codes passed on the device; seconds per stage added to ``timings``."""
         codes = []
         with self.lock:
@@ -116,28 +119,28 @@ class ResidentChain:
                 timings["synthesize"] = timings.get("synthesize", 0.0) + end - middle
         return np.concatenate(codes), pixels
 
-    def _encode(self, x: np.ndarray, chunk: Chunk) -> np.ndarray:
+    def _encode(self, x: NDArray[Any], chunk: Chunk) -> NDArray[np.float32]:
         """One chunk up and through the encoder; its codes left in the device codes buffer, and returned."""
         stager = self.stagers[x.dtype]  # uint8 faces only in a photo or sketch pipeline (Pipeline checks)
         staged = self.buffers.on_host(f"{x.dtype}_inputs", (self.size, *x.shape[1:]), x.dtype)
         staged.view()[: chunk.batch] = padded(x[chunk.start : chunk.start + chunk.rows], chunk.batch)
-        image = self._device("encoder_input", self.encoder.record.inputs[0].shape)
+        image = self._device("encoder_input", self.encoder.record.inputs[0].row_shape)
         self._run(stager.session, stager.graph, {stager.source: staged}, {stager.result: image}, chunk.batch)
         self._run(
             self.encoder.session, "encoder", {IMAGE: image}, {CODES: self._codes}, chunk.batch, self.encoder.captures
         )
         return self._codes.rows(chunk.rows)
 
-    def _pixels(self, total: int, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    def _pixels(self, total: int, outputs: Sequence[str]) -> dict[str, NDArray[np.uint8]]:
         """The caller's uint8 [N, H, W, 3] arrays, one per named output, which the chunks fill in place:
         each image is copied once on the host, out of the reused (page-locked) buffer."""
-        shapes = {spec.name: spec.shape for spec in self.synthesis.record.outputs}
-        return {name: np.empty((total, *shapes[name][2:], shapes[name][1]), np.uint8) for name in outputs}
+        shapes = {spec.name: spec.row_shape for spec in self.synthesis.record.outputs}  # [3, H, W]
+        return {name: np.empty((total, *shapes[name][1:], shapes[name][0]), np.uint8) for name in outputs}
 
-    def _synthesize(self, chunk: Chunk, pixels: dict[str, np.ndarray]) -> None:
+    def _synthesize(self, chunk: Chunk, pixels: dict[str, NDArray[np.uint8]]) -> None:
         """The codes buffer through the synthesis, then the named outputs to uint8 on the device, down
         into the host buffer, and into the chunk's rows of ``pixels``."""
-        floats = {spec.name: self._device(spec.name, spec.shape) for spec in self.synthesis.record.outputs}
+        floats = {spec.name: self._device(spec.name, spec.row_shape) for spec in self.synthesis.record.outputs}
         self._run(
             self.synthesis.session, "synthesis", {CODES: self._codes}, floats, chunk.batch, self.synthesis.captures
         )
@@ -148,10 +151,10 @@ class ResidentChain:
 
     @property
     def _codes(self) -> Buffer:
-        return self._device(CODES, self.encoder.record.outputs[0].shape)
+        return self._device(CODES, self.encoder.record.outputs[0].row_shape)
 
-    def _device(self, role: str, shape: Sequence[int | str]) -> Buffer:
-        return self.buffers.on_device(role, (self.size, *shape[1:]), np.float32)
+    def _device(self, role: str, row_shape: tuple[int, ...]) -> Buffer:
+        return self.buffers.on_device(role, (self.size, *row_shape), np.float32)
 
     def _run(
         self,
