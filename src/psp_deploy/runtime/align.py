@@ -13,13 +13,17 @@ import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import BackendUnavailableError, InputError, NoFaceError
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom, in photo pixels
+Pixels = NDArray[np.uint8]  # an image, [H, W, 3] RGB (or a crop of one)
+Points = NDArray[np.float64]  # [N, 2] (x, y) in photo pixels: landmarks, a crop square's corners
 FACE_POLICIES = ("largest", "best", "last")
 POLICY_WORDS = {  # how each face policy reads in "3 faces found; took …"
     "largest": "the largest",
@@ -53,9 +57,9 @@ ALIGN_EXTRA_HINT = "install the align extra: pip install 'psp-deploy[align]' (dl
 
 @dataclass(frozen=True)
 class AlignedFace:
-    image: np.ndarray  # [S, S, 3] uint8 RGB
-    landmarks: np.ndarray  # [68, 2] float64, in the input photo's pixel coordinates
-    quad: np.ndarray  # [4, 2] corners (top-left, bottom-left, bottom-right, top-right) in the photo
+    image: Pixels  # [S, S, 3] RGB
+    landmarks: Points  # [68, 2], in the input photo's pixel coordinates
+    quad: Points  # [4, 2] corners (top-left, bottom-left, bottom-right, top-right) in the photo
     box: Box  # the detector's box (on the detection copy, scaled to the photo)
     faces_found: int
     warnings: tuple[str, ...] = ()  # what a user should know about this input (several faces, a soft or padded crop)
@@ -72,8 +76,8 @@ class LocatedFace:
 
     box: Box  # the detector's box, in photo pixels
     score: float  # the detector's score
-    landmarks: np.ndarray  # [68, 2] float64, in photo pixels
-    quad: np.ndarray  # [4, 2] the crop square (ffhq_quad of the landmarks), in photo pixels
+    landmarks: Points  # [68, 2], in photo pixels
+    quad: Points  # [4, 2] the crop square (ffhq_quad of the landmarks), in photo pixels
     size: float  # the crop square's side in photo pixels
 
 
@@ -89,7 +93,7 @@ def predictor_path() -> Path:
     return path
 
 
-def ffhq_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
+def ffhq_quad(landmarks: NDArray[Any]) -> tuple[Points, float]:
     """The official oriented crop square from 68 landmarks: (quad [4, 2], side length)."""
     lm = np.asarray(landmarks, dtype=np.float64)
     eye_left, eye_right = lm[36:42].mean(0), lm[42:48].mean(0)
@@ -106,16 +110,18 @@ def ffhq_quad(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
     return quad, float(np.hypot(*x) * 2)
 
 
-def _shrink(img: np.ndarray, quad: np.ndarray, qsize: float, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _shrink(img: Pixels, quad: Points, qsize: float, size: int) -> tuple[Pixels, Points, float]:
     shrink = int(np.floor(qsize / size * 0.5))
     if shrink <= 1:
         return img, quad, qsize
     h, w = img.shape[:2]
     rsize = (int(np.rint(w / shrink)), int(np.rint(h / shrink)))
-    return cv2.resize(img, rsize, interpolation=cv2.INTER_AREA), quad / shrink, qsize / shrink
+    # casts: OpenCV's stubs do not say that it keeps uint8, nor numpy's that float64 / int stays float64
+    small = cast(Pixels, cv2.resize(img, rsize, interpolation=cv2.INTER_AREA))
+    return small, cast(Points, quad / shrink), qsize / shrink
 
 
-def _crop(img: np.ndarray, quad: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
+def _crop(img: Pixels, quad: Points, border: int) -> tuple[Pixels, Points]:
     h, w = img.shape[:2]
     left, top = int(np.floor(quad[:, 0].min())) - border, int(np.floor(quad[:, 1].min())) - border
     right, bottom = int(np.ceil(quad[:, 0].max())) + border, int(np.ceil(quad[:, 1].max())) + border
@@ -125,7 +131,7 @@ def _crop(img: np.ndarray, quad: np.ndarray, border: int) -> tuple[np.ndarray, n
     return img, quad
 
 
-def _pad_amounts(img: np.ndarray, quad: np.ndarray, border: int) -> np.ndarray:
+def _pad_amounts(img: Pixels, quad: Points, border: int) -> NDArray[np.int_]:
     h, w = img.shape[:2]
     return np.array(
         [
@@ -137,7 +143,7 @@ def _pad_amounts(img: np.ndarray, quad: np.ndarray, border: int) -> np.ndarray:
     )
 
 
-def _pad(img: np.ndarray, pad: np.ndarray, qsize: float) -> np.ndarray:
+def _pad(img: Pixels, pad: NDArray[np.int_], qsize: float) -> Pixels:
     """Reflect-pad, then fade the padding toward a blur and the median colour (official blend)."""
     left, top, right, bottom = (int(p) for p in pad)
     out = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_REFLECT_101).astype(np.float32)
@@ -154,19 +160,20 @@ def _pad(img: np.ndarray, pad: np.ndarray, qsize: float) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _quad_warp(img: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
+def _quad_warp(img: Pixels, quad: Points, size: int) -> Pixels:
     """Sample the quad into size×size: output pixel centres (x+½)/size map bilinearly onto the
     quad, as PIL's QUAD transform does with the official +0.5 offset."""
     top_left, bottom_left, top_right = quad[0], quad[1], quad[3]
     ax, ay = (top_right - top_left) / size, (bottom_left - top_left) / size
     origin = top_left + 0.5 * (ax + ay)
     matrix = np.array([[ax[0], ay[0], origin[0]], [ax[1], ay[1], origin[1]]])
-    return cv2.warpAffine(
+    warped = cv2.warpAffine(
         img, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT
     )
+    return cast(Pixels, warped)  # uint8 in, uint8 out: OpenCV's stubs say only MatLike
 
 
-def crop_matrix(quad: np.ndarray, qsize: float, size: int, photo_shape: tuple[int, ...]) -> np.ndarray:
+def crop_matrix(quad: NDArray[Any], qsize: float, size: int, photo_shape: tuple[int, ...]) -> NDArray[np.float64]:
     """The affine map [2, 3] that ``warp_face`` samples with: crop pixel (u, v) → photo point (x, y),
     pixel centres at integers in both. It includes the shrink that ``warp_face`` applies to a face
     much larger than ``size`` (INTER_AREA to rint(W / shrink) × rint(H / shrink), which moves pixel
@@ -182,12 +189,14 @@ def crop_matrix(quad: np.ndarray, qsize: float, size: int, photo_shape: tuple[in
     top_left, bottom_left, top_right = quad[0], quad[1], quad[3]
     ax, ay = (top_right - top_left) / size, (bottom_left - top_left) / size
     origin = top_left + 0.5 * (ax + ay)
-    return np.array([[ax[0], ay[0], origin[0]], [ax[1], ay[1], origin[1]]]) * scale[:, None] + np.c_[
-        np.zeros((2, 2)), offset
-    ]
+    matrix: NDArray[np.float64] = (
+        np.array([[ax[0], ay[0], origin[0]], [ax[1], ay[1], origin[1]]]) * scale[:, None]
+        + np.c_[np.zeros((2, 2)), offset]
+    )
+    return matrix
 
 
-def warp_face(rgb: np.ndarray, quad: np.ndarray, qsize: float, size: int = 256) -> np.ndarray:
+def warp_face(rgb: Pixels, quad: NDArray[Any], qsize: float, size: int = 256) -> Pixels:
     """The official shrink → crop → pad → quad transform, from a photo and its quad."""
     img, quad, qsize = _shrink(rgb, np.asarray(quad, np.float64), qsize, size)
     border = max(int(np.rint(qsize * 0.1)), 3)
@@ -224,10 +233,10 @@ class FaceAligner:
         self._rectangle = dlib.rectangle
         self._lock = threading.Lock()  # dlib's detector keeps scratch state
 
-    def _detect_scale(self, rgb: np.ndarray) -> float:
+    def _detect_scale(self, rgb: Pixels) -> float:
         return min(1.0, self.detect_size / max(rgb.shape[:2]))
 
-    def detect(self, rgb: np.ndarray) -> list[tuple[Box, float]]:
+    def detect(self, rgb: Pixels) -> list[tuple[Box, float]]:
         """Face boxes (left, top, right, bottom) in photo coordinates with detector scores."""
         scale = self._detect_scale(rgb)
         small = rgb if scale == 1.0 else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -245,22 +254,23 @@ class FaceAligner:
             return max(faces, key=lambda f: f[1])[0]
         return max(faces, key=lambda f: ((f[0][2] - f[0][0]) * (f[0][3] - f[0][1]), f[1]))[0]
 
-    def landmarks(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+    def landmarks(self, rgb: Pixels, box: Box) -> Points:
         """68 points [68, 2] of a face ``detect`` found in ``rgb``; one found small on the detection
         copy is found again at full resolution first (see REFINE_BELOW)."""
         boxes = self._full_resolution_boxes(rgb, box) if self._coarse(rgb, box) else []
-        return np.median([self._predict(rgb, b) for b in boxes or [box]], axis=0)
+        points: Points = np.median([self._predict(rgb, b) for b in boxes or [box]], axis=0)
+        return points
 
-    def _predict(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+    def _predict(self, rgb: Pixels, box: Box) -> Points:
         with self._lock:
             shape = self._predictor(rgb, self._rectangle(*box))
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
-    def _coarse(self, rgb: np.ndarray, box: Box) -> bool:
+    def _coarse(self, rgb: Pixels, box: Box) -> bool:
         scale = self._detect_scale(rgb)
         return scale < 1.0 and (box[2] - box[0]) * scale < REFINE_BELOW
 
-    def _full_resolution_boxes(self, rgb: np.ndarray, box: Box) -> list[Box]:
+    def _full_resolution_boxes(self, rgb: Pixels, box: Box) -> list[Box]:
         """The face's box as the detector finds it at full resolution (upsampled once, as
         officially), once per region origin in REFINE_SHIFTS; fewer if it is missed."""
         left, top, right, bottom = box
@@ -277,7 +287,7 @@ class FaceAligner:
                 boxes.append(min(same, key=lambda b: np.hypot(*np.subtract(_centre(b), _centre(box)))))
         return boxes
 
-    def align(self, rgb: np.ndarray) -> AlignedFace:
+    def align(self, rgb: NDArray[Any]) -> AlignedFace:
         """Photo (uint8 RGB [H, W, 3]) → the aligned face; NoFaceError when there is none."""
         rgb = check_rgb(rgb)
         faces = self.detect(rgb)
@@ -291,7 +301,7 @@ class FaceAligner:
         return AlignedFace(image, landmarks, quad, box, len(faces), notes)
 
     def locate(
-        self, rgb: np.ndarray, min_face: float = 0.0, every: bool = True
+        self, rgb: NDArray[Any], min_face: float = 0.0, every: bool = True
     ) -> tuple[list[LocatedFace], list[LocatedFace]]:
         """Landmarks and crop squares of the faces in a photo, no crop warped yet: (kept, skipped).
 
@@ -313,9 +323,9 @@ class FaceAligner:
 
     def crop(
         self,
-        rgb: np.ndarray,
-        landmarks: np.ndarray,
-        quad: np.ndarray | None = None,
+        rgb: NDArray[Any],
+        landmarks: NDArray[Any],
+        quad: NDArray[Any] | None = None,
         box: Box | None = None,
         faces_found: int = 1,
     ) -> AlignedFace:
@@ -332,7 +342,7 @@ class FaceAligner:
         image = warp_face(rgb, quad, qsize, self.output_size)
         return AlignedFace(image, landmarks, quad, box, faces_found, self._warnings(1, box, quad, qsize, rgb.shape))
 
-    def align_all(self, rgb: np.ndarray, min_face: float = 0.0) -> tuple[list[AlignedFace], list[LocatedFace]]:
+    def align_all(self, rgb: NDArray[Any], min_face: float = 0.0) -> tuple[list[AlignedFace], list[LocatedFace]]:
         """Every face of a photo, left to right, aligned: (faces, skipped), where skipped faces have
         a crop square under ``min_face`` photo pixels across. No face: two empty lists."""
         rgb = check_rgb(rgb)
@@ -341,7 +351,7 @@ class FaceAligner:
         return [self.crop(rgb, f.landmarks, f.quad, f.box, found) for f in kept], skipped
 
     def _warnings(
-        self, faces_found: int, box: Box, quad: np.ndarray, qsize: float, shape: tuple[int, ...]
+        self, faces_found: int, box: Box, quad: Points, qsize: float, shape: tuple[int, ...]
     ) -> tuple[str, ...]:
         """What a user should hear about this input: a choice among faces; a crop that comes out soft
         (upscaled, counting padding as no pixels) or with much of it outside the photo."""
@@ -366,7 +376,7 @@ class FaceAligner:
         return tuple(notes)
 
 
-def outside_share(quad: np.ndarray, shape: tuple[int, ...]) -> float:
+def outside_share(quad: NDArray[Any], shape: tuple[int, ...]) -> float:
     """The share (0-1) of the crop quad's area that lies outside a photo of ``shape`` [H, W, ...]: the
     part the official procedure fills with padding."""
     corners = np.asarray(quad, np.float32)
@@ -387,7 +397,7 @@ def _inside(point: tuple[float, float], box: Box) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
 
-def check_rgb(rgb: np.ndarray) -> np.ndarray:
+def check_rgb(rgb: NDArray[Any]) -> Pixels:
     array = np.asarray(rgb)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise InputError(f"expected a uint8 RGB image [H, W, 3], got {array.dtype} {list(array.shape)}")

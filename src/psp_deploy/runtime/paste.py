@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import InputError
 from .align import AlignedFace, check_rgb, crop_matrix
@@ -36,22 +38,23 @@ class Placement:
     (possibly pre-shrunk) generated image to that region, and the blend mask on that region."""
 
     region: tuple[int, int, int, int]  # left, top, right, bottom in photo pixels (right/bottom exclusive)
-    matrix: np.ndarray  # [2, 3] region pixel → generated pixel (the map warpAffine samples with)
+    matrix: NDArray[np.float64]  # [2, 3] region pixel → generated pixel (the map warpAffine samples with)
     size: int  # side of the generated image as warped (after any INTER_AREA shrink)
-    mask: np.ndarray  # float32 [bottom − top, right − left] in [0, 1]; 0 outside the mask's support
+    mask: NDArray[np.float32]  # [bottom − top, right − left] in [0, 1]; 0 outside the mask's support
 
 
-def generated_to_photo(face: AlignedFace, photo_shape: tuple[int, ...], size: int) -> np.ndarray:
+def generated_to_photo(face: AlignedFace, photo_shape: tuple[int, ...], size: int) -> NDArray[np.float64]:
     """The affine map [2, 3]: pixel (u, v) of a size×size image covering ``face``'s crop square →
     photo point (x, y), pixel centres at integers in both."""
     crop = face.image.shape[0]
     to_photo = crop_matrix(face.quad, face.size, crop, photo_shape)
     k = crop / size  # generated pixel u covers crop pixels around (u + ½)·k − ½
     linear = to_photo[:, :2] * k
-    return np.c_[linear, to_photo[:, 2] + to_photo[:, :2] @ np.full(2, 0.5 * k - 0.5)]
+    matrix: NDArray[np.float64] = np.c_[linear, to_photo[:, 2] + to_photo[:, :2] @ np.full(2, 0.5 * k - 0.5)]
+    return matrix
 
 
-def _checked_generated(generated: np.ndarray) -> np.ndarray:
+def _checked_generated(generated: NDArray[Any]) -> NDArray[np.uint8]:
     image = np.asarray(generated)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
         raise InputError(
@@ -69,25 +72,26 @@ def _mask_kind(mask: str, feather: float | None) -> float:
     return feather
 
 
-def _smoothstep(t: np.ndarray) -> np.ndarray:
+def _smoothstep(t: NDArray[np.floating[Any]]) -> NDArray[np.floating[Any]]:
     t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+    eased: NDArray[np.floating[Any]] = t * t * (3.0 - 2.0 * t)
+    return eased
 
 
 def square_mask(
-    size: int, landmarks: np.ndarray | None, mask: str = "face", feather: float | None = None
-) -> np.ndarray:
+    size: int, landmarks: NDArray[Any] | None, mask: str = "face", feather: float | None = None
+) -> NDArray[np.float32]:
     """The blend mask on a size×size generated image, float32 in [0, 1]. ``landmarks`` are the face's
     68 points in that image's pixels (needed by "face"). The soft edge is ``feather`` × size wide:
     "face" spreads it across the hull's border, "square" keeps it inside the square."""
     feather = _mask_kind(mask, feather)
     ramp = feather * size
     if mask == "square":
-        inside = np.zeros((size + 2, size + 2), np.uint8)
-        inside[1:-1, 1:-1] = 1  # a ring of zeros: the distance to the square's edge
+        square = np.zeros((size + 2, size + 2), np.uint8)
+        square[1:-1, 1:-1] = 1  # a ring of zeros: the distance to the square's edge
         if ramp < 1.0:
-            return inside[1:-1, 1:-1].astype(np.float32)
-        depth = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+            return square[1:-1, 1:-1].astype(np.float32)
+        depth = cv2.distanceTransform(square, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
         return _smoothstep((depth - 0.5) / ramp).astype(np.float32)
     if landmarks is None:
         raise InputError("the face mask needs the face's landmarks")
@@ -96,7 +100,7 @@ def square_mask(
     hull = cv2.convexHull(np.concatenate([lm[JAW], lm[BROWS] + raise_by]).astype(np.float32))
     shift = 4  # sub-pixel vertices: 1/16 px
     region = np.zeros((size, size), np.uint8)
-    cv2.fillConvexPoly(region, np.rint(hull * (1 << shift)).astype(np.int32), 1, cv2.LINE_8, shift)
+    cv2.fillConvexPoly(region, np.rint(hull * (1 << shift)).astype(np.int32), (1,), cv2.LINE_8, shift)
     if ramp < 1.0:
         return region.astype(np.float32)
     inside = cv2.distanceTransform(region, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
@@ -131,7 +135,8 @@ def place(
         return None
     shifted = to_photo.copy()
     shifted[:, 2] -= (left, top)
-    matrix = cv2.invertAffineTransform(shifted)  # region pixel → generated pixel
+    # region pixel → generated pixel (float64, as given: OpenCV's stubs do not say so)
+    matrix = cast(NDArray[np.float64], cv2.invertAffineTransform(shifted))
     landmarks = None
     if mask == "face":
         inverse = cv2.invertAffineTransform(to_photo)
@@ -144,7 +149,9 @@ def place(
     return Placement((int(left), int(top), int(right), int(bottom)), matrix, size, np.clip(warped, 0.0, 1.0))
 
 
-def _paste_into(out: np.ndarray, face: AlignedFace, generated: np.ndarray, mask: str, feather: float | None) -> None:
+def _paste_into(
+    out: NDArray[np.uint8], face: AlignedFace, generated: NDArray[Any], mask: str, feather: float | None
+) -> None:
     generated = _checked_generated(generated)
     placement = place(face, out.shape, generated.shape[0], mask, feather)
     if placement is None:
@@ -167,13 +174,13 @@ def _paste_into(out: np.ndarray, face: AlignedFace, generated: np.ndarray, mask:
 
 
 def paste(
-    photo: np.ndarray,
+    photo: NDArray[Any],
     face: AlignedFace,
-    generated: np.ndarray,
+    generated: NDArray[Any],
     *,
     mask: str = "face",
     feather: float | None = None,
-) -> np.ndarray:
+) -> NDArray[np.uint8]:
     """The photo with ``generated`` (uint8 [R, R, 3], any R: the image drawn for ``face``'s crop)
     put back where the face was. ``mask`` "face" (soft, from the landmarks) or "square" (hard
     unless ``feather`` > 0); ``feather`` is the soft edge's width as a fraction of the square's side.
@@ -182,13 +189,13 @@ def paste(
 
 
 def paste_all(
-    photo: np.ndarray,
+    photo: NDArray[Any],
     faces: Sequence[AlignedFace],
-    generated: Sequence[np.ndarray] | np.ndarray,
+    generated: Sequence[NDArray[Any]] | NDArray[Any],
     *,
     mask: str = "face",
     feather: float | None = None,
-) -> np.ndarray:
+) -> NDArray[np.uint8]:
     """Every face of a photo put back into one copy of it, in order (a later face over an earlier
     one where they overlap). ``generated[i]`` is the image drawn for ``faces[i]``."""
     out = check_rgb(photo).copy()
@@ -207,7 +214,7 @@ def paste_mask(
     *,
     mask: str = "face",
     feather: float | None = None,
-) -> np.ndarray:
+) -> NDArray[np.float32]:
     """The blend masks of ``faces`` on the whole photo, float32 [H, W] (the largest per pixel): where
     it is 0 ``paste_all`` leaves the photo as it was. For previews, tests and debugging."""
     out = np.zeros(photo_shape[:2], np.float32)

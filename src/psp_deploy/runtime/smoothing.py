@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import InputError
-from .align import Box, LocatedFace
+from .align import Box, LocatedFace, Points
 
 SMOOTHING = ("centred", "causal", "none")
 CENTRED_SIGMA = 0.1  # s: the Gaussian's width (2.5 frames at 25 fps)
@@ -42,13 +43,13 @@ MATCH_SCALE = 1.5  # ... and its crop side changed less than this factor
 PARAMS = 4  # a quad's state: centre (2) and half-side vector (2); the landmarks follow
 
 
-def quad_state(quad: np.ndarray) -> np.ndarray:
+def quad_state(quad: NDArray[Any]) -> NDArray[np.float64]:
     """[cx, cy, hx, hy]: the square's centre and half its top side (top-left → top-right)."""
     quad = np.asarray(quad, np.float64)
     return np.concatenate([quad.mean(0), (quad[3] - quad[0]) / 2])
 
 
-def state_quad(state: np.ndarray) -> np.ndarray:
+def state_quad(state: NDArray[np.float64]) -> Points:
     """The square [4, 2] (top-left, bottom-left, bottom-right, top-right) of ``quad_state``'s vector."""
     c, x = state[:2], state[2:4]
     y = np.array([-x[1], x[0]])
@@ -68,7 +69,7 @@ class OneEuro:
     def _alpha(cutoff: float, dt: float) -> float:
         return 1.0 / (1.0 + 1.0 / (2 * math.pi * cutoff * dt))
 
-    def __call__(self, time: float, value: np.ndarray) -> np.ndarray:
+    def __call__(self, time: float, value: NDArray[Any]) -> NDArray[np.float64]:
         value = np.asarray(value, np.float64)
         if self._time is None:  # the first sample passes as it is
             self._time, self._value, self._speed = time, value, np.zeros_like(value)
@@ -85,7 +86,9 @@ class OneEuro:
         return self._value
 
 
-def local_fit(times: np.ndarray, values: np.ndarray, at: float, sigma: float, order: int = CENTRED_ORDER) -> np.ndarray:
+def local_fit(
+    times: NDArray[Any], values: NDArray[Any], at: float, sigma: float, order: int = CENTRED_ORDER
+) -> NDArray[np.float64]:
     """The value at ``at`` of a Gaussian-weighted (``sigma`` s) least-squares polynomial fit of
     ``values`` [n, d] sampled at ``times`` [n]; the degree drops to what n samples determine."""
     tau = (np.asarray(times, np.float64) - at) / sigma
@@ -93,7 +96,8 @@ def local_fit(times: np.ndarray, values: np.ndarray, at: float, sigma: float, or
     root_w = np.exp(-0.25 * tau**2)[:, None]  # sqrt of the Gaussian weight
     design = tau[:, None] ** np.arange(degree + 1) * root_w
     coefficients, *_ = np.linalg.lstsq(design, np.asarray(values, np.float64) * root_w, rcond=None)
-    return coefficients[0]
+    value: NDArray[np.float64] = coefficients[0]
+    return value
 
 
 @dataclass(frozen=True)
@@ -101,8 +105,8 @@ class TrackedFace:
     """One face on one frame, smoothed: crop it with ``FaceAligner.crop(frame, landmarks, quad, box)``."""
 
     track: int  # the same number on every frame of one face's uninterrupted appearance
-    landmarks: np.ndarray  # [68, 2] smoothed, photo pixels
-    quad: np.ndarray  # [4, 2] the smoothed crop square
+    landmarks: Points  # [68, 2] smoothed, photo pixels
+    quad: Points  # [4, 2] the smoothed crop square
     box: Box  # this frame's detector box
     observed: LocatedFace  # this frame's detection, unsmoothed
 
@@ -116,10 +120,11 @@ class TrackedFrame:
 
 @dataclass
 class _Track:
-    centre: np.ndarray
+    centre: NDArray[np.float64]
     size: float
     filter: OneEuro | None
-    samples: deque = field(default_factory=deque)  # (seq, time, state) for the centred fit
+    # (seq, time, state) for the centred fit
+    samples: deque[tuple[int, float, NDArray[np.float64]]] = field(default_factory=deque)
 
 
 @dataclass
@@ -127,7 +132,7 @@ class _Pending:
     seq: int
     time: float
     payload: Any
-    faces: list[tuple[int, LocatedFace, np.ndarray]]  # track, detection, state (filtered when causal)
+    faces: list[tuple[int, LocatedFace, NDArray[np.float64]]]  # track, detection, state (filtered when causal)
 
 
 class FaceTracker:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import InputError, MissingDependencyError, OutputError
 from ..files import new_file_mode, require_writable
@@ -102,7 +103,7 @@ class Frame:
     index: int  # 0, 1, ... in decoding (presentation) order
     pts: int  # presentation time in VideoInfo.time_base units
     time: float  # seconds (pts × time_base)
-    image: np.ndarray  # uint8 RGB [height, width, 3], upright
+    image: NDArray[np.uint8]  # RGB [height, width, 3], upright
 
 
 def _quarter_turns(rotation: float, path: Path) -> int:
@@ -143,7 +144,7 @@ class VideoReader:
             self._container.close()
             raise
 
-    def _decode(self) -> Iterator[Any]:
+    def _decode(self) -> Generator[Any, None, None]:
         av, count = _av(), 0
         try:
             for packet in self._container.demux(self._stream):
@@ -306,7 +307,8 @@ class VideoWriter:
             raise OutputError(f"{self.path} is the input video; write the output to another file")
         require_writable(self.path.parent)
         self._partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
-        self.frames_written, self._last_pts = 0, None
+        self.frames_written = 0
+        self._last_pts: int | None = None
         self._turns = like.rotation // 90
         try:
             self._out = av.open(str(self._partial), "w")
@@ -353,7 +355,7 @@ class VideoWriter:
             stream.set_display_rotation(like.rotation)  # the source's display matrix, as it stored its frames
         return stream
 
-    def write(self, image: np.ndarray, pts: int | None = None) -> None:
+    def write(self, image: NDArray[Any], pts: int | None = None) -> None:
         """One upright RGB frame at ``pts`` (the source's Frame.pts; default: the next frame's time at
         the source's frame rate). Timestamps must increase; a repeat is moved one tick on."""
         av, like = _av(), self.like

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import InputError
 from .paste import MASKS, paste_all
@@ -140,7 +141,7 @@ def _write(
     """One batch: every face of the group's frames generated at once, pasted back, the frames encoded."""
     seconds = summary.stage_seconds
     faces = [face for item in group for face in item.faces]
-    images: list[np.ndarray] = []
+    images: list[NDArray[np.uint8]] = []
     if faces:
         clock = time.perf_counter()
         x = np.stack([face_pixels(face.image, pipeline.config.input_kind) for face in faces])
