@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# mypy first (the files and strictness pyproject.toml names): a type error fails the target before the tests run.
 test: $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 demo: $(STAMP)
