@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH := torch==2.13.0
-EXTRAS := export,align,openvino,serve,dev
+EXTRAS := export,align,openvino,serve,video,dev
 
 .PHONY: test demo venv clean cpp-example gpu-check
 
