@@ -8,6 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from psp_deploy.cli import app
+from psp_deploy.runtime.backends import REGISTRY
 
 pytestmark = pytest.mark.xdist_group("cli")  # see tests/conftest.py
 
@@ -21,12 +22,16 @@ def test_version():
     assert result.exit_code == 0 and re.fullmatch(r"psp-deploy \d+\.\d+\.\d+\S*\n", result.output)
 
 
+BACKENDS = f"<{'|'.join(['auto', *REGISTRY])}>"  # the one table's names, in its order
+PRECISIONS = f"<{'|'.join(dict.fromkeys(p for spec in REGISTRY.values() for p in spec.precisions))}>"
+
+
 @pytest.mark.parametrize(
     "command,choices",
     [
-        ("run", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>", "<cpu|cuda>"]),
-        ("serve", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>", "127.0.0.1"]),
-        ("build", ["<auto|onnxruntime|openvino|tensorrt>", "<fp32|fp16|int8|bf16>"]),
+        ("run", [BACKENDS, PRECISIONS, "<cpu|cuda>"]),
+        ("serve", [BACKENDS, PRECISIONS, "127.0.0.1"]),
+        ("build", [BACKENDS, PRECISIONS]),
         ("export", ["<grouped|scaled>", "<transpose|phase>"]),
     ],
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +21,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from ..errors import PspDeployError
+from ..runtime.backends.registry import DEVICES, PRECISIONS, REGISTRY
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
@@ -201,28 +202,16 @@ class UpsampleForm(str, Enum):
     phase = "phase"
 
 
-class BackendName(str, Enum):
-    auto = "auto"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
+def _choices(name: str, values: Iterable[str]) -> Any:
+    """A str Enum of ``values`` for typer's --help and parsing: the choices come from the backend registry
+    (runtime/backends/registry.py), never copied by hand."""
+    return Enum(name, {value: value for value in values}, type=str)
 
 
-class CalibrationBackend(str, Enum):
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-    bf16 = "bf16"
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
+BackendName = _choices("BackendName", ["auto", *REGISTRY])
+CalibrationBackend = _choices("CalibrationBackend", [spec.name for spec in REGISTRY.values() if spec.calibrates])
+Precision = _choices("Precision", PRECISIONS)
+Device = _choices("Device", DEVICES)
 
 
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory made by `psp-deploy export`.")]
