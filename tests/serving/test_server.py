@@ -7,8 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from typer.testing import CliRunner
 from psp_deploy.cli import app
 from psp_deploy.runtime import Pipeline
 from psp_deploy.serving.client import PspClient, RemoteError, encode_png
-from psp_deploy.serving.server import free_ports
+from psp_deploy.serving.server import ServeOptions, free_ports
 
 pytest.importorskip("pytriton", reason="PyTriton is not installed (pip install 'psp-deploy[serve]')")
 pytestmark = pytest.mark.xdist_group("serving")  # see tests/conftest.py
@@ -28,7 +30,7 @@ START_TIMEOUT_S = 120
 
 
 class Server:
-    def __init__(self, bundle, *extra):
+    def __init__(self, bundle, *extra, wait=True):
         self.http, self.grpc, self.metrics = free_ports(3)
         cmd = [
             sys.executable,
@@ -55,6 +57,10 @@ class Server:
             *extra,
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         with PspClient(self.url) as client:
             while not client.ready():
@@ -96,6 +102,118 @@ def photo():
     return data.astronaut()
 
 
+def _ready_status(url: str) -> int | str:
+    try:
+        return urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5).status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError as err:  # not listening yet
+        return type(err).__name__
+
+
+def _child(pid: int, name: str) -> int:
+    """The pid of ``pid``'s child process called ``name`` (Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            command, rest = stat.read_text().rsplit(")", 1)
+        except OSError:  # gone meanwhile
+            continue
+        if int(rest.split()[1]) == pid and command.split("(", 1)[1] == name:
+            return int(stat.parent.name)
+    raise AssertionError(f"process {pid} has no child {name}")
+
+
+def test_never_ready_before_every_model_answers_and_a_dead_triton_fails_the_command(bundles, photo):
+    """First in the module: its own server, before the shared one starts. /v2/health/ready is polled every
+    0.1 s from the moment the process starts; each time it says ready, every model gets a real request
+    at once, which must be answered. PyTriton's default start said ready before any model was loaded
+    (requests: "unknown model"), then not ready while each loaded, then ready. Then tritonserver dies
+    under the command, which must fail (exit 1), not exit 0 as if asked to stop."""
+    bundle = bundles("rgb-scaled")[0]
+    face = np.ascontiguousarray(photo[:256, 128:384])
+    codes = np.zeros((bundle.config.n_styles, 512), np.float32)
+    start = time.monotonic()
+    server = Server(bundle.root, wait=False)
+    try:
+        seen, answered, ready_since = [], 0, None  # seen: (seconds since the start, status) at each change
+        with PspClient(server.url, timeout=60) as client:
+            while ready_since is None or time.monotonic() - ready_since < 2.0 or answered < 2:  # and stays so
+                if server.proc.poll() is not None or time.monotonic() - start > START_TIMEOUT_S:
+                    server.stop()
+                    raise AssertionError(f"server did not start: {seen} {server.proc.stdout.read()[-3000:]}")
+                status = _ready_status(server.url)
+                if not seen or seen[-1][1] != status:
+                    seen.append((round(time.monotonic() - start, 2), status))
+                if status == 200:
+                    ready_since = ready_since or time.monotonic()
+                    refused = {}
+                    for model, request in (
+                        ("psp", lambda: client.run(face, align=False)),
+                        ("psp_encode", lambda: client.encode(face)),
+                        ("psp_synthesize", lambda: client.synthesize(codes)),
+                    ):
+                        try:
+                            request()
+                        except RemoteError as err:
+                            refused[model] = str(err)
+                    assert not refused, f"ready, but refused: {refused}; readiness so far (s, status): {seen}"
+                    answered += 1
+                else:
+                    assert ready_since is None, f"ready, then not: {seen}"
+                time.sleep(0.1)
+        assert seen[0][1] != 200, seen  # polling began before the server was ready
+
+        os.kill(_child(server.proc.pid, "tritonserver"), signal.SIGKILL)
+        assert server.proc.wait(timeout=90) == 1
+        assert "error: the server stopped without being asked to" in server.proc.stdout.read()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--http-port", "-5"], "Invalid value for '--http-port': Input should be greater than or equal to 1"),
+        (["--http-port", "70000"], "Invalid value for '--http-port': Input should be less than or equal to 65535"),
+        (["--grpc-port", "0"], "Invalid value for '--grpc-port': Input should be greater than or equal to 1"),
+        (["--metrics-port", "65536"], "Invalid value for '--metrics-port': Input should be less than or equal to"),
+        (["--max-batch", "0"], "Invalid value for '--max-batch': Input should be greater than or equal to 1"),
+        (["--instances", "0"], "Invalid value for '--instances': Input should be greater than or equal to 1"),
+        (["--max-queue-delay-us", "-1"], "Invalid value for '--max-queue-delay-us': Input should be greater than or"),
+    ],
+)
+def test_bad_serve_options_are_refused_before_loading(tmp_path, monkeypatch, args, message):
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("the bundle was opened before the options were checked")
+
+    monkeypatch.setattr("psp_deploy.cli.batch.open_pipeline", no_loading)
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.replace("│", " ").split()), result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("http_port", -5, "--http-port must be a port number from 1 to 65535, got -5"),
+        ("metrics_port", 70000, "--metrics-port must be a port number from 1 to 65535, got 70000"),
+        ("max_batch", 0, "--max-batch must be at least 1, got 0"),
+        ("instances", 0, "--instances must be at least 1, got 0"),
+    ],
+)
+def test_bad_serve_options_are_refused_from_python(field, value, message):
+    from psp_deploy.errors import InputError
+    from psp_deploy.serving.server import serve
+
+    def no_loading():
+        raise AssertionError("the bundle was opened before the options were checked")
+
+    options = ServeOptions(**{"host": "127.0.0.1", field: value})
+    with pytest.raises(InputError, match=f"^{message}$"):
+        serve(no_loading, options)
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_outputs_equal_the_in_process_pipeline(server, local, photo, protocol):
     url = server.url if protocol == "http" else f"grpc://127.0.0.1:{server.grpc}"
@@ -109,7 +227,10 @@ def test_outputs_equal_the_in_process_pipeline(server, local, photo, protocol):
     np.testing.assert_array_equal(got["aligned"], expected.aligned[0].image)
     assert np.abs(codes - local.encode(local.prepare(expected.aligned[0].image, align=False)[0][None])[0]).max() <= 1e-5
     np.testing.assert_array_equal(image, expected.images[0])
-    assert pooled.shape == (256, 256, 3)
+    # the pooled 256² image against the Pipeline's own (run with resize: its device-resident path, not synthesize)
+    pooled_expected = local.run(photo, latent_mask=[7, 8, 9], mix_alpha=0.6, seed=4, resize=True).images[0]
+    assert pooled.shape == (256, 256, 3) and pooled_expected.shape == (256, 256, 3)
+    np.testing.assert_array_equal(pooled, pooled_expected)
 
 
 def _batched_executions(server) -> dict[int, int]:
@@ -136,12 +257,14 @@ def test_concurrent_requests_are_batched_and_all_correct(server, local, photo):
     assert any(size > 1 and after.get(size, 0) > before.get(size, 0) for size in after), after
 
 
-def test_bad_requests_fail_alone(server, photo):
+def test_bad_requests_fail_alone(server, local, photo):
+    flipped = np.ascontiguousarray(photo[:, ::-1])
+    expected = local.run([photo, flipped])
     requests = {
         "good-1": encode_png(photo),
         "corrupt": b"\x89PNG\r\n\x1a\n" + bytes(100),
         "no-face": encode_png(np.full((200, 200, 3), 90, np.uint8)),
-        "good-2": encode_png(photo[:, ::-1]),
+        "good-2": encode_png(flipped),
     }
 
     def request(name):
@@ -153,8 +276,12 @@ def test_bad_requests_fail_alone(server, photo):
 
     with ThreadPoolExecutor(4) as pool:
         results = dict(zip(requests, pool.map(request, requests), strict=True))
-    assert not isinstance(results["good-1"], Exception), results
-    assert results["good-1"]["image"].shape == (64, 64, 3) and results["good-2"]["image"].shape == (64, 64, 3)
+    for name, i in (("good-1", 0), ("good-2", 1)):  # answered as if alone: the Pipeline's own results
+        assert not isinstance(results[name], Exception), results
+        np.testing.assert_array_equal(results[name]["image"], expected.images[i])
+        np.testing.assert_array_equal(results[name]["aligned"], expected.aligned[i].image)
+        assert np.abs(results[name]["codes"] - expected.codes[i]).max() <= 1e-5
+    assert not np.array_equal(expected.images[0], expected.images[1])  # two different answers, kept apart
     assert isinstance(results["corrupt"], RemoteError) and "ImageDecodeError" in str(results["corrupt"])
     assert isinstance(results["no-face"], RemoteError) and "NoFaceError: no face found" in str(results["no-face"])
     with PspClient(server.url) as client:
@@ -170,7 +297,7 @@ def test_bad_requests_fail_alone(server, photo):
                 ["image"],
                 {"style": "anime"},
             )
-        assert client.run(photo)["image"].shape == (64, 64, 3)  # still serving
+        np.testing.assert_array_equal(client.run(photo)["image"], expected.images[0])  # still serving
 
 
 def test_non_finite_codes_get_an_error_not_an_image(server, local, photo):
@@ -179,7 +306,8 @@ def test_non_finite_codes_get_an_error_not_an_image(server, local, photo):
     with PspClient(f"grpc://127.0.0.1:{server.grpc}") as client:
         with pytest.raises(RemoteError, match=r"^InputError: codes hold 2 NaN or infinite values"):
             client.synthesize(codes)
-        assert client.synthesize(local.run(photo).codes[0])[0].shape == (64, 64, 3)  # still serving
+        expected = local.run(photo)
+        np.testing.assert_array_equal(client.synthesize(expected.codes[0])[0], expected.images[0])  # still serving
 
 
 def test_health_and_metrics(server):
@@ -217,20 +345,21 @@ def test_infer_command_writes_outputs_and_reports_failures(server, photo, tmp_pa
 
 def test_sigterm_finishes_in_flight_requests_then_stops(server, photo):
     """Last in this module: it stops the shared server."""
-    payload = encode_png(np.asarray(Image.fromarray(photo).resize((4096, 4096))))  # seconds to decode and align
+    # seconds to decode and align each, yet all four well within Triton's 30 s drain on a busy two-core machine
+    payload = encode_png(np.asarray(Image.fromarray(photo).resize((3072, 3072))))
 
     def request(_):
         with PspClient(server.url) as client:
             return client.run(payload)["image"]
 
-    with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(request, i) for i in range(6)]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(request, i) for i in range(4)]
         time.sleep(1.0)  # the requests have reached the server and are being served
         in_flight = sum(not f.done() for f in futures)
         server.proc.send_signal(signal.SIGTERM)
         results = [f.result(timeout=120) for f in futures]
     assert in_flight > 0  # else the test would drain nothing
-    assert all(r.shape == (64, 64, 3) for r in results)  # none lost
+    assert results[0].shape == (64, 64, 3) and all(np.array_equal(r, results[0]) for r in results)  # none lost
     assert server.proc.wait(timeout=90) == 0
     assert "stopped" in server.proc.stdout.read()
     assert not os.path.exists(f"/proc/{server.proc.pid}")

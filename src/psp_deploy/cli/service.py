@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ..errors import InputError
 from .common import (
@@ -28,6 +29,9 @@ from .common import (
     say,
 )
 
+MAX_PORT = 65535  # as serving.server, which the CLI imports only when serving
+EXIT_SERVER_STOPPED = 1
+
 
 @app.command()
 def serve(
@@ -43,18 +47,19 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to listen on: this machine only by default; 0.0.0.0 for every interface.")
     ] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="HTTP port (KServe v2 protocol).")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
-    max_batch: Annotated[int, typer.Option(help="Largest batch formed across clients.")] = 8,
+    http_port: Annotated[int, typer.Option(min=1, max=MAX_PORT, help="HTTP port (KServe v2 protocol).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(min=1, max=MAX_PORT, help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(min=1, max=MAX_PORT, help="Prometheus metrics port.")] = 8002,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch formed across clients.")] = 8,
     max_queue_delay_us: Annotated[
-        int, typer.Option(help="How long a request may wait for others to batch with.")
+        int, typer.Option(min=0, help="How long a request may wait for others to batch with.")
     ] = 2000,
     instances: Annotated[
         int,
         typer.Option(
+            min=1,
             help="Batches run at once per model (TensorRT, OpenVINO; ONNX Runtime's device-resident path has one "
-            "set of buffers and runs one batch at a time)."
+            "set of buffers and runs one batch at a time).",
         ),
     ] = 1,
     access_token: Annotated[
@@ -70,11 +75,13 @@ def serve(
 
     Models: **psp** (photo bytes → aligned face, W+ codes, image; request parameters align, resize,
     latent_mask, mix_alpha, seed), **psp_encode** (aligned face → codes) and **psp_synthesize**
-    (codes → image). Requests from different clients are batched. Health: /v2/health/ready;
-    metrics on --metrics-port. SIGTERM or Ctrl-C finish in-flight requests, then stop.
+    (codes → image). Requests from different clients are batched. Health: /v2/health/ready answers
+    200 only once every model answers requests; /v2/health/live; metrics on --metrics-port. SIGTERM
+    or Ctrl-C finish in-flight requests, then stop (exit 0). Exit 1: the server stopped on its own
+    (Triton or a model's process exited); 2: bad arguments or an unusable bundle, before serving.
     """
     from ..runtime.backends import BackendOptions
-    from ..serving.server import ServeOptions
+    from ..serving.server import ServeOptions, ServerStoppedError
     from ..serving.server import serve as run_server
     from .batch import open_pipeline
 
@@ -84,11 +91,15 @@ def serve(
     ready = f"on http://{host}:{http_port} and grpc://{host}:{grpc_port} (metrics :{metrics_port})"
     with handled():
         backend_options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir, tf32=tf32)
-        run_server(
-            lambda: open_pipeline(bundle, backend.value, precision.value, backend_options, face.value),
-            options,
-            on_ready=lambda: say(f"serving {bundle} {ready}; models psp, psp_encode, psp_synthesize", "green"),
-        )
+        try:
+            run_server(
+                lambda: open_pipeline(bundle, backend.value, precision.value, backend_options, face.value),
+                options,
+                on_ready=lambda: say(f"serving {bundle} {ready}; models psp, psp_encode, psp_synthesize", "green"),
+            )
+        except ServerStoppedError as err:  # a failure for a supervisor (exit 1), not a usage error (2)
+            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+            raise typer.Exit(EXIT_SERVER_STOPPED) from None
     console.print("stopped")
 
 

@@ -98,8 +98,11 @@ class PspClient:
         latent_mask: str | None = None,
         mix_alpha: float | None = None,
         seed: int = 0,
-    ) -> dict[str, np.ndarray]:
-        """A photo (file bytes, a path, or a uint8 RGB array) → aligned face, W+ codes, synthesized image."""
+        n_outputs: int = 1,
+    ) -> dict[str, Any]:
+        """A photo (file bytes, a path, or a uint8 RGB array) → aligned face, W+ codes, synthesized image;
+        ``images``: every output's image (n_outputs > 1 needs latent_mask: output k mixes seed + k),
+        ``warnings``: what the aligner noted (several faces, a soft upscaled crop), as AlignedFace.warnings."""
         if isinstance(photo, (str, Path)):
             photo = Path(photo).read_bytes()
         elif isinstance(photo, np.ndarray):
@@ -111,9 +114,20 @@ class PspClient:
             parameters["latent_mask"] = str(latent_mask)
         if mix_alpha is not None:
             parameters["mix_alpha"] = str(mix_alpha)
+        if n_outputs != 1:
+            parameters["n_outputs"] = int(n_outputs)
         data = self._input("photo", np.array([[photo]], dtype=object), "BYTES")
-        aligned, codes, image = self._infer("psp", [data], ["aligned", "codes", "image"], parameters)
-        return {"aligned": aligned, "codes": codes, "image": image}
+        names = ["aligned", "codes", "image", "warnings"] + (["images"] if n_outputs != 1 else [])
+        aligned, codes, image, notes, *more = self._infer("psp", [data], names, parameters)
+        notes = notes.reshape(-1)[0]
+        notes = notes.decode() if isinstance(notes, bytes) else str(notes)
+        return {
+            "aligned": aligned,
+            "codes": codes,
+            "image": image,
+            "images": more[0] if more else image[None],
+            "warnings": tuple(notes.splitlines()),
+        }
 
     def encode(self, face: np.ndarray) -> np.ndarray:
         """Aligned 256² face (uint8) → W+ codes [n_styles, 512]."""

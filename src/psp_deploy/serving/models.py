@@ -36,7 +36,8 @@ def _error(err: Exception) -> np.ndarray:
     return np.array([f"{type(err).__name__}: {err}".encode()], dtype=object)
 
 
-PARAMETERS = ("align", "resize", "latent_mask", "mix_alpha", "seed")
+PARAMETERS = ("align", "resize", "latent_mask", "mix_alpha", "seed", "n_outputs")
+MAX_OUTPUTS = 16  # n_outputs of one request: its images are held at once, beside its batch's
 
 
 def request_options(params: dict[str, Any] | None, n_styles: int) -> RunOptions:
@@ -53,9 +54,17 @@ def request_options(params: dict[str, Any] | None, n_styles: int) -> RunOptions:
             latent_mask=tuple(parse_latent_mask(str(mask), n_styles)) if mask else None,
             mix_alpha=None if alpha in (None, "") else float(alpha),
             seed=int(params.get("seed", 0)),
+            n_outputs=_outputs(params.get("n_outputs", 1)),
         )
     except ValueError as err:
         raise InputError(f"bad request parameter: {err}") from None
+
+
+def _outputs(value: Any) -> int:
+    n = int(value)
+    if n > MAX_OUTPUTS:
+        raise InputError(f"n_outputs is at most {MAX_OUTPUTS} per request (send more with other seeds), got {n}")
+    return n
 
 
 def _flag(value: Any) -> bool:
@@ -107,11 +116,21 @@ class ServedModels:
                 "aligned": blank_face,
                 "codes": codes,
                 "image": np.zeros((1, 1, 3), np.uint8),
+                "images": np.zeros((1, 1, 1, 3), np.uint8),
+                "warnings": OK,
                 "error": _error(error),
             }
         face = prepared[2]
         aligned = face.image if face is not None else blank_face
-        return {"aligned": aligned, "codes": out.mixed[0], "image": out.images[0], "error": OK}
+        warnings = np.array(["\n".join(face.warnings if face is not None else ()).encode()], dtype=object)
+        return {
+            "aligned": aligned,
+            "codes": out.mixed[0],
+            "image": out.images[0],
+            "images": out.images,  # every output (n_outputs), the first being ``image``
+            "warnings": warnings,  # the aligner's notes (AlignedFace.warnings), one a line; empty: none
+            "error": OK,
+        }
 
     def encode(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
         """Aligned 256² face (uint8 RGB) → W+ codes."""
@@ -162,6 +181,8 @@ def tensors(config: Any) -> dict[str, tuple[list, list]]:
                 ("aligned", np.uint8, (ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE, 3)),
                 ("codes", np.float32, (n, STYLE_DIM)),
                 ("image", np.uint8, (-1, -1, 3)),
+                ("images", np.uint8, (-1, -1, -1, 3)),
+                ("warnings", bytes, (1,)),
                 error,
             ],
         ),

@@ -3,6 +3,27 @@
 PyTriton runs a real tritonserver (its Python backend) and binds our callables to it:
 Triton does the HTTP/gRPC protocols, dynamic batching across clients, health and
 Prometheus metrics; the callables run the runtime Pipeline.
+
+Readiness. ``/v2/health/ready`` (the Kubernetes readiness probe) must not answer 200 while a model
+would refuse a request. PyTriton 0.7's default start does exactly that: it launches tritonserver
+with an empty model repository (``--model-control-mode=explicit``), waits until that empty server is
+ready, and only then loads each bound model through the repository API (ModelManager.add_model →
+_load_model). So the endpoint answers 200 with no model loaded (requests: 404 unknown model), 400
+while each model loads, and 200 again once the last one has, seconds later. We use PyTriton's other
+lifecycle instead (the one it uses for Vertex AI): ``local_model_store`` writes every bound model into
+the repository on disk before tritonserver starts, and tritonserver loads all of them (``load-model=*``)
+*before* it opens its HTTP and gRPC ports. Nothing, the health endpoints included, answers until every
+model is loaded; Triton's strict readiness (set explicitly) then keeps ready false whenever a model is
+not. A model whose load fails makes tritonserver exit (``exit_on_error``) instead of serving without it.
+Between the ports opening and PyTriton attaching this process's inference handlers (ModelManager
+.setup_models: PyTriton polls readiness once a second) a request waits in the proxy's ZeroMQ queue (a
+DEALER socket with no peer yet) and is answered once they attach, rather than failing. The test
+tests/serving/test_server.py::test_never_ready_before_every_model_answers_and_a_dead_triton_fails_the_command
+checks this against a real server, polling from the moment the process starts.
+
+Before tritonserver starts, each callable also answers one request in this process (``warm_up``): a
+pipeline that cannot run refuses to start instead of reporting ready, and the first client does not pay
+for first-call set-up.
 """
 
 from __future__ import annotations
@@ -16,9 +37,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BackendUnavailableError, InputError
+import numpy as np
+
+from ..config import ENCODER_INPUT_SIZE, STYLE_DIM
+from ..errors import BackendUnavailableError, InputError, PspDeployError
 from ..runtime import Pipeline
+from .client import encode_png
 from .models import ServedModels, tensors
+
+MAX_PORT = 65535
+
+
+class ServerStoppedError(PspDeployError):
+    """The server stopped though nobody asked it to (tritonserver or a model's process exited)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +65,21 @@ class ServeOptions:
 
     def ports(self) -> dict[str, int]:
         return {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+
+    def check(self) -> None:
+        """Values PyTriton or the OS would otherwise refuse with a traceback, after loading everything
+        (a negative port: OverflowError from bind; --max-batch 0: PyTriton's validation), or accept and
+        misbehave (--instances 0: a server with no instance, which stops at once)."""
+        for flag, port in self.ports().items():
+            if not 1 <= port <= MAX_PORT:
+                raise InputError(f"{flag} must be a port number from 1 to {MAX_PORT}, got {port}")
+        for flag, value, least in (
+            ("--max-batch", self.max_batch, 1),
+            ("--instances", self.instances, 1),
+            ("--max-queue-delay-us", self.max_queue_delay_us, 0),
+        ):
+            if value < least:
+                raise InputError(f"{flag} must be at least {least}, got {value}")
 
 
 def free_ports(n: int) -> list[int]:
@@ -85,45 +131,105 @@ def _bind(triton: Any, name: str, fn: Callable, spec: tuple[list, list], options
     )
 
 
+def warm_up(served: ServedModels) -> None:
+    """One request through each served callable, in this process, as PyTriton will pass it (a
+    ``pytriton.proxy.types.Request`` with a batch axis of 1), before tritonserver starts: a pipeline
+    that cannot run fails the start here, named, instead of every request later. The photo model runs
+    a blank face unaligned (decode, encoder, synthesis); alignment's detector is loaded too, when the
+    task aligns and it is installed (else requests asking for alignment answer that error themselves)."""
+    from pytriton.proxy.types import Request
+
+    config, pipeline = served.config, served.pipeline
+    rgb = config.input_kind == "rgb"
+    face = np.zeros((ENCODER_INPUT_SIZE, ENCODER_INPUT_SIZE) + ((3,) if rgb else ()), np.uint8)
+    photo = np.array([[encode_png(face)]], dtype=object)
+    codes = np.zeros((1, config.n_styles, STYLE_DIM), np.float32)
+    calls = {
+        "psp": (served.psp, Request(data={"photo": photo}, parameters={"align": False})),
+        "psp_encode": (served.encode, Request(data={"face": face[None]})),
+        "psp_synthesize": (served.synthesize, Request(data={"codes": codes})),
+    }
+    for name, (fn, request) in calls.items():
+        error = fn([request])[0]["error"].reshape(-1)[0]
+        if error:
+            message = error.decode(errors="replace")
+            raise PspDeployError(f"model {name} fails a warm-up request, so it would fail every request: {message}")
+    if rgb:
+        try:
+            pipeline.aligner  # noqa: B018 - loads dlib's detector and landmark model once, now
+        except PspDeployError:
+            pass
+
+
+class _Signals:
+    """SIGINT and SIGTERM received while serving: a stop asked for (exit 0 once Triton has drained
+    in-flight requests), told apart from the server stopping on its own."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        self.received.append(signum)
+        raise KeyboardInterrupt  # Triton.serve stops on it, after Triton drains in-flight requests
+
+
 def serve(
     open_pipeline: Callable[[], Pipeline],
     options: ServeOptions,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; either lets in-flight requests finish (Triton drains them).
-    The ports are checked before ``open_pipeline`` loads the graphs, so a taken port fails fast."""
+    The options and ports are checked before ``open_pipeline`` loads the graphs, so a bad value or a
+    taken port fails fast. ``on_ready`` runs once every model answers requests (see the module's
+    docstring). ServerStoppedError: the server stopped without SIGINT or SIGTERM (tritonserver or a
+    model's process exited), so that a supervisor sees a failure, not a clean exit."""
+    options.check()
     check_ports_free(options)
     _python_backend_environment()
     try:
-        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+        from pytriton.client.exceptions import PyTritonClientTimeoutError
+        from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
     except ImportError as err:
         raise BackendUnavailableError("serving needs PyTriton: pip install 'psp-deploy[serve]'") from err
     pipeline = open_pipeline()
-    served = ServedModels(pipeline)
-    config = TritonConfig(
-        http_address=options.host,
-        grpc_address=options.host,
-        http_port=options.http_port,
-        grpc_port=options.grpc_port,
-        metrics_port=options.metrics_port,
-        log_verbose=0,
-    )
-    logging.getLogger("pytriton").setLevel(logging.WARNING)
-    security = TritonSecurityConfig(access_token=options.access_token)
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signals = _Signals()
+    previous = {s: signal.signal(s, signals) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with Triton(config=config, security_config=security) as triton:
+        served = ServedModels(pipeline)
+        warm_up(served)
+        config = TritonConfig(
+            http_address=options.host,
+            grpc_address=options.host,
+            http_port=options.http_port,
+            grpc_port=options.grpc_port,
+            metrics_port=options.metrics_port,
+            strict_readiness=True,  # Triton's default, relied on: ready only while every model is ready
+            exit_on_error=True,  # a model that fails to load stops the server rather than serving without it
+            log_verbose=0,
+        )
+        logging.getLogger("pytriton").setLevel(logging.WARNING)
+        security = TritonSecurityConfig(access_token=options.access_token)
+        # models written to the repository first, loaded by tritonserver before its ports open (module docstring)
+        lifecycle = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
+        with Triton(config=config, security_config=security, triton_lifecycle_policy=lifecycle) as triton:
             callables = {"psp": served.psp, "psp_encode": served.encode, "psp_synthesize": served.synthesize}
             for name, spec in tensors(pipeline.config).items():
                 _bind(triton, name, callables[name], spec, options)
-            triton.run()  # start the server without blocking, so we can announce readiness
+            try:
+                triton.run()  # starts tritonserver (it loads the models), then attaches our callables to them
+            except (TimeoutError, PyTritonClientTimeoutError) as err:
+                # tritonserver exited while starting (a model failed to load, say): PyTriton waits for it up to
+                # 120 s, then gives up with a timeout; its own log, printed above, has the cause
+                raise ServerStoppedError(f"the server did not start ({err}); Triton's log above says why") from None
             if on_ready:
                 on_ready()
-            triton.serve()  # blocks; SIGINT (and SIGTERM, below) stop it after Triton drains in-flight requests
+            triton.serve()  # blocks until a signal (drained, then stopped) or until the server dies
+        if not signals.received:
+            raise ServerStoppedError(
+                "the server stopped without being asked to: tritonserver or a model's process exited; "
+                "Triton's log above says why"
+            )
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         pipeline.close()
-
-
-def _sigterm_as_interrupt(*_args: Any) -> None:
-    raise KeyboardInterrupt
