@@ -7,6 +7,7 @@ from skimage import data
 from typer.testing import CliRunner
 
 from psp_deploy.cli import app
+from psp_deploy.errors import OutputError
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.video import probe, read_frames
 from psp_deploy.runtime.video_job import VideoOptions, run_video
@@ -73,7 +74,7 @@ def test_video_refusals_name_the_problem_and_write_nothing(bundles, face_clip, t
     root = bundles("rgb-scaled")[0].root
     (tmp_path / "taken.mp4").write_bytes(b"keep me")
     cases = {
-        "exists; pass --overwrite": ("-o", tmp_path / "taken.mp4"),
+        "exists; pass --resume to continue it or --overwrite": ("-o", tmp_path / "taken.mp4"),
         "is the input video": ("-o", face_clip),
     }
     for message, args in cases.items():
@@ -85,3 +86,25 @@ def test_video_refusals_name_the_problem_and_write_nothing(bundles, face_clip, t
     sketch = invoke("video", bundles("sketch-scaled")[0].root, face_clip, "-o", tmp_path / "s.mp4")
     assert sketch.exit_code == 2 and "takes no photos" in sketch.output, sketch.output
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "s.mp4").exists()
+
+
+def test_resume_continues_a_stopped_video_and_refuses_another_one(bundles, face_clip, tmp_path):
+    root = bundles("rgb-scaled")[0].root
+    whole, stopped = tmp_path / "whole.mp4", tmp_path / "stopped.mp4"
+    with Pipeline.from_bundle(root) as pipeline:
+        run_video(pipeline, face_clip, whole, VideoOptions(batch=3))
+        first = run_video(pipeline, face_clip, stopped, VideoOptions(batch=3), stop=lambda: True)
+        assert first.stopped and first.frames == 3
+        with pytest.raises(OutputError, match=r"other settings.*options"):
+            run_video(pipeline, face_clip, stopped, VideoOptions(batch=3, mask="square"), resume=True)
+        with pytest.raises(OutputError, match="was not made by psp-deploy video"):
+            run_video(pipeline, face_clip, face_clip, resume=True)
+        done = run_video(pipeline, face_clip, stopped, VideoOptions(batch=3), resume=True)
+    assert (done.resumed, done.frames, done.stopped) == (3, FRAMES, False)
+    resumed, uninterrupted = list(read_frames(stopped)), list(read_frames(whole))
+    assert len(resumed) == FRAMES
+    for a, b in zip(resumed[3:], uninterrupted[3:], strict=True):  # made after the stop: a whole run's, to codec noise
+        mse = np.mean((a.image.astype(float) - b.image) ** 2)
+        assert 10 * np.log10(255**2 / mse) >= 35
+    cli = invoke("video", root, face_clip, "-o", stopped, "--resume", "--overwrite")
+    assert cli.exit_code == 2 and "choose one" in cli.output

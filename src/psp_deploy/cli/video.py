@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import OutputError
+from ..errors import InputError, OutputError
 from ..runtime.batch import StopFlag
 from .common import (
     BackendOpt,
@@ -71,12 +71,19 @@ def video(
     mask: MaskOpt = Mask.face,
     batch_size: Annotated[int, typer.Option(min=1, help="Faces per synthesis batch.")] = 8,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an OUTPUT a stopped run left: its frames are kept and the rest are made (refused, "
+            "naming why, if it was made with other settings, graphs or another input)."
+        ),
+    ] = False,
 ) -> None:
     """Run a video through the pipeline: each frame's face aligned along a track smoothed over time,
     encoded, synthesized and pasted back; frame rate, size, rotation and the audio track are kept.
 
     Frames without a face pass through. Ctrl-C or SIGTERM end OUTPUT after the frames done (playable) and
-    exit 130 / 143. Needs the video extra (PyAV).
+    exit 130 / 143; --resume then continues it. Needs the video extra (PyAV).
 
     Example: psp-deploy video bundles/toonify clip.mp4 -o clip.toon.mp4 --face all
     """
@@ -94,8 +101,10 @@ def video(
         )
         if output.exists() and source.exists() and output.samefile(source):
             raise OutputError(f"{output} is the input video; write the output to another file")
-        if output.exists() and not overwrite:
-            raise OutputError(f"{output} exists; pass --overwrite to replace it")
+        if resume and overwrite:
+            raise InputError("--resume continues OUTPUT and --overwrite replaces it: choose one")
+        if output.exists() and not (overwrite or resume):
+            raise OutputError(f"{output} exists; pass --resume to continue it or --overwrite to replace it")
         options = BackendOptions(
             device=device.value, threads=threads, engines=engines, force_bf16=force_bf16, cache_dir=cache_dir, tf32=tf32
         )
@@ -103,7 +112,9 @@ def video(
         with open_pipeline(bundle, backend.value, precision.value, options, policy) as pipeline:
             with StopFlag() as stop:
                 summary = _with_progress(
-                    lambda report: run_video(pipeline, source, output, job, progress=report, stop=lambda: stop.stopped)
+                    lambda report: run_video(
+                        pipeline, source, output, job, resume=resume, progress=report, stop=lambda: stop.stopped
+                    )
                 )
     _report(summary)
     raise typer.Exit(STOPPED_EXIT.get(stop.signal or 0, 0) if summary.stopped else 0)
@@ -135,7 +146,6 @@ def _report(summary: VideoSummary) -> None:
     )
     say(f"time: {stages}")
     if summary.stopped:
-        say(
-            f"{summary.output} holds the {summary.frames} frames done and plays; rerun to make the whole video",
-            "yellow",
-        )
+        say(f"{summary.output} holds the {summary.frames} frames done and plays; --resume continues it", "yellow")
+    elif summary.resumed:
+        say(f"resumed: {summary.resumed} frames kept from the stopped output")

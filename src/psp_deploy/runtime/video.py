@@ -72,6 +72,7 @@ class VideoInfo:
     color_primaries: int
     color_trc: int
     audio: AudioInfo | None  # the first audio track, copied by VideoWriter
+    comment: str | None = None  # the container's comment tag (VideoWriter's ``comment``: what made the file)
 
     @classmethod
     def new(cls, width: int, height: int, fps: Fraction | float, rotation: int = 0) -> VideoInfo:
@@ -180,6 +181,7 @@ class VideoReader:
             color_primaries=int(first.color_primaries),
             color_trc=int(first.color_trc),
             audio=audio,
+            comment={k.lower(): v for k, v in self._container.metadata.items()}.get("comment"),
         )
 
     def __iter__(self) -> Iterator[Frame]:
@@ -300,7 +302,9 @@ class VideoWriter:
         codec: str = DEFAULT_CODEC,
         crf: int = DEFAULT_CRF,
         preset: str = DEFAULT_PRESET,
+        comment: str | None = None,
     ) -> None:
+        """``comment``: the container's comment tag, read back as ``VideoInfo.comment``."""
         av = _av()
         self.path, self.like = Path(path), like
         if like.path is not None and self.path.exists() and self.path.samefile(like.path):
@@ -319,6 +323,8 @@ class VideoWriter:
         except OSError as err:
             raise OutputError(f"cannot write {self.path}: {_reason(err)}") from None
         self._audio_in: Any = None
+        if comment is not None:
+            self._out.metadata["comment"] = comment
         try:
             self._video = self._add_video(codec, crf, preset)
             if audio and like.audio is not None and like.path is not None:
