@@ -108,8 +108,8 @@ def main() -> None:
         f"`{results['command']}`: {WIDTH}×{HEIGHT}, {SECONDS} s at {FPS} fps, {results['model']}, {backend} "
         f"{args.precision}.",
         "",
-        f"- {summary.frames} frames in {wall:.1f} s: **{results['frames_per_s']:.2f} frames/s**; {summary.faces} faces, "
-        f"{summary.frames_without_face} frames without a face",
+        f"- {summary.frames} frames in {wall:.1f} s: **{results['frames_per_s']:.2f} frames/s**; "
+        f"{summary.faces} faces, {summary.frames_without_face} frames without a face",
         "- where the time went: "
         + ", ".join(f"{k} {v:.1f} s ({v / wall:.0%})" for k, v in summary.stage_seconds.items()),
         f"- kept (input, output): {kept}",
