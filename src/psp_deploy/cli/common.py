@@ -237,7 +237,8 @@ ForceBf16Opt = Annotated[bool, typer.Option(help="openvino: allow bf16 on a CPU 
 EnginesOpt = Annotated[
     bool,
     typer.Option(
-        help="onnxruntime: use what `psp-deploy build` made: optimized models (cpu), measured CUDA settings (cuda)."
+        help="Use what `psp-deploy build` made (onnxruntime: optimized models, measured CUDA settings; openvino: "
+        "compiled models); one made for another machine is refused. --no-engines runs the ONNX graphs."
     ),
 ]
 Tf32Opt = Annotated[

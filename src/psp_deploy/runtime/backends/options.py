@@ -35,7 +35,7 @@ class BackendOptions:
 
     device: str = "cpu"  # onnxruntime: cpu or cuda
     threads: int | None = None  # CPU threads per graph (None: the backend's default, all cores)
-    engines: bool = True  # onnxruntime: use optimized models saved by `psp-deploy build`
+    engines: bool = True  # use the engines `psp-deploy build` made (onnxruntime, openvino); False: the ONNX graphs
     force_bf16: bool = False  # openvino: bf16 on a CPU without native BF16
     hint: str = "latency"  # openvino performance hint: latency or throughput
     cache_dir: Path | None = None  # openvino: compiled-model caches (None: the user cache folder)
