@@ -167,6 +167,7 @@ def bundles(synthetic, shared_dir):
     from psp_deploy.bundle import Bundle
     from psp_deploy.export import export_net
     from psp_deploy.export.parity import ParityResult
+    from psp_deploy.files import sha256_file
 
     cache: dict[str, tuple] = {}
 
@@ -178,7 +179,8 @@ def bundles(synthetic, shared_dir):
                 if not results_file.exists():
                     ckpt_name, options = BUNDLES[name]
                     net, path = synthetic(ckpt_name)
-                    source = {"checkpoint": path.name, "sha256": "synthetic"}
+                    # the file's hash: the net is what the file holds, so engines built from the file (inductor) fit
+                    source = {"checkpoint": path.name, "sha256": sha256_file(path)}
                     _, results = export_net(net, folder, source=source, **options)
                     results_file.write_text(json.dumps([r.__dict__ for r in results]))
             results = [ParityResult(**r) for r in json.loads(results_file.read_text())]

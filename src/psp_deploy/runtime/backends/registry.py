@@ -48,7 +48,8 @@ class BackendSpec:
 
 
 # OpenVINO's CPU plugin has no FP16 arithmetic on x86 (it would run the FP16 graphs' casts in f32 at no
-# gain): its reduced precisions are bf16 and int8. TensorRT runs only on its GPU.
+# gain): its reduced precisions are bf16 and int8. TensorRT runs only on its GPU. Inductor runs only the packages
+# build compiles from the bundle's checkpoint (engines/inductor.py), fp16 on CUDA only.
 REGISTRY: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
@@ -87,6 +88,18 @@ REGISTRY: dict[str, BackendSpec] = {
             calibrates=(),
             builder="psp_deploy.runtime.backends.tensorrt:build_plan",
             engine_suffix="plan",
+        ),
+        BackendSpec(
+            "inductor",
+            "psp_deploy.runtime.backends.inductor",
+            "InductorBackend",
+            "torch",
+            devices=("cpu", "cuda"),
+            precisions=("fp32", "bf16", "fp16"),
+            profiles=False,
+            calibrates=(),
+            builder="psp_deploy.engines.inductor:build_package",
+            engine_suffix="pt2",
         ),
     )
 }
