@@ -12,7 +12,8 @@ from psp_deploy.errors import BackendUnavailableError, BundleError, EngineError
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.backends import BackendOptions
 from psp_deploy.runtime.backends.onnxruntime import TUNING, cuda_key, provider_options, tuned_options
-from psp_deploy.runtime.backends.tensorrt import BatchProfile, check_engine_matches_machine, plan_record, profile_shapes
+from psp_deploy.runtime.backends.options import BatchProfile, BuildOptions
+from psp_deploy.runtime.backends.tensorrt import check_engine_matches_machine, plan_record, profile_shapes
 
 
 def _tensorrt_missing() -> str | None:
@@ -107,7 +108,7 @@ def test_tensorrt_backend_says_why_it_is_unavailable(bundles):
 
 @pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
 def test_tensorrt_plans_build_and_match_onnxruntime(bundle_copy):
-    engines = build_engines(bundle_copy, "tensorrt", "fp32", batch=BatchProfile(1, 2, 4))
+    engines = build_engines(bundle_copy, "tensorrt", "fp32", options=BuildOptions(batch=BatchProfile(1, 2, 4)))
     assert all(e.details["tf32"] is False for e in engines)  # fp32 is IEEE FP32 unless --tf32 asks
     photo = data.astronaut()
     with Pipeline.from_bundle(bundle_copy, backend="tensorrt") as trt, Pipeline.from_bundle(bundle_copy) as ort:

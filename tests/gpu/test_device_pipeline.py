@@ -13,6 +13,7 @@ from psp_deploy.runtime import Pipeline, RunOptions
 from psp_deploy.runtime.backends import BackendOptions
 from psp_deploy.runtime.backends.cuda_memory import check, cudart
 from psp_deploy.runtime.backends.onnxruntime import open_session
+from psp_deploy.runtime.backends.options import BuildOptions
 from psp_deploy.runtime.chunks import padded
 from psp_deploy.runtime.backends.onnxruntime.io_graphs import normalise_graph, to_uint8_graph
 from psp_deploy.runtime.preprocess import preprocess_rgb, to_uint8
@@ -120,7 +121,7 @@ def test_host_buffers_are_page_locked(gpu, inputs):
 def test_measured_cuda_settings_are_recorded_and_used(bundle_copy, inputs):
     from psp_deploy.engines import build_engines
 
-    engines = build_engines(bundle_copy, "onnxruntime", device="cuda")
+    engines = build_engines(bundle_copy, "onnxruntime", options=BuildOptions(device="cuda"))
     assert {e.graph for e in engines} == {"encoder", "synthesis"}
     for e in engines:
         tried = set(e.details["timings_ms"]) | set(e.details["failed"])  # ONNX Runtime may refuse a capture

@@ -173,8 +173,9 @@ def build(
         BackendName,
         typer.Option(
             help="tensorrt (a plan per graph; needs an NVIDIA GPU), onnxruntime (saved optimized models: fast "
-            "start; with --device cuda, measured CUDA settings) or openvino (compiled models exported into the "
-            "bundle); auto: onnxruntime with --device cuda, else tensorrt where it is installed, else what "
+            "start; with --device cuda, measured CUDA settings), openvino (compiled models exported into the "
+            "bundle) or inductor (AOTInductor packages compiled from --checkpoint, cpu or cuda: fused kernels); "
+            "auto: onnxruntime with --device cuda, else tensorrt where it is installed, else what "
             "`run --backend auto` picks for the precision."
         ),
     ] = "auto",
@@ -186,7 +187,8 @@ def build(
         Device,
         typer.Option(
             help="onnxruntime: cpu saves optimized models; cuda times each heavy graph's CUDA settings (NCHW or "
-            "NHWC convolutions, CUDA graph or not) at --opt-batch on this GPU and records the fastest."
+            "NHWC convolutions, CUDA graph or not) at --opt-batch on this GPU and records the fastest. inductor: "
+            "the device its packages are compiled for."
         ),
     ] = Device.cpu,
     min_batch: Annotated[int, typer.Option(help="TensorRT profile, dynamic-batch graphs: smallest batch.")] = 1,
@@ -205,6 +207,12 @@ def build(
             "10-bit mantissa), recorded with the plan or settings. Default: IEEE FP32."
         ),
     ] = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="inductor: the checkpoint the bundle was exported from (its sha256 must be the manifest's source)."
+        ),
+    ] = None,
 ) -> None:
     """Compile the bundle's graphs into engines and record them in the manifest.
 
@@ -215,7 +223,7 @@ def build(
     and synthesis' CUDA settings on this GPU and records the fastest, which `run --device cuda`
     then uses on this GPU (and refuses on another).
     """
-    from ..engines import BatchProfile, build_engines
+    from ..engines import BatchProfile, BuildOptions, build_engines
     from ..engines.build import default_backend
 
     with handled(), progress("building") as step:
@@ -223,18 +231,16 @@ def build(
         if backend == BackendName.auto:
             chosen = "onnxruntime" if device == Device.cuda else default_backend(precision.value)
         say(f"backend: {chosen}")
-        engines = build_engines(
-            bundle,
-            chosen,
-            precision.value,
+        options = BuildOptions(
             device=device.value,
-            batch=BatchProfile(min_batch, opt_batch, max_batch),
+            batch=BatchProfile(minimum=min_batch, optimum=opt_batch, maximum=max_batch),
             optimization_level=optimization_level,
             version_compatible=version_compatible,
             tf32=tf32,
             force_bf16=force_bf16,
-            progress=step,
+            checkpoint=checkpoint,
         )
+        engines = build_engines(bundle, chosen, precision.value, options=options, progress=step)
     for e in engines:
         if "timings_ms" in e.details:  # tuned CUDA settings: what won, against what
             timings = ", ".join(f"{label} {ms:.2f} ms" for label, ms in e.details["timings_ms"].items())

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle import BATCH, ModelRecord
+from ..bundle import BATCH, Bundle, EngineRecord, ModelRecord, Resolved
 from ..errors import EngineError
-from ..runtime.backends.onnxruntime import RUN_ERRORS, cuda_key, open_session, uses_tf32
-from ..runtime.backends.options import BackendOptions, CudaConv
+from ..runtime.backends.onnxruntime import CAPTURED, RUN_ERRORS, TUNING, cuda_key, open_session, uses_tf32
+from ..runtime.backends.options import BackendOptions, BuildOptions, CudaConv
 
 # NCHW or NHWC convolutions, each with and without CUDA-graph replay; cuDNN picks its algorithms by
 # timing them (EXHAUSTIVE), which finds the fastest kernels for the shapes at hand.
@@ -37,8 +37,8 @@ def _label(conv: CudaConv, cuda_graph: bool) -> str:
 
 def time_candidate(path: Path, record: ModelRecord, graph: str, options: BackendOptions, batch: int) -> float:
     """Median milliseconds of one run of ``graph`` with ``options``, bound on the device at ``batch``."""
-    from ..runtime.backends.onnxruntime.bound import BoundGraph
     from ..measure.timing import measure
+    from ..runtime.backends.onnxruntime.bound import BoundGraph
 
     session = open_session(path, graph, options, precision=record.precision)
     spec = record.inputs[0]
@@ -79,3 +79,20 @@ def tune_graph(
         "failed": failed,
         "source": path.name,
     }
+
+
+def tune_engines(
+    bundle: Bundle, resolved: list[Resolved], options: BuildOptions, say: Callable[[str], None]
+) -> list[EngineRecord]:
+    """`psp-deploy build --backend onnxruntime --device cuda` (the registry names it ONNX Runtime's tuner): each
+    heavy graph's CUDA settings timed at the batch asked for, recorded against its graph file."""
+    from .build import record_engine
+
+    engines = []
+    for r in (r for r in resolved if r.graph in CAPTURED):  # the mapping network is too small to matter
+        source = bundle.model_path(r.graph, r.record.precision)
+        batch = options.batch.optimum
+        say(f"onnxruntime cuda {r.graph} ({r.precision}): timing its settings at batch {r.record.batch or batch}")
+        details = tune_graph(source, r.record, r.graph, batch, options.tf32, say)
+        engines.append(record_engine(bundle, TUNING, r.graph, r.precision, source, details))
+    return engines

@@ -105,6 +105,15 @@ class Backend(ABC):
 
         return HostChain(encoder, synthesis, config, max_batch)
 
+    @classmethod
+    def check_available(cls, device: str) -> None:
+        """Refuse, saying what to install, when this machine cannot run the backend on ``device``."""
+
+    @classmethod
+    def build_note(cls, details: dict[str, Any]) -> str | None:
+        """What an engine `build` just made means for the bundle, to say once (None: nothing to say)."""
+        return None
+
     @property
     def device(self) -> str:
         """Where the graph runs."""

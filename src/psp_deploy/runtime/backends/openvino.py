@@ -30,7 +30,7 @@ from ...machine import cpu_info, has_native_bf16
 from ...onnx_metadata import read_metadata
 from ..cache import graph_cache
 from .base import Backend
-from .options import BackendOptions
+from .options import BackendOptions, BuildOptions
 from .registry import check_device
 
 HINTS = ("latency", "throughput")
@@ -242,6 +242,11 @@ def layer_seconds(compiled: Any, feeds: dict[str, NDArray[Any]], runs: int) -> d
         if info.status == info.Status.EXECUTED:
             seconds[f"{info.node_type} [{info.exec_type}]"] += info.real_time.total_seconds()
     return dict(seconds)
+
+
+def build_engine(bundle: Bundle, resolved: Resolved, target: Path, options: BuildOptions) -> dict[str, Any]:
+    """`psp-deploy build`'s builder (the registry names it): the graph compiled and exported."""
+    return export_compiled(bundle, resolved.graph, resolved.precision, target, options.force_bf16)
 
 
 def export_compiled(

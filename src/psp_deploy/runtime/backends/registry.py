@@ -33,6 +33,9 @@ class BackendSpec:
     # of the file it writes; None: the backend builds nothing
     builder: str | None = None
     engine_suffix: str = ""
+    # "module:function" that, on CUDA, measures each graph's run-time settings instead of building files:
+    # tuner(bundle, resolved list, options: BuildOptions, say) -> the engine records
+    tuner: str | None = None
 
     @property
     def installed(self) -> bool:
@@ -62,7 +65,8 @@ REGISTRY: dict[str, BackendSpec] = {
             precisions=("fp32", "fp16", "int8"),
             profiles=True,
             calibrates=("fp16", "int8"),
-            builder="psp_deploy.runtime.backends.onnxruntime:build_optimized",
+            builder="psp_deploy.runtime.backends.onnxruntime:build_engine",
+            tuner="psp_deploy.engines.ort_cuda:tune_engines",
             engine_suffix="onnx",
         ),
         BackendSpec(
@@ -74,7 +78,7 @@ REGISTRY: dict[str, BackendSpec] = {
             precisions=("fp32", "bf16", "int8"),
             profiles=True,
             calibrates=("bf16", "int8"),
-            builder="psp_deploy.runtime.backends.openvino:export_compiled",
+            builder="psp_deploy.runtime.backends.openvino:build_engine",
             engine_suffix="blob",
         ),
         BackendSpec(
@@ -86,7 +90,7 @@ REGISTRY: dict[str, BackendSpec] = {
             precisions=("fp32", "fp16", "int8"),
             profiles=False,
             calibrates=(),
-            builder="psp_deploy.runtime.backends.tensorrt:build_plan",
+            builder="psp_deploy.runtime.backends.tensorrt:build_engine",
             engine_suffix="plan",
         ),
         BackendSpec(

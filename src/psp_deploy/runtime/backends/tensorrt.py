@@ -27,7 +27,7 @@ from ...files import atomic_file
 from ...onnx_metadata import read_metadata
 from .base import Backend
 from .cuda_memory import CudaMemory, PinnedBuffer, device_properties
-from .options import BackendOptions, BatchProfile
+from .options import BackendOptions, BatchProfile, BuildOptions
 
 
 def import_tensorrt() -> Any:
@@ -156,6 +156,20 @@ def profile_shapes(record: ModelRecord, batch: BatchProfile) -> list[dict[str, A
         }
         for spec in record.inputs
     ]
+
+
+def build_engine(bundle: Bundle, resolved: Resolved, target: Path, options: BuildOptions) -> dict[str, Any]:
+    """`psp-deploy build`'s builder (the registry names it): one plan, its timing cache shared beside it."""
+    return build_plan(
+        bundle.model_path(resolved.graph, resolved.record.precision),
+        target,
+        resolved.record,
+        batch=options.batch,
+        timing_cache=target.parent / "timing.cache",
+        optimization_level=options.optimization_level,
+        version_compatible=options.version_compatible,
+        tf32=options.tf32,
+    )
 
 
 def build_plan(

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,11 +17,11 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from ....bundle import BATCH, Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
+from ....config import PspConfig
 from ....errors import BackendUnavailableError, BundleError, EngineError
 from ....machine import cpu_info, nvidia_smi
 from ..base import Backend
-from ....config import PspConfig
-from ..options import BackendOptions, CudaConv
+from ..options import BackendOptions, BuildOptions, CudaConv
 
 if TYPE_CHECKING:
     from ...chain import Chain
@@ -121,8 +121,8 @@ def uses_tf32(precision: str, asked: bool) -> bool:
 
     Off for FP32 graphs unless ``asked``: ONNX Runtime's default is on, which makes "fp32" mean TF32. On for
     FP16 graphs: with use_tf32=0, cuDNN ran the FP16 encoder's convolutions mostly in kernels without tensor
-    cores, several times slower (benchmarks/results/nvidia-h200-profile.md). The nodes an FP16 graph keeps in FP32 may then run as TF32:
-    the FP16 accuracy report, measured on the CPU, does not cover that."""
+    cores, several times slower (benchmarks/results/nvidia-h200-profile.md). The nodes an FP16 graph keeps in
+    FP32 may then run as TF32: the FP16 accuracy report, measured on the CPU, does not cover that."""
     return asked or precision == "fp16"
 
 
@@ -242,6 +242,26 @@ class OnnxRuntimeBackend(Backend):
             return ResidentChain(encoder, synthesis, config.input_kind, max_batch)
         return super().chain(encoder, synthesis, config, max_batch)
 
+    @classmethod
+    def check_available(cls, device: str) -> None:
+        check_device(device)
+
+    @classmethod
+    def build_note(cls, details: dict[str, Any]) -> str | None:
+        """ONNX Runtime saves an optimized model after its CPU-specific passes: convolutions re-laid out in blocks of
+        this CPU's vector width (its NCHWc layout, 8 floats with AVX2, 16 with AVX-512) as operators of its own
+        internal domain. Its log warns of this at every save ("may contain hardware specific optimizations, and
+        should only be used in the same environment"); build silences that log and says here what it means."""
+        if "cpu_flags" not in details:
+            return None
+        return (
+            f"the optimized models are tied to this machine: to ONNX Runtime {details['onnxruntime']}, and to the "
+            f"instruction sets of this CPU ({details.get('cpu') or 'unnamed'}), for whose vector width ONNX Runtime "
+            "laid their convolutions out. The manifest records both: run, serve and bench use them only where both "
+            "match and elsewhere refuse them, naming the difference (build again there, or pass --no-engines to run "
+            "the bundle's portable ONNX graphs)"
+        )
+
     @property
     def device(self) -> str:
         return self.options.device
@@ -290,6 +310,11 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(name, "cuda", CUDA_DEVICE_ID)
         self.session.run_with_iobinding(binding, run_options(-1) if self.captures else None)
         return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
+
+
+def build_engine(bundle: Bundle, resolved: Resolved, target: Path, options: BuildOptions) -> dict[str, Any]:
+    """`psp-deploy build`'s builder (the registry names it): the graph's saved optimized model."""
+    return build_optimized(bundle.model_path(resolved.graph, resolved.record.precision), target)
 
 
 def build_optimized(onnx_path: Path, out_path: Path) -> dict[str, Any]:

@@ -18,8 +18,8 @@ before the Cast (equal for values ≥ 0), so it does not depend on how a Cast ro
 from __future__ import annotations
 
 from ....config import ENCODER_INPUT_SIZE
-from .onnx_writer import FLOAT, UINT8, Node, Tensor, model
 from ...preprocess import PIXEL_CHANNELS, check_pixel_kind
+from .onnx_writer import FLOAT, UINT8, Node, Tensor, model
 
 FACES, NORMALISED = "faces", "normalised"  # normalise: input, output
 TENSORS, UPLOADED = "tensors", "uploaded"  # upload: input, output

@@ -25,9 +25,11 @@ from numpy.typing import NDArray
 
 from ....errors import EngineError
 from ....graph_io import CODES, IMAGE
+from ...chunks import Chunk, padded, plan
+from ...preprocess import PIXEL_CHANNELS
 from ..base import check_feeds
 from . import RUN_ERRORS, OnnxRuntimeBackend, open_session, run_options
-from ...chunks import Chunk, padded, plan
+from .buffers import Buffer, Buffers
 from .io_graphs import (
     FACES,
     FLOATS,
@@ -39,8 +41,6 @@ from .io_graphs import (
     to_uint8_graph,
     upload_graph,
 )
-from .buffers import Buffer, Buffers
-from ...preprocess import PIXEL_CHANNELS
 
 
 @dataclass(frozen=True)
