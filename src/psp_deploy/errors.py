@@ -29,6 +29,10 @@ class ImageDecodeError(InputError):
     """An image file could not be decoded."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """An image over a size limit (pixels or bytes): refused before it is decoded."""
+
+
 class NoFaceError(InputError):
     """No face was found in a photo."""
 

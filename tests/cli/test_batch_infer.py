@@ -22,7 +22,7 @@ class FakePool:
 
     requests: list = []
 
-    def __init__(self, url, timeout):
+    def __init__(self, url, timeout, retry):
         self.url = url
 
     def get(self):

@@ -1,14 +1,17 @@
 """A real Triton server (psp-deploy serve) on 127.0.0.1, talked to with the real client."""
 
+import io
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,18 +23,23 @@ from typer.testing import CliRunner
 
 from psp_deploy.cli import app
 from psp_deploy.runtime import Pipeline
-from psp_deploy.serving.client import PspClient, RemoteError, encode_png
+from psp_deploy.serving.client import NO_RETRY, PspClient, RemoteError, RetryPolicy, encode_png
 from psp_deploy.serving.server import ServeOptions, free_ports
 
 pytest.importorskip("pytriton", reason="PyTriton is not installed (pip install 'psp-deploy[serve]')")
 pytestmark = pytest.mark.xdist_group("serving")  # see tests/conftest.py
 TOKEN = "test-token"
 START_TIMEOUT_S = 120
+MAX_PHOTO_BYTES = 8_000_000  # the shared server's limit: above the largest photo the tests send to be answered
 
 
 class Server:
-    def __init__(self, bundle, *extra, wait=True):
-        self.http, self.grpc, self.metrics = free_ports(3)
+    """``psp-deploy serve`` in a session of its own: ``kill`` ends it whole (Python, tritonserver and its
+    stubs), as a container's end would. ``ports`` (http, grpc, metrics, app metrics): a restart on the same."""
+
+    def __init__(self, bundle, *extra, wait=True, ports=None):
+        self.ports = ports or free_ports(4)
+        self.http, self.grpc, self.metrics, self.app_metrics = self.ports
         cmd = [
             sys.executable,
             "-m",
@@ -46,6 +54,8 @@ class Server:
             str(self.grpc),
             "--metrics-port",
             str(self.metrics),
+            "--app-metrics-port",
+            str(self.app_metrics),
             "--access-token",
             TOKEN,
             "--max-batch",
@@ -56,7 +66,9 @@ class Server:
             "onnxruntime",  # the in-process Pipeline compared against runs ONNX Runtime
             *extra,
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         if wait:
             self.wait_ready()
 
@@ -73,6 +85,11 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http}"
 
+    def kill(self) -> None:
+        """SIGKILL to every process of the server at once: nothing drains, nothing cleans up."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -86,7 +103,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(bundles):
-    srv = Server(bundles("rgb-scaled")[0].root)
+    srv = Server(bundles("rgb-scaled")[0].root, "--max-photo-bytes", str(MAX_PHOTO_BYTES))
     yield srv
     srv.stop()
 
@@ -180,6 +197,11 @@ def test_never_ready_before_every_model_answers_and_a_dead_triton_fails_the_comm
         (["--max-batch", "0"], "Invalid value for '--max-batch': Input should be greater than or equal to 1"),
         (["--instances", "0"], "Invalid value for '--instances': Input should be greater than or equal to 1"),
         (["--max-queue-delay-us", "-1"], "Invalid value for '--max-queue-delay-us': Input should be greater than or"),
+        (["--max-queue-size", "0"], "Invalid value for '--max-queue-size': Input should be greater than or equal to 1"),
+        (["--queue-timeout", "-1"], "Invalid value for '--queue-timeout': Input should be greater than or equal to 0"),
+        (["--app-metrics-port", "0"], "Invalid value for '--app-metrics-port': Input should be greater than or"),
+        (["--max-photo-pixels", "0"], "Invalid value for '--max-photo-pixels': Input should be greater than or"),
+        (["--max-photo-bytes", "0"], "Invalid value for '--max-photo-bytes': Input should be greater than or equal"),
     ],
 )
 def test_bad_serve_options_are_refused_before_loading(tmp_path, monkeypatch, args, message):
@@ -200,6 +222,9 @@ def test_bad_serve_options_are_refused_before_loading(tmp_path, monkeypatch, arg
         ("metrics_port", 70000, "--metrics-port must be a port number from 1 to 65535, got 70000"),
         ("max_batch", 0, "--max-batch must be at least 1, got 0"),
         ("instances", 0, "--instances must be at least 1, got 0"),
+        ("max_queue_size", 0, "--max-queue-size must be at least 1, got 0"),
+        ("queue_timeout_s", float("nan"), "--queue-timeout must be at least 0, got nan"),
+        ("metrics_port", 65535, "--app-metrics-port must be a port number from 1 to 65535, got 65536"),
     ],
 )
 def test_bad_serve_options_are_refused_from_python(field, value, message):
@@ -304,7 +329,7 @@ def test_non_finite_codes_get_an_error_not_an_image(server, local, photo):
     codes = local.run(photo).codes[0].copy()
     codes[3, 7], codes[5, 1] = np.nan, np.inf
     with PspClient(f"grpc://127.0.0.1:{server.grpc}") as client:
-        with pytest.raises(RemoteError, match=r"^InputError: codes hold 2 NaN or infinite values"):
+        with pytest.raises(RemoteError, match=r"^NonFiniteCodesError: codes hold 2 NaN or infinite values"):
             client.synthesize(codes)
         expected = local.run(photo)
         np.testing.assert_array_equal(client.synthesize(expected.codes[0])[0], expected.images[0])  # still serving
@@ -341,6 +366,221 @@ def test_infer_command_writes_outputs_and_reports_failures(server, photo, tmp_pa
     assert json.loads((out / "failures.json").read_text())[0]["error"] == "RemoteError"
     again = CliRunner().invoke(app, args)
     assert "0 done, 1 skipped" in again.output
+
+
+def _app_metrics(server) -> dict[tuple, float]:
+    """psp-deploy's own metrics, scraped from the server's endpoint: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.app_metrics}/metrics", timeout=10).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _count(metrics: dict, model: str, outcome: str, reason: str = "") -> float:
+    labels = (("model", model), ("outcome", outcome), ("reason", reason))
+    return metrics[("psp_deploy_requests_total", labels)]
+
+
+def _bomb_png(side: int = 100_000) -> bytes:
+    """A PNG of a few bytes whose header claims side × side pixels (10 gigapixels by default)."""
+    png = encode_png(np.zeros((1, 1, 3), np.uint8))
+    header = b"IHDR" + struct.pack(">II", side, side) + png[24:29]
+    return png[:8] + struct.pack(">I", 13) + header + struct.pack(">I", zlib.crc32(header)) + png[33:]
+
+
+def _hundred_megapixels() -> bytes:
+    """A real 10000×10000 photo (1-bit, so its file is small): decoded to RGB it would take 300 MB."""
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_every_failed_request_is_counted_under_its_reason(server, local, photo):
+    """Triton counts an answered error as a success; psp_deploy_requests_total counts it as failed, by reason,
+    on the app metrics port (scraped as Prometheus would)."""
+    codes = local.run(photo).codes[0].copy()
+    codes[2, 5] = np.nan
+    before = _app_metrics(server)
+    with PspClient(server.url, retry=NO_RETRY) as client:
+        bad = {
+            ("psp", "decode"): lambda: client.run(b"\x89PNG\r\n\x1a\n" + bytes(100)),
+            ("psp", "no_face"): lambda: client.run(np.full((200, 200, 3), 90, np.uint8)),
+            ("psp", "too_large"): lambda: client.run(_bomb_png()),
+            ("psp", "bad_parameter"): lambda: client.run(photo, paste=True, mask="oval"),
+            ("psp_synthesize", "non_finite"): lambda: client.synthesize(codes),
+        }
+        for (model, reason), request in bad.items():
+            with pytest.raises(RemoteError) as refused:
+                request()
+            assert refused.value.reason == reason, (model, str(refused.value))
+        client.run(photo)
+    after = _app_metrics(server)
+    for model, reason in bad:
+        assert _count(after, model, "failed", reason) - _count(before, model, "failed", reason) == 1, (model, reason)
+    assert _count(after, "psp", "ok") - _count(before, "psp", "ok") == 1
+    assert _count(after, "psp", "failed", "internal") == 0
+    seen = ("psp_deploy_request_duration_seconds_count", (("model", "psp"),))
+    assert after[seen] - before.get(seen, 0) == 5  # 4 failed + 1 ok, each timed
+    assert after[("process_resident_memory_bytes", ())] > 0  # the server's memory, for the soak benchmark
+
+
+def test_huge_photos_are_refused_alone_before_decoding(server, local, photo):
+    """A 100-megapixel upload, a decompression bomb (10 gigapixels claimed by a 70-byte file) and a file over
+    --max-photo-bytes are refused per request from their header or size, while a good photo sent with them is
+    answered as if alone. (--max-photo-pixels itself: tests/serving/test_models.py.)"""
+    expected = local.run(photo).images[0]
+    requests = {
+        "good": encode_png(photo),
+        "100 MP": _hundred_megapixels(),
+        "bomb": _bomb_png(),
+        "bytes": bytes(MAX_PHOTO_BYTES + 1),
+    }
+
+    def request(name):
+        with PspClient(server.url, retry=NO_RETRY) as client:
+            try:
+                return client.run(requests[name])
+            except RemoteError as err:
+                return err
+
+    with ThreadPoolExecutor(4) as pool:
+        results = dict(zip(requests, pool.map(request, requests), strict=True))
+    np.testing.assert_array_equal(results["good"]["image"], expected)
+    assert "Image size (100000000 pixels) exceeds limit" in str(results["100 MP"])  # Pillow's own, before ours
+    assert "exceeds limit" in str(results["bomb"]) and "decompression bomb" in str(results["bomb"])
+    assert f"{MAX_PHOTO_BYTES + 1:,} bytes is over the server's limit of {MAX_PHOTO_BYTES:,}" in str(results["bytes"])
+    assert all(results[name].reason == "too_large" for name in ("100 MP", "bomb", "bytes"))
+
+
+def test_paste_answers_the_photo_with_its_face_put_back(server, local, photo, tmp_path):
+    expected = {mask: local.run(photo, paste=True, mask=mask).pasted[0] for mask in ("face", "square")}
+    with PspClient(f"grpc://127.0.0.1:{server.grpc}") as client:
+        got = {"face": client.run(photo, paste=True)["pasted"], "square": client.run(photo, paste=True, mask="square")}
+        with pytest.raises(RemoteError, match="paste works on the faces alignment finds") as refused:
+            client.run(photo, paste=True, align=False)
+        assert refused.value.reason == "bad_parameter"
+        with pytest.raises(RemoteError, match="the mask parameter says how to paste: it goes with paste=true"):
+            client.run(photo, mask="square")
+    assert got["face"].shape == (1, *photo.shape)
+    for mask in ("face", "square"):
+        pasted = got[mask] if mask == "face" else got[mask]["pasted"]
+        assert np.abs(pasted[0].astype(int) - expected[mask]).max() <= 1, mask
+    assert not np.array_equal(expected["face"], expected["square"])  # the mask parameter reached the server
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(photo).save(photos / "astronaut.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["infer", str(photos), "-o", str(out), "--url", server.url, "--paste"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "psp-deploy.json"]
+    assert np.abs(np.asarray(Image.open(out / "astronaut.png")).astype(int) - expected["face"]).max() <= 1
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_overload_is_refused_at_once_and_infer_outlives_a_killed_server(server, bundles, local, photo, tmp_path):
+    """A server that holds one request waiting: more are refused at once (503), and retried they all succeed.
+    Then `psp-deploy infer` over a folder while that server is SIGKILLed (every process of it) and started
+    again: every output is written, each equal to the Pipeline's, none failed. Last, a client given both
+    servers spreads its requests over them."""
+    root = bundles("rgb-scaled")[0].root
+    small = Server(root, "--max-queue-size", "1", "--max-batch", "1")
+    try:
+        slow = encode_png(np.asarray(Image.fromarray(photo).resize((2048, 2048))))  # a second or more each
+
+        def once(_):
+            with PspClient(small.url, retry=NO_RETRY) as client:
+                clock = time.monotonic()
+                try:
+                    client.run(slow)
+                    return "ok", time.monotonic() - clock
+                except RemoteError as err:
+                    return str(err), time.monotonic() - clock
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(once, range(6)))
+        refused = [seconds for message, seconds in answers if "Exceeds maximum queue size" in message]
+        assert len(refused) >= 3 and len(refused) + sum(m == "ok" for m, _ in answers) == 6, answers
+        assert max(refused) < 1.0, answers  # refused at once, not after waiting (100 ms or so on a quiet machine)
+
+        def retried(_):
+            with PspClient(small.url) as client:
+                return client.run(slow)["image"].shape, client.retried
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(retried, range(4)))
+        assert all(shape == (64, 64, 3) for shape, _ in answers) and sum(n for _, n in answers) >= 1, answers
+
+        variants = [np.ascontiguousarray(np.roll(photo, 5 * i, axis=1)) for i in range(12)]
+        photos, out = tmp_path / "photos", tmp_path / "out"
+        photos.mkdir()
+        for i, image in enumerate(variants):
+            Image.fromarray(image).save(photos / f"p{i:02d}.png")
+        expected = local.run(variants).images
+        args = [
+            "infer",
+            str(photos),
+            "-o",
+            str(out),
+            "--url",
+            small.url,
+            "--concurrency",
+            "2",
+            "--retry-deadline",
+            "300",
+        ]
+        infer = subprocess.Popen(
+            [sys.executable, "-m", "psp_deploy.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        _wait_for(lambda: len(list(out.glob("p*.png"))) >= 2 or infer.poll() is not None, 120, "the first outputs")
+        small.kill()
+        written_before_kill = len(list(out.glob("p*.png")))
+        small = Server(root, "--max-queue-size", "1", "--max-batch", "1", ports=small.ports)
+        output, _ = infer.communicate(timeout=300)
+        assert written_before_kill < len(variants), "infer finished before the kill: nothing was tested"
+        assert infer.returncode == 0, output
+        assert "12 done, 0 skipped (already there), 0 failed" in output, output
+        assert not (out / "failures.json").exists() and not list(out.rglob(".*.partial"))
+        for i, image in enumerate(expected):
+            np.testing.assert_array_equal(np.asarray(Image.open(out / f"p{i:02d}.png")), image)
+
+        before = [_count(_app_metrics(s), "psp", "ok") for s in (small, server)]
+        with PspClient([small.url, server.url]) as client:
+            for _ in range(6):
+                client.run(photo)
+        after = [_count(_app_metrics(s), "psp", "ok") for s in (small, server)]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [3, 3]
+    finally:
+        small.stop()
+
+
+def test_a_client_fails_over_to_the_server_that_answers(server, photo, tmp_path):
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    with PspClient([dead, server.url]) as client:
+        images = [client.run(photo)["image"] for _ in range(4)]
+        assert client.retried >= 1  # the dead server was tried, then passed over
+    assert all(np.array_equal(image, images[0]) for image in images)
+    with pytest.raises(RemoteError, match=r"no server took the request in 1 s \(\d+ attempts; last: .*Connection"):
+        PspClient(dead, retry=RetryPolicy(deadline_s=1.0)).run(photo)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(photo).save(photos / "astronaut.png")
+    result = CliRunner().invoke(
+        app, ["infer", str(photos), "-o", str(tmp_path / "out"), "--url", dead, "--url", server.url]
+    )
+    assert result.exit_code == 0 and "1 done" in result.output, result.output
 
 
 def test_sigterm_finishes_in_flight_requests_then_stops(server, photo):

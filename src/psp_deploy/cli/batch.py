@@ -398,9 +398,13 @@ def run_settings(pipeline: Pipeline, row: Any, face: str, save_latents: bool) ->
 def infer(
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.")],
     output: OutputDir,
-    url: Annotated[str, typer.Option(help="Server URL: http://HOST:8000 or grpc://HOST:8001.")] = (
-        "http://127.0.0.1:8000"
-    ),
+    url: Annotated[
+        list[str],
+        typer.Option(
+            help="Server URL: http://HOST:8000 or grpc://HOST:8001. Repeat it for several servers: requests are "
+            "spread over them and move to another when one cannot take them."
+        ),
+    ] = ["http://127.0.0.1:8000"],  # noqa: B006 - typer's list default, never mutated
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 4,
     align: AlignOpt = None,
     resize: ResizeOpt = False,
@@ -410,15 +414,27 @@ def infer(
     seed: SeedOpt = 0,
     save_latents: SaveLatentsOpt = False,
     save_aligned: SaveAlignedOpt = False,
+    paste: PasteOpt = False,
+    mask: MaskOpt = Mask.face,
     overwrite: OverwriteOpt = False,
     timeout: Annotated[float, typer.Option(min=0.1, max=86400.0, help="Seconds to wait for one request.")] = 300.0,
+    retry_deadline: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=86400.0,
+            help="Seconds a photo keeps being retried while no server can take it (a full queue, a restart, a "
+            "refused connection), with jittered back-off; then it fails alone (failures.json; a rerun does it).",
+        ),
+    ] = 600.0,
 ) -> None:
-    """Send photos to a `psp-deploy serve` server; outputs, resume, failures.json, notes, summary and exit codes
-    as `run` (--save-latents: the codes output 0 was synthesized from, as the server answers them)."""
+    """Send photos to `psp-deploy serve` servers; outputs, resume, failures.json, notes, summary and exit codes
+    as `run` (--save-latents: the codes output 0 was synthesized from, as the server answers them; --paste: the
+    photo with its face put back, as NAME.png)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..runtime import RunOptions
-    from ..serving.client import ClientPool
+    from ..serving.client import ClientPool, RetryPolicy
     from ..serving.models import MAX_OUTPUTS
 
     with handled():
@@ -428,16 +444,20 @@ def infer(
             raise InputError(f"--n-outputs: the server makes at most {MAX_OUTPUTS} outputs per photo, got {n_outputs}")
         if save_aligned and align is False:
             raise InputError(NO_ALIGNMENT)
+        if paste and align is False:  # a model that takes no photos refuses it itself, per request
+            raise InputError("--paste works on the faces alignment finds: it needs alignment (drop --no-align)")
         items = collect_inputs(inputs, output)
         tags = [f"_{k}" for k in range(n_outputs)] if n_outputs > 1 else [""]
-        outputs = RunLayout(output, n_outputs, save_latents, save_aligned, every=False, paste=False).done
+        outputs = RunLayout(output, n_outputs, save_latents, save_aligned, every=False, paste=paste).done
         check_before_work(items, output, outputs)
         parameters = dict(
             align=align, resize=resize, latent_mask=latent_mask, mix_alpha=mix_alpha, seed=seed, n_outputs=n_outputs
         )
-        clients = ClientPool(url, timeout)
+        pasting = {"paste": True, "mask": mask.value} if paste else {}
+        asked = {**parameters, **pasting}
+        clients = ClientPool(url, timeout, RetryPolicy(deadline_s=retry_deadline))
         if not clients.get().ready():
-            raise PspDeployError(f"no ready server at {url} (start one with `psp-deploy serve BUNDLE`)")
+            raise PspDeployError(f"no ready server at {', '.join(url)} (start one with `psp-deploy serve BUNDLE`)")
         with ThreadPoolExecutor(concurrency) as pool:
             summary = run_batch(
                 items,
@@ -445,11 +465,11 @@ def infer(
                 out_dir=output,
                 outputs=outputs,
                 prepare=lambda item: item.source,
-                compute=lambda sources: list(pool.map(lambda path: clients.run(path, **parameters), sources)),
+                compute=lambda sources: list(pool.map(lambda path: clients.run(path, **asked), sources)),
                 write=lambda item, result: write_served(item, result, output, tags, save_latents, save_aligned),
                 batch_size=concurrency,
                 overwrite=overwrite,
-                settings={"command": "infer", **parameters, "save_latents": save_latents},
+                settings={"command": "infer", **parameters, "save_latents": save_latents, **pasting},
             )
     report(summary, output)
     raise typer.Exit(summary.exit_code)
@@ -458,20 +478,22 @@ def infer(
 def write_served(
     item: Item, result: dict[str, Any], out_dir: Path, tags: list[str], save_latents: bool, save_aligned: bool
 ) -> None:
-    """A served answer's files, as ``run`` writes them; the aligner's notes printed first."""
+    """A served answer's files, as ``run`` writes them (with paste, NAME{tag}.png is the photo with the face
+    put back); the aligner's notes printed first."""
     from ..runtime.io import write_image_atomic, write_npy_atomic
 
     print_notes(item, result.get("warnings", ()))
-    if len(result["images"]) != len(tags):
-        raise InputError(f"the server answered {len(result['images'])} images for {len(tags)} outputs")
+    images = result.get("pasted", result["images"])
+    if len(images) != len(tags):
+        raise InputError(f"the server answered {len(images)} images for {len(tags)} outputs")
     if save_aligned and not result["aligned"].any():  # a blank face: the served model did not align
         raise InputError("the server did not align this input (its model takes sketches or label maps)")
-    for tag, image in zip(tags, result["images"], strict=True):
-        write_image_atomic(item.output(out_dir, ".png", tag), image)
     if save_latents:
         write_npy_atomic(item.output(out_dir, ".npy"), result["codes"])
     if save_aligned:
         write_image_atomic(item.output(out_dir, ".png", ALIGNED), result["aligned"])
+    for tag, image in zip(tags, images, strict=True):  # last: with paste these mark the input done
+        write_image_atomic(item.output(out_dir, ".png", tag), image)
 
 
 CodesArg = Annotated[

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from ..errors import InputError
+from ..serving.models import PhotoLimits
 from .common import (
     BackendOpt,
     BundleArg,
@@ -70,15 +71,43 @@ def serve(
         ),
     ] = None,
     face: FaceOpt = FacePolicy.largest,
+    app_metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_PORT,
+            help="Port of psp-deploy's own Prometheus metrics (requests by outcome and reason, latency); "
+            "default: --metrics-port + 1.",
+        ),
+    ] = None,
+    max_queue_size: Annotated[
+        int, typer.Option(min=1, help="Requests that may wait per model; beyond it a request is refused at once (503).")
+    ] = 32,
+    queue_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0, max=86400, help="Seconds a request may wait in the queue before it is refused (0: no limit)."
+        ),
+    ] = 60.0,
+    max_photo_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest photo accepted, in bytes as sent (its file).")
+    ] = PhotoLimits.max_bytes,
+    max_photo_pixels: Annotated[
+        int,
+        typer.Option(min=1, help="Largest photo accepted, in pixels (width × height, read before decoding)."),
+    ] = PhotoLimits.max_pixels,
 ) -> None:
     """Serve the bundle on NVIDIA Triton Inference Server (through PyTriton).
 
     Models: **psp** (photo bytes → aligned face, W+ codes, image; request parameters align, resize,
-    latent_mask, mix_alpha, seed), **psp_encode** (aligned face → codes) and **psp_synthesize**
-    (codes → image). Requests from different clients are batched. Health: /v2/health/ready answers
-    200 only once every model answers requests; /v2/health/live; metrics on --metrics-port. SIGTERM
-    or Ctrl-C finish in-flight requests, then stop (exit 0). Exit 1: the server stopped on its own
-    (Triton or a model's process exited); 2: bad arguments or an unusable bundle, before serving.
+    latent_mask, mix_alpha, seed, n_outputs, paste, mask), **psp_encode** (aligned face → codes) and
+    **psp_synthesize** (codes → image). Requests from different clients are batched; beyond
+    --max-queue-size waiting requests, or after --queue-timeout in the queue, a request is refused (HTTP
+    503, gRPC UNAVAILABLE: clients retry). Health: /v2/health/ready answers 200 only once every model
+    answers requests; /v2/health/live; Triton's metrics on --metrics-port, requests by outcome and reason on
+    --app-metrics-port. SIGTERM or Ctrl-C finish in-flight requests, then stop (exit 0). Exit 1: the server
+    stopped on its own (Triton or a model's process exited); 2: bad arguments or an unusable bundle, before
+    serving.
     """
     from ..runtime.backends import BackendOptions
     from ..serving.server import ServeOptions, ServerStoppedError
@@ -86,9 +115,21 @@ def serve(
     from .batch import open_pipeline
 
     options = ServeOptions(
-        host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us, instances, access_token
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        max_batch=max_batch,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        access_token=access_token,
+        max_queue_size=max_queue_size,
+        queue_timeout_s=queue_timeout,
+        app_metrics_port=app_metrics_port,
+        limits=PhotoLimits(max_photo_bytes, max_photo_pixels),
     )
-    ready = f"on http://{host}:{http_port} and grpc://{host}:{grpc_port} (metrics :{metrics_port})"
+    app_port = options.ports()["--app-metrics-port"]
+    ready = f"on http://{host}:{http_port} and grpc://{host}:{grpc_port} (metrics :{metrics_port}, :{app_port})"
     with handled():
         backend_options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir, tf32=tf32)
         try:
@@ -128,6 +169,14 @@ def bench(
     tf32: Tf32Opt = False,
     threads: ThreadsOpt = None,
     baseline: Annotated[Path | None, typer.Option(help="The checkpoint: also time the official PyTorch path.")] = None,
+    torch_compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="With --baseline: the official path under torch.compile too, beside eager (compiling takes "
+            "minutes per batch size on a few CPU cores).",
+        ),
+    ] = True,
     limits: Annotated[bool, typer.Option(help="Measure the CPU's single-conv rate per precision.")] = True,
     profile: Annotated[
         bool, typer.Option(help="Also record seconds per operator type of each graph (the backend's profiler).")
@@ -148,8 +197,9 @@ def bench(
     the machine (CPU; with --device cuda the GPU, driver, CUDA and TF32 mode, timings
     CUDA-synchronised), library versions, the bundle's configuration and these settings. With
     --baseline the official algorithm runs in PyTorch in the same run (on cuda: FP32, in TF32 only
-    with --tf32 as ours, and FP16 autocast); the single-conv limits tell how far each figure is from
-    the CPU's.
+    with --tf32 as ours, and FP16 autocast), eagerly and under torch.compile (its compile time
+    reported apart; on cuda FP16 with channels-last), and the report holds every row against
+    compiled torch; the single-conv limits tell how far each figure is from the CPU's.
     """
     from ..benchmark.harness import BenchSettings, run_benchmark
     from ..benchmark.report import write_report
@@ -165,7 +215,7 @@ def bench(
         except ValueError:
             raise InputError(f"--batch takes comma-separated integers, got {batch!r}") from None
         chosen = (comma_list(backend), comma_list(precision), batches, comma_list(stages))
-        settings = BenchSettings(*chosen, warmup, runs, threads, profile, device.value, tf32)
+        settings = BenchSettings(*chosen, warmup, runs, threads, profile, device.value, tf32, torch_compile)
         results = run_benchmark(bundle, settings, baseline=baseline, limits=limits, progress=step)
         write_json(output, results)
         if report:
@@ -187,4 +237,5 @@ def summary(row: dict) -> str:
     if row.get("part") == "host":
         return f"host overhead p50 {p50:.3f}s ({row['share_of_pipeline']:.0%} of the pipeline)"
     alone = "graphs alone " if row.get("part") == "graphs" else ""
-    return f"{alone}p50 {p50:.3f}s  {row['images_per_s']:.2f} img/s"
+    compiled = f"  (compile {row['compile_s']:.1f}s, untimed)" if "compile_s" in row else ""
+    return f"{alone}p50 {p50:.3f}s  {row['images_per_s']:.2f} img/s{compiled}"

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, ImageTooLargeError
 from ..files import atomic_file
 
 MAX_PIXELS = 100_000_000  # ~ a 10000×10000 photo; far beyond any camera's single frame
@@ -59,21 +59,25 @@ def read_image(path: str | Path, mode: str = "RGB") -> NDArray[np.uint8]:
         raise ImageDecodeError(f"{path}: is a directory, not an image") from None
 
 
-def decode_image(data: bytes, name: str = "image", mode: str = "RGB") -> NDArray[np.uint8]:
-    """Decode an encoded image (the bytes of a JPEG, PNG, ... file) with the same checks as files."""
-    return _decode(io.BytesIO(data), name, mode)
+def decode_image(
+    data: bytes, name: str = "image", mode: str = "RGB", max_pixels: int | None = None
+) -> NDArray[np.uint8]:
+    """Decode an encoded image (the bytes of a JPEG, PNG, ... file) with the same checks as files;
+    ``max_pixels`` (default MAX_PIXELS) is checked against the header, before any pixel is decoded."""
+    return _decode(io.BytesIO(data), name, mode, max_pixels)
 
 
-def _decode(stream: BinaryIO, name: str, mode: str) -> NDArray[np.uint8]:
+def _decode(stream: BinaryIO, name: str, mode: str, max_pixels: int | None = None) -> NDArray[np.uint8]:
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(stream) as img:
                 if img.format not in FORMATS:
                     raise ImageDecodeError(f"{name}: unsupported image format {img.format}")
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageDecodeError(
-                        f"{name}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
+                if img.width * img.height > max_pixels:
+                    raise ImageTooLargeError(
+                        f"{name}: {img.width}x{img.height} pixels is over the limit of {max_pixels:,} "
                         "(a decompression bomb or a panorama; downscale it first)"
                     )
                 img.load()
@@ -83,7 +87,9 @@ def _decode(stream: BinaryIO, name: str, mode: str) -> NDArray[np.uint8]:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not an image (or a format Pillow cannot identify)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # Pillow's own check, at open
+        raise ImageTooLargeError(f"{name}: {err} (a decompression bomb or a panorama; downscale it first)") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise ImageDecodeError(f"{name}: cannot decode image: {err}") from None
 
 

@@ -24,6 +24,12 @@ checks this against a real server, polling from the moment the process starts.
 Before tritonserver starts, each callable also answers one request in this process (``warm_up``): a
 pipeline that cannot run refuses to start instead of reporting ready, and the first client does not pay
 for first-call set-up.
+
+Overload. Each model's queue (Triton's dynamic batcher) holds at most ``max_queue_size`` requests; one more
+is refused at once (HTTP 503, gRPC UNAVAILABLE: "Exceeds maximum queue size"), and a request that waited
+``queue_timeout_s`` in the queue is refused the same way, rather than waiting without bound: the client
+retries elsewhere or later (serving/client.py). Photos over ``PhotoLimits`` are refused per request.
+Every executed request is counted by outcome and reason on ``app_metrics_port`` (serving/metrics.py).
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from ..config import ENCODER_INPUT_SIZE, STYLE_DIM
 from ..errors import BackendUnavailableError, InputError, PspDeployError
 from ..runtime import Pipeline
 from .client import encode_png
-from .models import ServedModels, tensors
+from .metrics import ServingMetrics
+from .models import PhotoLimits, ServedModels, tensors
 
 MAX_PORT = 65535
 
@@ -62,9 +69,19 @@ class ServeOptions:
     max_queue_delay_us: int = 2000
     instances: int = 1
     access_token: str | None = None  # guards Triton's statistics/repository APIs; None: a random one
+    max_queue_size: int = 32  # requests waiting per model; one more is refused at once
+    queue_timeout_s: float = 60.0  # a request queued this long is refused; 0: no limit
+    app_metrics_port: int | None = None  # psp-deploy's own metrics; None: the metrics port + 1
+    limits: PhotoLimits = PhotoLimits()
 
     def ports(self) -> dict[str, int]:
-        return {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+        app = self.metrics_port + 1 if self.app_metrics_port is None else self.app_metrics_port
+        return {
+            "--http-port": self.http_port,
+            "--grpc-port": self.grpc_port,
+            "--metrics-port": self.metrics_port,
+            "--app-metrics-port": app,
+        }
 
     def check(self) -> None:
         """Values PyTriton or the OS would otherwise refuse with a traceback, after loading everything
@@ -77,8 +94,12 @@ class ServeOptions:
             ("--max-batch", self.max_batch, 1),
             ("--instances", self.instances, 1),
             ("--max-queue-delay-us", self.max_queue_delay_us, 0),
+            ("--max-queue-size", self.max_queue_size, 1),
+            ("--queue-timeout", self.queue_timeout_s, 0),
+            ("--max-photo-bytes", self.limits.max_bytes, 1),
+            ("--max-photo-pixels", self.limits.max_pixels, 1),
         ):
-            if value < least:
+            if not value >= least:  # NaN included
                 raise InputError(f"{flag} must be at least {least}, got {value}")
 
 
@@ -95,10 +116,12 @@ def free_ports(n: int) -> list[int]:
 
 def check_ports_free(options: ServeOptions) -> None:
     """A port in use would otherwise surface as a timeout deep inside PyTriton's start-up."""
-    if len(set(options.ports().values())) != 3:
-        raise InputError(f"the HTTP, gRPC and metrics ports must differ, got {options.ports()}")
+    if len(set(options.ports().values())) != len(options.ports()):
+        raise InputError(f"the HTTP, gRPC, metrics and app metrics ports must differ, got {options.ports()}")
     for flag, port in options.ports().items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # as the servers bind: connections of a server that was just killed (TIME_WAIT) do not hold its ports
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((options.host, port))
             except OSError as err:
@@ -115,9 +138,14 @@ def _python_backend_environment() -> None:
 
 
 def _bind(triton: Any, name: str, fn: Callable, spec: tuple[list, list], options: ServeOptions) -> None:
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
 
     inputs, outputs = spec
+    queue = QueuePolicy(
+        timeout_action=TimeoutAction.REJECT,
+        default_timeout_microseconds=round(options.queue_timeout_s * 1e6),
+        max_queue_size=options.max_queue_size,
+    )
     triton.bind(
         model_name=name,
         infer_func=[fn] * options.instances,
@@ -125,7 +153,7 @@ def _bind(triton: Any, name: str, fn: Callable, spec: tuple[list, list], options
         outputs=[Tensor(name=n, dtype=d, shape=s) for n, d, s in outputs],
         config=ModelConfig(
             max_batch_size=options.max_batch,
-            batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us),
+            batcher=DynamicBatcher(max_queue_delay_microseconds=options.max_queue_delay_us, default_queue_policy=queue),
         ),
         strict=False,
     )
@@ -194,8 +222,9 @@ def serve(
     pipeline = open_pipeline()
     signals = _Signals()
     previous = {s: signal.signal(s, signals) for s in (signal.SIGINT, signal.SIGTERM)}
+    exporter = None
     try:
-        served = ServedModels(pipeline)
+        served = ServedModels(pipeline, options.limits)
         warm_up(served)
         config = TritonConfig(
             http_address=options.host,
@@ -211,10 +240,12 @@ def serve(
         security = TritonSecurityConfig(access_token=options.access_token)
         # models written to the repository first, loaded by tritonserver before its ports open (module docstring)
         lifecycle = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
+        callables = {"psp": served.psp, "psp_encode": served.encode, "psp_synthesize": served.synthesize}
+        metrics = ServingMetrics(list(callables))
+        exporter = metrics.export(options.host, options.ports()["--app-metrics-port"])
         with Triton(config=config, security_config=security, triton_lifecycle_policy=lifecycle) as triton:
-            callables = {"psp": served.psp, "psp_encode": served.encode, "psp_synthesize": served.synthesize}
             for name, spec in tensors(pipeline.config).items():
-                _bind(triton, name, callables[name], spec, options)
+                _bind(triton, name, metrics.instrument(name, callables[name]), spec, options)
             try:
                 triton.run()  # starts tritonserver (it loads the models), then attaches our callables to them
             except (TimeoutError, PyTritonClientTimeoutError) as err:
@@ -230,6 +261,8 @@ def serve(
                 "Triton's log above says why"
             )
     finally:
+        if exporter is not None:
+            exporter.shutdown()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         pipeline.close()
