@@ -59,9 +59,10 @@ def in_process(root: Path, photo: np.ndarray, backend: str, per_client: int) -> 
 
 
 def served(root: Path, payload: bytes, backend: str, max_batch: int, per_client: int) -> list[dict]:
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics, app_metrics = free_ports(4)
     cmd = [sys.executable, "-m", "psp_deploy.cli", "serve", str(root), "--host", "127.0.0.1"]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    cmd += ["--app-metrics-port", str(app_metrics)]
     cmd += ["--max-batch", str(max_batch), "--backend", backend]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

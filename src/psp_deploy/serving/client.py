@@ -169,6 +169,7 @@ class PspClient:
             raise PspDeployError(f"the URLs mix protocols: {urls}; use all http:// or all grpc://")
         self._turn = random.randrange(len(self.servers))  # clients started together start on different servers
         self.retried = 0  # attempts that found no server able to take them, over this client's life
+        self.answered_by: str | None = None  # the URL of the server that answered the last request
 
     def ready(self) -> bool:
         """At least one server is up with every psp-deploy model loaded."""
@@ -202,6 +203,7 @@ class PspClient:
                 self.retried += 1
                 server.reconnect()
                 continue
+            self.answered_by = server.url
             error = _text(result.as_numpy("error").reshape(-1)[0])
             if error:
                 raise RemoteError(error, _text(result.as_numpy("reason").reshape(-1)[0]))
