@@ -18,7 +18,6 @@ from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
 from .evaluate import open_graph, runner
 from .fp16 import decide, to_fp16
 from .int8 import LIGHT_BUDGET, calibrate_int8, light_nodes
-from .progress import Progress, quiet
 from .ranges import capture_ranges
 from .report import psnr_db
 
@@ -38,20 +37,13 @@ def sample_feeds(samples: np.ndarray, graph: str, batch: int | None) -> list[dic
     return [{name: samples[i : i + b]} for i in range(0, usable, b) if len(samples[i : i + b]) == b]
 
 
-def make_fp16(bundle: Bundle, graph: str, samples: np.ndarray, progress: Progress = quiet) -> dict:
-    """``progress``: one stage, a unit per calibration feed run for its ranges and one for the conversion."""
+def make_fp16(bundle: Bundle, graph: str, samples: np.ndarray) -> dict:
     src, batch = bundle.model_path(graph), bundle.record(graph).batch
-    feeds = sample_feeds(samples, graph, batch)
-    stage, total = f"fp16 {graph}", len(feeds) + 1
-    progress(stage, 0, total, "measuring ranges")
     model = onnx.load(src)
-    ranges = capture_ranges(src, feeds, lambda done: progress(stage, done, total, "measuring ranges"))
-    progress(stage, len(feeds), total, "converting")
-    decisions = decide(model, ranges)
+    decisions = decide(model, capture_ranges(src, sample_feeds(samples, graph, batch)))
     converted = to_fp16(model, decisions)
     check_graph(converted, f"{graph} fp16")
     target_path(bundle, graph, "fp16").write_bytes(converted.SerializeToString())
-    progress(stage, total, total, "converted")
     return {"kept_fp32": decisions.kept_fp32}
 
 
@@ -77,29 +69,14 @@ def _int8_score(bundle: Bundle, graph: str, samples: np.ndarray) -> Iterator[Cal
 
 
 def make_int8(
-    bundle: Bundle,
-    graph: str,
-    samples: np.ndarray,
-    methods: tuple[str, ...],
-    rounds: int,
-    progress: Progress = quiet,
+    bundle: Bundle, graph: str, samples: np.ndarray, methods: tuple[str, ...], rounds: int, say: Callable[[str], None]
 ) -> dict:
     src, dst, batch = bundle.model_path(graph), target_path(bundle, graph, "int8"), bundle.record(graph).batch
     flops = node_flops(src, bundle.record(graph))
     light = light_nodes(flops)
     feeds = sample_feeds(samples, graph, batch)
     with _int8_score(bundle, graph, samples[:PROBE]) as score:
-        best, tried = calibrate_int8(
-            src,
-            dst,
-            feeds,
-            score,
-            light=light,
-            methods=methods,
-            rounds=rounds,
-            progress=progress,
-            stage=f"int8 {graph}",
-        )
+        best, tried = calibrate_int8(src, dst, feeds, score, light=light, methods=methods, rounds=rounds, progress=say)
     check_graph(onnx.load(dst, load_external_data=False), f"{graph} int8")
     return {
         "method": best.method,
