@@ -224,7 +224,7 @@ def build(
     then uses on this GPU (and refuses on another).
     """
     from ..engines import BatchProfile, BuildOptions, build_engines
-    from ..engines.build import default_backend
+    from ..engines.build import build_notes, default_backend
 
     with handled(), progress("building") as step:
         chosen = backend.value
@@ -247,6 +247,8 @@ def build(
             say(f"  {e.graph:<9} {e.precision}: {e.details['chosen']} (batch {e.details['batch']}: {timings})")
         else:
             say(f"  {e.graph:<9} {e.precision}: {e.file}")
+    for note in build_notes(engines):
+        say(f"note: {note}")
 
 
 @app.command()
