@@ -18,7 +18,8 @@ from skimage import data
 
 from psp_deploy.bundle import GRAPHS, Bundle, EngineRecord
 from psp_deploy.calibration.report import AccuracyReport, code_accuracy, image_accuracy, psnr_db
-from psp_deploy.engines.inductor import build_package, epsilon_guards, exported, forms, graph_spec
+from psp_deploy.engines import build_engines
+from psp_deploy.engines.inductor import epsilon_guards, exported, forms, graph_spec
 from psp_deploy.errors import BackendUnavailableError, CheckpointError, EngineError
 from psp_deploy.files import sha256_file
 from psp_deploy.models import load_psp
@@ -27,23 +28,14 @@ from psp_deploy.runtime.backends import BackendOptions
 from psp_deploy.runtime.backends.inductor import check_target
 from psp_deploy.runtime.backends.options import BuildOptions
 
+# a group of its own (see tests/conftest.py): the compiles run on one worker while the other runs the rgb tests
+pytestmark = pytest.mark.xdist_group("inductor")
 CPU = torch.device("cpu")
 PHOTOS = (data.astronaut(), data.chelsea(), data.coffee(), data.rocket())
 
 
 def build(root: Path, precision: str, checkpoint: Path, device: str = "cpu") -> list[EngineRecord]:
-    """What `psp-deploy build --backend inductor` does per graph: the registry's builder, its record saved."""
-    bundle = Bundle.open(root)
-    records = []
-    for graph in GRAPHS:
-        resolved = bundle.resolve(graph, precision, "inductor")
-        target = root / "engines" / "inductor" / f"{graph}.{resolved.precision}.pt2"
-        details = build_package(bundle, resolved, target, BuildOptions(device=device, checkpoint=checkpoint))
-        file = str(target.relative_to(root))
-        records.append(EngineRecord("inductor", graph, resolved.precision, file, sha256_file(target), details))
-    bundle.manifest.engines += records
-    bundle.save_manifest()
-    return records
+    return build_engines(root, "inductor", precision, options=BuildOptions(device=device, checkpoint=checkpoint))
 
 
 def linked_copy(source: Path, root: Path) -> Path:
@@ -144,14 +136,14 @@ def test_without_packages_the_backend_says_how_to_build_them(packages_copy):
 
 
 def test_another_checkpoint_is_refused_naming_both_hashes(bundles, small_ckpt, tmp_path):
+    root = linked_copy(bundles("rgb-scaled")[0].root, tmp_path / "bundle")
     other = tmp_path / "other.pt"
     other.write_bytes(small_ckpt.read_bytes() + b"\0")
-    bundle = bundles("rgb-scaled")[0]
-    resolved = bundle.resolve("mapping", "fp32", "inductor")
-    target = tmp_path / "mapping.pt2"
     with pytest.raises(CheckpointError, match=rf"{sha256_file(other)}.* {sha256_file(small_ckpt)}"):
-        build_package(bundle, resolved, target, BuildOptions(checkpoint=other))
-    assert not target.exists()
+        build(root, "fp32", other)
+    with pytest.raises(EngineError, match="compiles from the checkpoint .* pass it with --checkpoint"):
+        build_engines(root, "inductor")
+    assert not (root / "engines").exists() and Bundle.open(root).manifest.engines == []
 
 
 def test_fp16_runs_on_cuda_only():

@@ -44,13 +44,12 @@ IO_METADATA = "psp_deploy.io"  # the package metadata key of its inputs' and out
 
 
 def check_target(device: str, precision: str) -> None:
-    """Refuse a device the backend does not run on, and FP16 anywhere but CUDA (the CPU's FP16 arithmetic is
-    emulated: slower than FP32)."""
+    """Refuse a device the backend does not run on or this machine lacks, and FP16 anywhere but CUDA (the
+    CPU's FP16 arithmetic is emulated: slower than FP32)."""
     check_device("inductor", device)
     if precision == "fp16" and device != "cuda":
         raise BackendUnavailableError("inductor runs fp16 on CUDA only (--device cuda); on the CPU use bf16 or fp32")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailableError(f"torch {torch.__version__} sees no CUDA device here; use --device cpu")
+    InductorBackend.check_available(device)
 
 
 def package_key(device: str) -> dict[str, Any]:
@@ -78,6 +77,20 @@ class InductorBackend(Backend):
 
     name = "inductor"
     runs_graphs = False
+
+    @classmethod
+    def check_available(cls, device: str) -> None:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError(f"torch {torch.__version__} sees no CUDA device here; use --device cpu")
+
+    @classmethod
+    def build_note(cls, details: dict[str, Any]) -> str | None:
+        where = f"the {details.get('gpu')}" if details.get("device") == "cuda" else "this CPU's instruction sets"
+        return (
+            f"the inductor packages are compiled code tied to torch {details.get('torch')}, to {where} and to the "
+            "checkpoint: run, serve and bench use them only where all match and elsewhere refuse them, naming the "
+            "difference (build again there)"
+        )
 
     @classmethod
     def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> InductorBackend:
