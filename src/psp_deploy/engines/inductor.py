@@ -51,7 +51,7 @@ SQUARES = {AT.pow.Tensor_Scalar, AT.mul.Tensor}
 ROOTS = {AT.rsqrt.default, AT.sqrt.default, AT.reciprocal.default, AT.div.Tensor}
 # Inference: weights are constants, so computations of weights alone (the demodulation's energies) fold at compile
 # time and the CPU's convolutions take prepacked oneDNN weights with fused epilogues (torch's advice for CPU
-# inference; on a 2-core EPYC it ran the encoder's FP32 package ~15% faster at the same compile time).
+# inference).
 COMPILE_SETTINGS = {"freezing": True}
 CAPTURE_RUNS = 10  # warm-up and timed runs each, launched and replayed
 EXPORT_SAMPLE_BATCH = 2  # not 1: torch.export would specialise a batch of 1 as a constant
