@@ -10,14 +10,17 @@ installing it would pull the CPU onnxruntime package over onnxruntime-gpu). Step
   2. a synthetic 1024² FFHQ-encode checkpoint (official format, seeded; no weights downloaded)
   3. its scaled bundle, exported and checked against torch
   4. FP16 graphs: psp-deploy calibrate BUNDLE --precision fp16 --synthetic 4
-  5. the GPU tests: pytest -m gpu tests/gpu
+  5. the GPU tests: pytest -m gpu tests/gpu tests/engines/test_inductor.py
   6. each graph's CUDA settings, FP32 and FP16, measured at batch 8 and recorded in the bundle:
-     psp-deploy build BUNDLE --backend onnxruntime --device cuda --precision P --opt-batch 8
+     psp-deploy build BUNDLE --backend onnxruntime --device cuda --precision P --opt-batch 8; and the
+     AOTInductor packages, FP32 and FP16, for batches 1 to 32 (CUDA graphs timed at batch 8):
+     psp-deploy build BUNDLE --backend inductor --device cuda --precision P --checkpoint CKPT --max-batch 32
   7. accuracy at full size on three faces: GPU FP32 against CPU FP32 (codes, images), GPU FP16
      against GPU FP32 (images from the same codes, and end to end), and NaN/Inf in any output
-  8. the benchmark matrix: ONNX Runtime CUDA FP32 and FP16 × batch 1, 8, 32 (pipeline, graphs alone,
-     host overhead; TF32 off for FP32 graphs) and the official path in eager torch on the same GPU (FP32, FP16
-     autocast) → benchmarks/results/<gpu>.json, <gpu>.md (with step 7's figures) and plots
+  8. the benchmark matrix: ONNX Runtime CUDA (and inductor, when step 6 built its packages), FP32 and FP16 ×
+     batch 1, 8, 32 (pipeline, graphs alone, host overhead; TF32 off for FP32 graphs) and the official path
+     in eager torch on the same GPU (FP32, FP16 autocast) → benchmarks/results/<gpu>.json, <gpu>.md (with
+     step 7's figures) and plots
 
 Steps 5 to 7 do not stop the check when they fail: the matrix is still measured and the failures are
 listed at the end. The checkpoint and bundle are kept in benchmarks/.work and reused. Exit codes: 0
@@ -123,6 +126,7 @@ def command(*args: str) -> None:
 
 
 BUILD = ("-m", "psp_deploy.cli", "build", "--backend", "onnxruntime", "--device", "cuda")
+BUILD_INDUCTOR = ("-m", "psp_deploy.cli", "build", "--backend", "inductor", "--device", "cuda")
 
 
 def calibrate_fp16(bundle: Path) -> None:
@@ -178,7 +182,9 @@ def accuracy_lines(accuracy: dict[str, float | bool]) -> list[str]:
     ]
 
 
-def bench_matrix(checkpoint: Path, bundle: Path, warmup: int, runs: int, accuracy: dict | None) -> Path:
+def bench_matrix(
+    checkpoint: Path, bundle: Path, backends: list[str], warmup: int, runs: int, accuracy: dict | None
+) -> Path:
     """The matrix, written as benchmarks/results/<gpu>.json and .md with plots; returns the report's path."""
     from common import RESULTS
 
@@ -188,7 +194,7 @@ def bench_matrix(checkpoint: Path, bundle: Path, warmup: int, runs: int, accurac
     from psp_deploy.files import write_json
 
     stages = ["encode", "synthesize", "e2e"]
-    settings = BenchSettings(["onnxruntime"], ["fp32", "fp16"], BATCHES, stages, warmup, runs, device="cuda")
+    settings = BenchSettings(backends, ["fp32", "fp16"], BATCHES, stages, warmup, runs, device="cuda")
     results = run_benchmark(bundle, settings, baseline=checkpoint, limits=False, progress=say)
     stem = gpu_slug(results["gpu"]["name"])
     if accuracy is not None:
@@ -215,6 +221,7 @@ def run(warmup: int, runs: int) -> tuple[Path, list[str]]:
 
     failures: list[str] = []
     accuracy = None
+    backends = ["onnxruntime", "inductor"]
 
     with step(2, "a synthetic 1024² FFHQ-encode checkpoint"):
         ckpt = checkpoint(1024)
@@ -222,17 +229,24 @@ def run(warmup: int, runs: int) -> tuple[Path, list[str]]:
         scaled = bundle(ckpt, "scaled")
     with step(4, "FP16 graphs: psp-deploy calibrate --precision fp16 --synthetic 4"):
         calibrate_fp16(scaled)
-    with step(5, "the GPU tests: pytest -m gpu tests/gpu"), tolerated(failures):
-        command("-m", "pytest", "-m", "gpu", "tests/gpu")
-    with step(6, f"CUDA settings measured: psp-deploy build --backend onnxruntime --device cuda, batch {TUNING_BATCH}"):
+    with step(5, "the GPU tests: pytest -m gpu tests/gpu tests/engines/test_inductor.py"), tolerated(failures):
+        command("-m", "pytest", "-m", "gpu", "tests/gpu", "tests/engines/test_inductor.py")
+    with step(6, f"engines: onnxruntime's CUDA settings measured at batch {TUNING_BATCH}, inductor's packages"):
         for precision in ("fp32", "fp16"):
             with tolerated(failures):
                 command(*BUILD, str(scaled), "--precision", precision, "--opt-batch", str(TUNING_BATCH))
+            before = len(failures)
+            with tolerated(failures):
+                batches = ("--opt-batch", str(TUNING_BATCH), "--max-batch", str(max(BATCHES)))
+                command(*BUILD_INDUCTOR, str(scaled), "--precision", precision, "--checkpoint", str(ckpt), *batches)
+            if len(failures) > before:  # the matrix refuses, before measuring anything, a backend without engines
+                backends = ["onnxruntime"]
     with step(7, "accuracy at full size: GPU FP32 against CPU FP32, GPU FP16 against GPU FP32"), tolerated(failures):
         accuracy = gpu_accuracy(scaled)
         say(" ".join(f"{name}={value:.4g}" for name, value in accuracy.items()))
-    with step(8, f"the benchmark matrix: FP32, FP16 × batch {', '.join(map(str, BATCHES))}, torch baseline"):
-        return bench_matrix(ckpt, scaled, warmup, runs, accuracy), failures
+    matrix = f"{', '.join(backends)}, FP32 and FP16 × batch {', '.join(map(str, BATCHES))}, torch baseline"
+    with step(8, f"the benchmark matrix: {matrix}"):
+        return bench_matrix(ckpt, scaled, backends, warmup, runs, accuracy), failures
 
 
 def main() -> int:
