@@ -26,7 +26,10 @@ from psp_deploy.models import load_psp
 from psp_deploy.runtime import Pipeline, RunOptions
 from psp_deploy.runtime.backends import BackendOptions
 from psp_deploy.runtime.backends.inductor import check_target
+from psp_deploy.runtime.backends.inductor.resident import normalised
+from psp_deploy.runtime.backends.inductor.resident import to_uint8 as device_uint8
 from psp_deploy.runtime.backends.options import BuildOptions
+from psp_deploy.runtime.preprocess import face_pixels, preprocess_rgb, preprocess_sketch, to_uint8
 
 # a group of its own (see tests/conftest.py): the compiles run on one worker while the other runs the rgb tests
 pytestmark = pytest.mark.xdist_group("inductor")
@@ -165,6 +168,17 @@ def test_reduced_precision_keeps_the_epsilon_guards_in_fp32(bundles, small_ckpt)
     roots = synthesis.graph.find_nodes(op="call_function", target=torch.ops.aten.rsqrt.default)
     assert roots and all(r.args[0].meta["val"].dtype == torch.float32 for r in roots)
     assert len(epsilon_guards(synthesis.graph)) >= 4 * len(roots)  # square, reduction, epsilon, root each
+
+
+def test_the_resident_chain_s_steps_equal_the_numpy_preprocessing():
+    """What the CUDA chain runs on the device (here on CPU tensors): runtime/preprocess.py's float32 operations,
+    bit for bit."""
+    faces = np.stack([face_pixels(photo, "rgb") for photo in PHOTOS])
+    sketch = face_pixels(PHOTOS[0], "sketch")[None]
+    assert np.array_equal(normalised(torch.from_numpy(faces), "rgb").numpy(), [preprocess_rgb(f) for f in faces])
+    assert np.array_equal(normalised(torch.from_numpy(sketch), "sketch").numpy()[0], preprocess_sketch(PHOTOS[0]))
+    images = np.random.default_rng(0).uniform(-1.2, 1.2, (2, 3, 64, 64)).astype(np.float32)
+    assert np.array_equal(device_uint8(torch.from_numpy(images)).numpy(), to_uint8(images))
 
 
 def test_without_torch_the_backend_names_its_extra(packages):

@@ -52,8 +52,10 @@ class Captured:
 
 
 def normalised(faces: torch.Tensor, kind: str) -> torch.Tensor:
-    """uint8 [N, 256, 256, C] → float32 [N, C, 256, 256]: ``(x / 255 − 0.5) / 0.5`` (RGB) or ``x / 255``."""
-    x = faces.permute(0, 3, 1, 2).float() / 255.0
+    """uint8 [N, 256, 256, C] → float32 [N, C, 256, 256]: ``(x / 255 − 0.5) / 0.5`` (RGB) or ``x / 255``. The 255
+    is a device tensor: torch's CUDA kernels divide by a Python number as a multiplication by its reciprocal,
+    which can round the last bit otherwise than numpy's division (dividing by 0.5 and 2 is exact either way)."""
+    x = faces.permute(0, 3, 1, 2).float() / torch.tensor(255.0, device=faces.device)
     return (x - 0.5) / 0.5 if kind == "rgb" else x
 
 
