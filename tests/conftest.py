@@ -56,6 +56,9 @@ def pytest_configure(config):
 
     if CACHE_ENV not in os.environ:
         config.psp_cache = os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="psp-deploy-cache-")
+        # torch's inductor keeps its compiled kernels in /tmp/torchinductor_USER for good (GBs after
+        # a few runs of the inductor tests): they go to the throw-away folder too.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(config.psp_cache, "torchinductor"))
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
