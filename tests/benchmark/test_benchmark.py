@@ -13,16 +13,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
-from psp_deploy.measure.flops import graph_flops
 from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug
 from psp_deploy.benchmark.harness import busy_rows
 from psp_deploy.benchmark.report import graphs_section, latency_table, speedup_section, tf32_line, warnings_section
-from psp_deploy.measure.timing import measure
 from psp_deploy.bundle import ModelRecord, TensorSpec
 from psp_deploy.cli import app
 from psp_deploy.machine import parse_nvidia_smi
+from psp_deploy.measure.flops import graph_flops
+from psp_deploy.measure.timing import measure
 from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
 
 REPO = Path(__file__).resolve().parents[2]
 NO_CUDA = cuda_problem()  # None where ONNX Runtime runs on a GPU: there the refusals below cannot happen

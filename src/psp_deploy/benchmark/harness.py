@@ -8,7 +8,6 @@ ends with a device-wide synchronise, and the GPU, driver, CUDA and library versi
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +20,14 @@ from ..bundle import Bundle
 from ..errors import BackendUnavailableError, InputError
 from ..graph_io import IMAGE
 from ..machine import cpu_info, library_versions
+from ..measure.flops import flops_per_image
+from ..measure.timing import Latency, measure
 from ..runtime import Pipeline
 from ..runtime.backends import DEVICES, BackendOptions, check_device, resolve_backend
 from ..runtime.pipeline import openable
+from .baseline import COMPILED, EAGER
 from .device import STAGE_GRAPHS, stage_graphs
-from ..measure.flops import flops_per_image
 from .gpu import cuda_problem, cuda_synchronizer, gpu_info
-from ..measure.timing import Latency, measure
 
 STAGES = ("align", "encode", "synthesize", "e2e")
 OFFICIAL_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}  # fp16: the FP32 model under torch.autocast
@@ -41,6 +41,12 @@ ALIGN_NOTE = (
 )
 LIMITS_NOTE = "no single-conv limits with --device cuda: they are measured on CPU backends"
 AUTOCAST_NOTE = "torch-official fp16 is the official FP32 model run under torch.autocast(float16), as a user would"
+COMPILED_NOTE = (
+    "torch-compile is the official algorithm under torch.compile (inductor, default mode, one static graph per "
+    "batch size; fp16: FP16 autocast with channels-last weights and inputs); each graph's first call at each batch "
+    "is its compile, timed apart (compile s) and before the warm-up, never in the timed runs"
+)
+GRAPH_STAGE = {"encoder": "encode", "synthesis": "synthesize"}  # the stage that runs one graph alone
 GRAPHS_NOTE = "graphs-alone and host rows exist for ONNX Runtime backends only (their sessions are bound directly)"
 
 
@@ -62,6 +68,7 @@ class BenchSettings:
     profile: bool = False
     device: str = "cpu"
     tf32: bool = False
+    torch_compile: bool = True  # with a baseline: the official path under torch.compile too
 
     def __post_init__(self) -> None:
         unknown = set(self.stages) - set(STAGES)
@@ -86,6 +93,11 @@ class BenchSettings:
         self.stages = [stage for stage in self.stages if stage != "align"]
         if not self.stages:
             raise InputError("align is CPU work (dlib) whatever the device: time it without --device cuda")
+
+    @property
+    def compiled_stages(self) -> list[str]:
+        """The stages timed under torch.compile: those that run graphs (alignment has none to compile)."""
+        return [stage for stage in self.stages if stage in STAGE_GRAPHS] if self.torch_compile else []
 
     @property
     def align(self) -> bool | None:
@@ -234,11 +246,27 @@ def _bench_backends(
     return rows, profiles, pipelines
 
 
-def _timer(settings: BenchSettings) -> tuple[Timer, str | None]:
+@dataclass(frozen=True)
+class Clock:
+    """Times a call as `measure` does (warm-up calls, then timed runs), each call ending with ``sync`` (a
+    device-wide synchronise; None on a CPU)."""
+
+    warmup: int
+    runs: int
+    sync: Callable[[], object] | None = None
+
+    def __call__(self, fn: Callable[[], object]) -> Latency:
+        return measure(fn, self.warmup, self.runs, self.sync)
+
+    def once(self, fn: Callable[[], object]) -> float:
+        """The seconds of one call with nothing before it: a first call, with whatever it compiles."""
+        return measure(fn, 0, 1, self.sync).min
+
+
+def _timer(settings: BenchSettings) -> tuple[Clock, str | None]:
     """The measuring function, and what synchronises the device after each call (None on a CPU)."""
     sync = cuda_synchronizer() if settings.device == "cuda" else None
-    timer = functools.partial(measure, warmup=settings.warmup, runs=settings.runs, sync=sync[1] if sync else None)
-    return timer, sync[0] if sync else None
+    return Clock(settings.warmup, settings.runs, sync[1] if sync else None), sync[0] if sync else None
 
 
 def run_benchmark(
@@ -263,8 +291,10 @@ def run_benchmark(
     photo = benchmark_photo()
     flops = graph_flops(bundle)
     rows, profiles, pipelines = _bench_backends(bundle, settings, photo, flops, say, measured, timer)
+    failures: list[str] = []
     if baseline is not None:
-        rows += official_rows(baseline, photo, settings, flops, measured, timer)
+        official, failures = official_rows(baseline, photo, settings, flops, say, measured, timer)
+        rows += official
     results: dict[str, Any] = {
         "machine": cpu_info(),
         "versions": library_versions(),
@@ -274,7 +304,7 @@ def run_benchmark(
         "bundle": {"path": str(bundle.root), "config": bundle.config.to_dict(), "modconv": bundle.manifest.modconv},
         "gflop_per_image": {g: f / 1e9 for g, f in flops.items()},
         "results": rows,
-        "warnings": busy_rows(rows),
+        "warnings": busy_rows(rows) + failures,
         "notes": _notes(settings, rows, limits),
     }
     if settings.device == "cuda":
@@ -286,7 +316,7 @@ def run_benchmark(
 
         say("measuring the machine's single-conv rate")
         results["conv_gflops_per_s"] = machine_limits(
-            {row["backend"] for row in rows} - {"torch-official"},
+            {row["backend"] for row in rows} - {EAGER, COMPILED},
             set(settings.precisions),
             settings.threads,
             torch_too=baseline is not None,
@@ -299,9 +329,11 @@ def _notes(settings: BenchSettings, rows: list[dict[str, Any]], limits: bool) ->
     notes = []
     if settings.device == "cuda":
         notes += [ALIGN_NOTE, LIMITS_NOTE] if limits else [ALIGN_NOTE]
-    if any(row["backend"] == "torch-official" and row["precision"] == "fp16" for row in rows):
+    if any(row["backend"] == EAGER and row["precision"] == "fp16" for row in rows):
         notes.append(AUTOCAST_NOTE)
-    with_graphs = {r["backend"] for r in rows if r["stage"] in STAGE_GRAPHS and r["backend"] != "torch-official"}
+    if any(row["backend"] == COMPILED for row in rows):
+        notes.append(COMPILED_NOTE)
+    with_graphs = {r["backend"] for r in rows if r["stage"] in STAGE_GRAPHS and r["backend"] not in (EAGER, COMPILED)}
     if with_graphs - {r["backend"] for r in rows if r["part"] == "graphs"}:
         notes.append(GRAPHS_NOTE)
     return notes
@@ -310,6 +342,7 @@ def _notes(settings: BenchSettings, rows: list[dict[str, Any]], limits: bool) ->
 def _measurements(settings: BenchSettings, baseline: Path | None) -> int:
     per_config = len(settings.batches) * len(settings.stages)
     official = len(settings.batches) * len(OFFICIAL_PRECISIONS[settings.device]) if baseline else 0
+    official *= 2 if settings.compiled_stages else 1  # eager, and under torch.compile
     return len(settings.backends) * len(settings.precisions) * per_config + official
 
 
@@ -342,9 +375,11 @@ def official_rows(
     settings: BenchSettings,
     flops: dict[str, float],
     say: Progress,
-    timer: Timer,
-) -> list[dict[str, Any]]:
-    """The official algorithm in eager torch on the bench's device; on a GPU in FP32 and under FP16 autocast."""
+    measured: Progress,
+    timer: Clock,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The official algorithm on the bench's device, on a GPU in FP32 and under FP16 autocast: in eager torch
+    and (settings.torch_compile) under torch.compile; and why a precision's compiled rows are missing."""
     from .baseline import load_official, official_stages, tf32_mode
 
     net = load_official(checkpoint, settings.device, settings.threads)
@@ -352,9 +387,51 @@ def official_rows(
     with tf32_mode(settings.tf32):
         for batch in settings.batches:
             for precision in OFFICIAL_PRECISIONS[settings.device]:
-                say(f"official torch path {precision}, batch {batch}")
+                measured(f"official torch path {precision}, batch {batch}")
                 stages = official_stages(net, photo, face, batch, half=precision == "fp16")
-                label = {"backend": "torch-official", "precision": precision, "modconv": "grouped", "part": "pipeline"}
-                label.update(device=settings.device, tf32=settings.tf32)
+                label = _official_label(EAGER, precision, settings)
                 rows += [result_row(label, batch, stage, timer(stages[stage]), flops) for stage in settings.stages]
-    return rows
+        compiled, failures = compiled_rows(net, photo, face, settings, flops, say, measured, timer)
+    return rows + compiled, failures
+
+
+def _official_label(backend: str, precision: str, settings: BenchSettings) -> dict[str, Any]:
+    label = {"backend": backend, "precision": precision, "modconv": "grouped", "part": "pipeline"}
+    return {**label, "device": settings.device, "tf32": settings.tf32}
+
+
+def compiled_rows(
+    net: Any,
+    photo: np.ndarray,
+    face: np.ndarray,
+    settings: BenchSettings,
+    flops: dict[str, float],
+    say: Progress,
+    measured: Progress,
+    timer: Clock,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The official algorithm under torch.compile (baseline.compiled_graphs) per precision and batch. Before the
+    warm-up, each graph's first call at the batch compiles it: its seconds are the row's compile_s (the graphs
+    the stage runs), apart from the timed runs. A precision torch.compile fails at is left out, saying why."""
+    from .baseline import compiled_graphs, compiling, official_stages
+
+    graphs = list(dict.fromkeys(graph for stage in settings.compiled_stages for graph in STAGE_GRAPHS[stage]))
+    precisions = OFFICIAL_PRECISIONS[settings.device] if graphs else ()
+    rows, failures = [], []
+    for precision in precisions:
+        half, label = precision == "fp16", _official_label(COMPILED, precision, settings)
+        try:
+            with compiling(len(settings.batches) * len(precisions)):
+                compiled = compiled_graphs(net, channels_last=half)
+                for batch in settings.batches:
+                    stages = official_stages(net, photo, face, batch, half, compiled)
+                    say(f"torch.compile {precision}, batch {batch}: compiling the {' and '.join(graphs)}")
+                    seconds = {graph: timer.once(stages[GRAPH_STAGE[graph]]) for graph in graphs}
+                    measured(f"official torch path under torch.compile {precision}, batch {batch}")
+                    for stage in settings.compiled_stages:
+                        row = result_row(label, batch, stage, timer(stages[stage]), flops)
+                        rows.append({**row, "compile_s": sum(seconds[graph] for graph in STAGE_GRAPHS[stage])})
+        except BackendUnavailableError as err:
+            failures.append(f"{err}: the official path under torch.compile {precision} is left out")
+            say(failures[-1])
+    return rows, failures

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.backends.onnxruntime import uses_tf32
+from .baseline import COMPILED, EAGER
 
 Row = dict[str, Any]
 PARTS = {"pipeline": "pipeline", "graphs": "graphs alone", "host": "host overhead"}
@@ -26,7 +27,7 @@ def _pipeline(rows: list[Row]) -> list[Row]:
 def conv_rate(results: dict[str, Any], row: Row) -> float | None:
     """The single-conv rate of the row's own backend at its own precision: an INT8 or BF16 figure held
     against the FP32 rate would read as several hundred percent of the machine."""
-    backend = "torch" if row["backend"] == "torch-official" else row["backend"]
+    backend = "torch" if row["backend"] in (EAGER, COMPILED) else row["backend"]
     return results.get("conv_gflops_per_s", {}).get(row["precision"], {}).get(backend)
 
 
@@ -34,31 +35,87 @@ def _find(rows: list[Row], **where: Any) -> Row | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in where.items())), None)
 
 
+def _peer(rows: list[Row], row: Row, backend: str) -> Row | None:
+    """The pipeline row of ``backend`` (the official path, eager or compiled) to hold ``row`` against: same batch
+    and stage, at the row's precision where it ran in it (FP16 autocast on a GPU), else its FP32."""
+    same = dict(backend=backend, stage=row["stage"], batch=row["batch"])
+    pipeline = _pipeline(rows)
+    return _find(pipeline, **same, precision=row["precision"]) or _find(pipeline, **same, precision="fp32")
+
+
+def times_compiled(rows: list[Row], row: Row) -> str:
+    """The "× compiled torch" cell: the row's images/s over compiled torch's (above 1: faster than the peer), the
+    peer's precision named where it is not the row's; empty for host rows (a difference of times)."""
+    peer = _peer(rows, row, COMPILED)
+    if peer is None or row is peer or _part(row) == "host":
+        return ""
+    other = "" if peer["precision"] == row["precision"] else f" (vs {peer['precision']})"
+    return f"{row['images_per_s'] / peer['images_per_s']:.2f}×{other}"
+
+
+WITHIN_NOISE = "≈0 (within noise)"
+NOISE_NOTE = (
+    "A host overhead of ≈0 (within noise): the graphs alone timed as slow as or slower than the whole pipeline, "
+    "so the host's own time is below what these runs can resolve (a difference of two measurements is never "
+    "reported below zero)."
+)
+
+
+def overhead_seconds(seconds: float) -> str:
+    """A host overhead in seconds: a difference of two measurements (pipeline − graphs alone), so one below
+    zero is their noise (the graphs alone timed slower than the whole pipeline), never a negative cost."""
+    return f"{seconds:.3f}" if seconds >= 0 else "≈0"
+
+
+def within_noise(row: Row) -> bool:
+    """A host row whose median overhead came out below zero."""
+    return _part(row) == "host" and row["latency_s"]["p50"] < 0
+
+
+def _host_what(row: Row) -> str:
+    return "alignment + host overhead" if row.get("includes_alignment") else "host overhead"
+
+
+def host_overhead(row: Row) -> str:
+    """A host row in words, as the bench command prints it: "host overhead p50 0.012s (3% of the pipeline)",
+    or, below zero, "host overhead p50 ≈0 (within noise)"."""
+    if within_noise(row):
+        return f"{_host_what(row)} p50 {WITHIN_NOISE}"
+    return f"{_host_what(row)} p50 {row['latency_s']['p50']:.3f}s ({row['share_of_pipeline']:.0%} of the pipeline)"
+
+
 def _time(row: Row) -> str:
     if _part(row) == "host":
-        what = "alignment + host overhead" if row.get("includes_alignment") else "host overhead"
-        return f"{what} ({row['share_of_pipeline']:.0%} of pipeline)"
-    return PARTS[_part(row)]
+        if within_noise(row):
+            return f"{_host_what(row)} {WITHIN_NOISE}"
+        return f"{_host_what(row)} ({row['share_of_pipeline']:.0%} of pipeline)"
+    compiled = f" (compile {row['compile_s']:.1f} s, untimed)" if "compile_s" in row else ""
+    return PARTS[_part(row)] + compiled
 
 
-def _stat(latency: dict[str, float], key: str) -> str:
-    return f"{latency[key]:.3f}" if key in latency else ""  # host rows have a median and a mean only
+def _stat(row: Row, key: str) -> str:
+    latency = row["latency_s"]
+    if key not in latency:
+        return ""  # host rows have a median and a mean only
+    return overhead_seconds(latency[key]) if _part(row) == "host" else f"{latency[key]:.3f}"
 
 
 def latency_table(results: dict[str, Any]) -> list[str]:
+    rows = results["results"]
+    peer = any(r["backend"] == COMPILED for r in rows)  # the column only where compiled torch ran
     lines = [
         "| configuration | batch | stage | time | p50 s | p90 s | mean s | images/s | GFLOP/s "
-        "| of the conv rate, same backend and precision |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| of the conv rate, same backend and precision |" + (" × compiled torch |" if peer else ""),
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if peer else ""),
     ]
-    for r in results["results"]:
-        lat, gf, limit = r["latency_s"], r["gflops_per_s"], conv_rate(results, r)
+    for r in rows:
+        gf, limit = r["gflops_per_s"], conv_rate(results, r)
         share = f"{gf / limit:.0%}" if gf and limit else ""
         host = _part(r) == "host"  # a difference of times: no rate of its own
         rate, gflops = ("", "") if host else (f"{r['images_per_s']:.3f}", f"{gf or 0:.1f}")
         lines.append(
-            f"| {_config(r)} | {r['batch']} | {r['stage']} | {_time(r)} | {_stat(lat, 'p50')} | {_stat(lat, 'p90')} | "
-            f"{_stat(lat, 'mean')} | {rate} | {gflops} | {share} |"
+            f"| {_config(r)} | {r['batch']} | {r['stage']} | {_time(r)} | {_stat(r, 'p50')} | {_stat(r, 'p90')} | "
+            f"{_stat(r, 'mean')} | {rate} | {gflops} | {share} |" + (f" {times_compiled(rows, r)} |" if peer else "")
         )
     return lines
 
@@ -69,10 +126,9 @@ def speedup_section(results: dict[str, Any]) -> list[str]:
     rows = _pipeline(results["results"])
     table = []
     for r in rows:
-        if r["stage"] != "e2e" or r["backend"] == "torch-official":
+        if r["stage"] != "e2e" or r["backend"] == EAGER:
             continue
-        official = dict(backend="torch-official", stage="e2e", batch=r["batch"])
-        base = _find(rows, **official, precision=r["precision"]) or _find(rows, **official, precision="fp32")
+        base = _peer(rows, r, EAGER)
         if base:
             ours, theirs = 1 / r["images_per_s"], 1 / base["images_per_s"]
             table.append(
@@ -178,14 +234,30 @@ def _throughput_plot(plt: Any, rows: list[Row], out: Path) -> Path:
     return _save(fig, out)
 
 
+def roofline_limits(rows: list[Row], rates: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The single-conv limit line of each precision the plotted synthesis rows ran (the best rate among their
+    backends): a limit of a precision nothing ran at (torch's BF16 rate, measured whenever the CPU has BF16)
+    is no bound on any bar."""
+    limits = {}
+    for precision in dict.fromkeys(r["precision"] for r in rows if r["stage"] == "synthesize" and r["gflops_per_s"]):
+        ran = {
+            "torch" if r["backend"] == "torch-official" else r["backend"] for r in rows if r["precision"] == precision
+        }
+        measured = rates.get(precision, {})
+        own = [rate for backend, rate in measured.items() if backend in ran] or list(measured.values())
+        if own:
+            limits[precision] = max(own)
+    return limits
+
+
 def _roofline_plot(plt: Any, rows: list[Row], rates: dict[str, dict[str, float]], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 5))
     synthesis = [r for r in rows if r["stage"] == "synthesize" and r["gflops_per_s"]]
     ax.bar(range(len(synthesis)), [r["gflops_per_s"] for r in synthesis])
     labels = [f"{_config(r)} b{r['batch']}" for r in synthesis]
     ax.set_xticks(range(len(synthesis)), labels, rotation=35, ha="right", fontsize=8)
-    for i, (precision, by_backend) in enumerate(rates.items()):
-        ax.axhline(max(by_backend.values()), linestyle="--", label=f"single-conv limit, {precision}", color=f"C{i + 1}")
+    for i, (precision, limit) in enumerate(roofline_limits(synthesis, rates).items()):
+        ax.axhline(limit, linestyle="--", label=f"single-conv limit, {precision}", color=f"C{i + 1}")
     ax.set_ylabel("GFLOP/s")
     ax.set_title("Synthesis: achieved rate against the machine's single-conv rate")
     _legend(ax)
@@ -200,7 +272,7 @@ def _overhead_plot(plt: Any, rows: list[Row], out: Path) -> Path:
         if r["stage"] == "e2e" and _part(r) == "graphs"
     ]
     graphs = [g["latency_s"]["p50"] for g, _ in pairs]
-    host = [h["latency_s"]["p50"] if h else 0 for _, h in pairs]
+    host = [max(0.0, h["latency_s"]["p50"]) if h else 0 for _, h in pairs]  # below zero: noise, drawn as none
     fig, ax = plt.subplots(figsize=(10, 5))
     ax.bar(range(len(pairs)), graphs, label="graphs alone (device-resident)")
     ax.bar(range(len(pairs)), host, bottom=graphs, label="host overhead")
@@ -304,6 +376,7 @@ def write_report(results: dict[str, Any], out: Path, stem: str, command: str, no
         "",
         *latency_table(results),
         "",
+        *([NOISE_NOTE, ""] if any(within_noise(r) for r in results["results"]) else []),
         *(f"![{p.stem}]({p.name})" for p in plots),
         "",
         *profile_section(results),

@@ -97,7 +97,7 @@ def _torch(precision: str, threads: int | None) -> Callable[[], object]:
 def machine_limits(
     backends: set[str], precisions: set[str], threads: int | None = None, torch_too: bool = True
 ) -> dict[str, dict[str, float]]:
-    """{precision: {backend: GFLOP/s}} for what this run uses (BF16 only on CPUs with it natively)."""
+    """{precision: {backend: GFLOP/s}} for the precisions this run measures (BF16 only on CPUs with it natively)."""
     rates: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = conv_graph(Path(tmp) / "conv.onnx")
@@ -114,6 +114,6 @@ def machine_limits(
                 rates.setdefault("bf16", {})["openvino"] = best_rate(_openvino(fp32, "bf16", threads))
         if torch_too:
             rates.setdefault("fp32", {})["torch"] = best_rate(_torch("fp32", threads))
-            if has_native_bf16():
+            if "bf16" in precisions and has_native_bf16():  # a limit of a precision no row ran bounds nothing
                 rates.setdefault("bf16", {})["torch"] = best_rate(_torch("bf16", threads))
     return rates

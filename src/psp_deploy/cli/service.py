@@ -169,6 +169,14 @@ def bench(
     tf32: Tf32Opt = False,
     threads: ThreadsOpt = None,
     baseline: Annotated[Path | None, typer.Option(help="The checkpoint: also time the official PyTorch path.")] = None,
+    torch_compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="With --baseline: the official path under torch.compile too, beside eager (compiling takes "
+            "minutes per batch size on a few CPU cores).",
+        ),
+    ] = True,
     limits: Annotated[bool, typer.Option(help="Measure the CPU's single-conv rate per precision.")] = True,
     profile: Annotated[
         bool, typer.Option(help="Also record seconds per operator type of each graph (the backend's profiler).")
@@ -189,8 +197,9 @@ def bench(
     the machine (CPU; with --device cuda the GPU, driver, CUDA and TF32 mode, timings
     CUDA-synchronised), library versions, the bundle's configuration and these settings. With
     --baseline the official algorithm runs in PyTorch in the same run (on cuda: FP32, in TF32 only
-    with --tf32 as ours, and FP16 autocast); the single-conv limits tell how far each figure is
-    from the CPU's.
+    with --tf32 as ours, and FP16 autocast), eagerly and under torch.compile (its compile time
+    reported apart; on cuda FP16 with channels-last), and the report holds every row against
+    compiled torch; the single-conv limits tell how far each figure is from the CPU's.
     """
     from ..benchmark.harness import BenchSettings, run_benchmark
     from ..benchmark.report import write_report
@@ -205,18 +214,8 @@ def bench(
             batches = [int(b) for b in comma_list(batch)]
         except ValueError:
             raise InputError(f"--batch takes comma-separated integers, got {batch!r}") from None
-        settings = BenchSettings(
-            backends=comma_list(backend),
-            precisions=comma_list(precision),
-            batches=batches,
-            stages=comma_list(stages),
-            warmup=warmup,
-            runs=runs,
-            threads=threads,
-            profile=profile,
-            device=device.value,
-            tf32=tf32,
-        )
+        chosen = (comma_list(backend), comma_list(precision), batches, comma_list(stages))
+        settings = BenchSettings(*chosen, warmup, runs, threads, profile, device.value, tf32, torch_compile)
         results = run_benchmark(bundle, settings, baseline=baseline, limits=limits, progress=step)
         write_json(output, results)
         if report:
@@ -238,4 +237,5 @@ def summary(row: dict) -> str:
     if row.get("part") == "host":
         return f"host overhead p50 {p50:.3f}s ({row['share_of_pipeline']:.0%} of the pipeline)"
     alone = "graphs alone " if row.get("part") == "graphs" else ""
-    return f"{alone}p50 {p50:.3f}s  {row['images_per_s']:.2f} img/s"
+    compiled = f"  (compile {row['compile_s']:.1f}s, untimed)" if "compile_s" in row else ""
+    return f"{alone}p50 {p50:.3f}s  {row['images_per_s']:.2f} img/s{compiled}"
