@@ -106,7 +106,8 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
     report = (tmp_path / "report" / "bench-results.md").read_text()
     assert "| onnxruntime fp32 (scaled) | 2 | synthesize | pipeline |" in report
     assert "| onnxruntime fp32 (scaled) | 2 | synthesize | graphs alone |" in report
-    assert "| onnxruntime fp32 (scaled) | 2 | synthesize | host overhead (" in report
+    # a share of the pipeline, or "≈0 (within noise)" where the graphs alone timed slower (two cores, noisy)
+    assert re.search(r"\| onnxruntime fp32 \(scaled\) \| 2 \| synthesize \| host overhead (\(\d+% of|≈0 \(within)", report)
     assert "against the official path" not in report and "machine's limit" not in report  # no empty tables
     assert (tmp_path / "report" / "bench-results-throughput.png").exists()
     synthesis_ops = data["profiles"]["onnxruntime fp32"]["synthesis"]

@@ -241,7 +241,7 @@ def roofline_limits(rows: list[Row], rates: dict[str, dict[str, float]]) -> dict
     limits = {}
     for precision in dict.fromkeys(r["precision"] for r in rows if r["stage"] == "synthesize" and r["gflops_per_s"]):
         ran = {
-            "torch" if r["backend"] == "torch-official" else r["backend"] for r in rows if r["precision"] == precision
+            "torch" if r["backend"] in (EAGER, COMPILED) else r["backend"] for r in rows if r["precision"] == precision
         }
         measured = rates.get(precision, {})
         own = [rate for backend, rate in measured.items() if backend in ran] or list(measured.values())
