@@ -12,7 +12,6 @@ from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
 
-from psp_deploy.measure.flops import node_flops
 from psp_deploy.bundle import GRAPHS, Bundle
 from psp_deploy.calibration import calibrate_bundle
 from psp_deploy.calibration.calibrate import make_fp16
@@ -26,6 +25,7 @@ from psp_deploy.cli import app
 from psp_deploy.engines import build_engines
 from psp_deploy.errors import CalibrationError
 from psp_deploy.export.checks import unsupported_ops
+from psp_deploy.measure.flops import node_flops
 from psp_deploy.runtime import Pipeline
 
 pytestmark = pytest.mark.xdist_group("calibration")  # see tests/conftest.py
@@ -114,9 +114,27 @@ def test_fp16_decisions_by_hand():
 
 
 def test_int8_synthesis_quantizes_symmetrically_and_picks_the_better_method(bundle_copy):
+    told = []
     report = calibrate_bundle(
-        bundle_copy, "int8", synthetic=6, graphs=("synthesis",), methods=("minmax", "percentile"), rounds=1
+        bundle_copy,
+        "int8",
+        synthetic=6,
+        graphs=("synthesis",),
+        methods=("minmax", "percentile"),
+        rounds=1,
+        stages=lambda stage, done, total, note="": told.append((stage, done, total, note)),
     )
+    int8 = [(done, total, note) for stage, done, total, note in told if stage == "int8 synthesis"]
+    # one counted stage: a unit per feed each attempt's calibration pass reads (6 samples, 2 held back: 4), and
+    # one for its ranges and score; 2 methods + 1 round = 3 attempts of 5 units
+    assert {total for _, total, _ in int8} == {15} and int8[-1][0] == 15
+    assert [done for done, _, _ in int8] == sorted(done for done, _, _ in int8)
+    assert {"minmax calibration", "percentile calibration"} <= {note for _, _, note in int8}
+    assert [stage for stage, *_ in dict.fromkeys((s, 0) for s, *_ in told)] == [
+        "synthesizing calibration faces",
+        "int8 synthesis",
+        "evaluating on held-back samples",
+    ]
     end_to_end = next(g for g in report.graphs if g.name == "end-to-end")
     assert end_to_end.psnr_db >= 28, report.graphs
     decision = report.decisions["synthesis"]
@@ -220,6 +238,7 @@ def test_int8_refuses_a_grouped_synthesis(bundle_copy):
         (dict(precision="fp16"), "either a folder of photos"),
         (dict(precision="fp16", synthetic=2), "at least 4 samples"),
         (dict(precision="fp16", synthetic=8, graphs=("decoder",)), r"unknown graphs \['decoder'\]"),
+        (dict(precision="fp16", synthetic=8, align=False), "is for photos"),
     ],
 )
 def test_bad_calibration_arguments(bundle_copy, kwargs, message):
@@ -228,21 +247,98 @@ def test_bad_calibration_arguments(bundle_copy, kwargs, message):
         calibrate_bundle(bundle_copy, precision, **kwargs)
 
 
-def test_calibration_set_from_photos(bundles, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
+def _photo_folder(folder):
+    """Four photos with a face, one without (p4) and a file that is no image (broken.png)."""
+    folder.mkdir()
     face = data.astronaut()
     for i, img in enumerate([face, face[:, ::-1], face[20:, 10:], face[:480, :480], np.full((64, 64, 3), 9, np.uint8)]):
-        Image.fromarray(np.ascontiguousarray(img)).save(photos / f"p{i}.png")
+        Image.fromarray(np.ascontiguousarray(img)).save(folder / f"p{i}.png")
+    (folder / "broken.png").write_bytes(b"not a PNG")
+    return folder
+
+
+def test_calibration_photos_left_out_are_named_with_their_reason(bundles, tmp_path):
+    """Never silently: each unusable photo is named with why; too few usable ones are refused, naming them."""
+    photos = _photo_folder(tmp_path / "photos")
     with Pipeline.from_bundle(bundles("rgb-scaled")[0].root) as pipeline:
         calib = make_calibration_set(pipeline, images=photos, holdout=0.25)
-    assert len(calib.images) + len(calib.held_images) == 4  # the faceless photo is skipped
-    assert calib.images.shape[1:] == (3, 256, 256) and calib.held_codes.shape[1:] == (10, 512)
-    assert -1.0 <= calib.images.min() and calib.images.max() <= 1.0
+        assert len(calib.images) + len(calib.held_images) == 4
+        assert calib.images.shape[1:] == (3, 256, 256) and calib.held_codes.shape[1:] == (10, 512)
+        assert -1.0 <= calib.images.min() and calib.images.max() <= 1.0
+        assert [(d.photo, d.reason) for d in calib.dropped] == [
+            (str(photos / "broken.png"), "not an image (or a format Pillow cannot identify)"),
+            (str(photos / "p4.png"), "no face found in the photo"),
+        ]
+        assert calib.source == f"4 of 6 photos from {photos}" and not calib.notes
+
+        for name in ("p0.png", "p1.png"):
+            (photos / name).unlink()
+        message = r"only 2 of 4 photos usable; calibration needs at least 4 \(left out: .*broken.png: not an image"
+        with pytest.raises(CalibrationError, match=message + r".*p4.png: no face found in the photo\)"):
+            make_calibration_set(pipeline, images=photos)
+
+
+def test_already_aligned_crops_are_used_as_they_are_with_no_align(bundles, tmp_path):
+    """align=False (--no-align): `psp-deploy align`'s 256² crops go in as they are, not aligned a second time;
+    aligning them anyway is pointed out."""
+    from psp_deploy.runtime.align import FaceAligner
+    from psp_deploy.runtime.io import read_image
+    from psp_deploy.runtime.preprocess import preprocess
+
+    crops = tmp_path / "aligned"
+    crops.mkdir()
+    aligner, face = FaceAligner(), data.astronaut()
+    for i, photo in enumerate([face, face[:, ::-1], face[20:, 10:], face[:480, :480]]):
+        Image.fromarray(aligner.align(np.ascontiguousarray(photo)).image).save(crops / f"c{i}.png")
+    with Pipeline.from_bundle(bundles("rgb-scaled")[0].root) as pipeline:
+        as_they_are = make_calibration_set(pipeline, images=crops, align=False, holdout=0.25)
+        realigned = make_calibration_set(pipeline, images=crops, holdout=0.25)
+    expected = np.stack([preprocess(read_image(crops / f"c{i}.png"), pipeline.config) for i in range(4)])
+    np.testing.assert_array_equal(np.concatenate([as_they_are.held_images, as_they_are.images]), expected)
+    assert as_they_are.source.endswith("(already aligned: used as they are)") and not as_they_are.notes
+    assert not np.array_equal(np.concatenate([realigned.held_images, realigned.images]), expected)
+    assert realigned.notes and "pass --no-align (align=False)" in realigned.notes[0]
+
+
+def test_progress_lines_carry_the_time_so_far_and_an_eta():
+    from psp_deploy.calibration.progress import as_lines
+
+    lines, now = [], iter([0.0, 0.0, 30.0, 60.0, 60.0])
+    report = as_lines(lines.append, clock=lambda: next(now))
+    for done in (0, 1, 2, 2):  # a repeat is said once
+        report("int8 synthesis", done, 4, "minmax calibration")
+    report("int8 synthesis", 4, 4, "minmax won")
+    assert lines == [
+        "int8 synthesis: minmax calibration 0/4",
+        "int8 synthesis: minmax calibration 1/4 (0:00:30, eta 0:01:30)",
+        "int8 synthesis: minmax calibration 2/4 (0:01:00, eta 0:01:00)",
+        "int8 synthesis: minmax won 4/4",
+    ]
 
 
 def _cli(*args):
     return CliRunner().invoke(app, ["calibrate", *map(str, args)])
+
+
+def test_cli_names_the_photos_it_left_out_and_shows_progress_bars_with_an_eta(bundle_copy, monkeypatch):
+    """On a terminal, each long stage is a bar with run's columns (done/total, elapsed, ETA), not a line per
+    photo; the photos left out are listed after it, each with its reason."""
+    from psp_deploy.cli import common
+
+    photos = _photo_folder(bundle_copy.parent / "photos")
+    monkeypatch.setattr(common.console, "_force_terminal", True)
+    result = _cli(bundle_copy, "--precision", "fp16", "--images", photos, "--graphs", "mapping")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert re.search(r"aligning calibration photos .*6/6 +0:00:\d\d eta", out), out
+    assert re.search(r"fp16 mapping: converted .*4/4 +0:00:\d\d eta", out), out
+    assert re.search(r"evaluating on held-back samples .*eta", out), out
+    assert "calibrating: aligning calibration photos 1/6" not in out  # no line per photo
+    assert "left out 2 photos (used for neither calibration nor the accuracy figures):" in out
+    assert f"✗ {photos / 'broken.png'}: not an image" in out and f"✗ {photos / 'p4.png'}: no face found" in out
+    assert f"(4 of 6 photos from {photos})" in out
+    saved = json.loads((bundle_copy / "reports" / "fp16.json").read_text())
+    assert [d["photo"] for d in saved["dropped"]] == [str(photos / "broken.png"), str(photos / "p4.png")]
 
 
 def test_cli_summary_reads_unambiguously_with_progress_lines_off_a_terminal(bundle_copy):

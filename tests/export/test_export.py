@@ -7,8 +7,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from psp_deploy.errors import ExportError
+from psp_deploy.cli import app
+from psp_deploy.errors import ExportError, OutputError
 from psp_deploy.export import export_bundle, writer
 from psp_deploy.export.checks import check_graph, unsupported_ops
 from psp_deploy.export.graphs import graph_specs
@@ -121,13 +123,71 @@ def test_parity_failure_is_loud(bundles, synthetic):
         check_parity(spec, bundle.model_path("mapping"), 2, tolerance=1e-12)
 
 
-def test_refuses_non_empty_output_without_force(small_ckpt, tmp_path):
+def test_refuses_non_empty_output_without_force_in_each_interfaces_words(small_ckpt, tmp_path):
+    """Python names its parameter (force=True), the command its flag (--force)."""
     out = tmp_path / "bundle"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="not empty; pass --force"):
+    with pytest.raises(ExportError, match=r"not empty and holds no bundle this psp-deploy reads; pass force=True to"):
         export_bundle(small_ckpt, out)
+    result = CliRunner().invoke(app, ["export", str(small_ckpt), "-o", str(out)])
+    assert result.exit_code == 2 and "pass --force to replace it" in result.output, result.output
+    assert "force=True" not in result.output and "Traceback" not in result.output
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def _as_if_exported_from(checkpoint, bundle_dir):
+    """The shared test bundle was exported from the in-memory net (export_net, no file to hash): record the
+    checkpoint file the same net was saved to as its source, as export_bundle would have."""
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["source"] = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint)}
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_rerun_keeps_the_same_export_and_what_was_added_to_it(small_ckpt, bundle_copy, monkeypatch):
+    """The README's Python example reruns as written: the folder already holds this very export (same
+    checkpoint, forms, opset, psp-deploy), so it is kept, calibrated graphs and engines included, and
+    nothing is read or exported; another export there is refused, naming the difference."""
+    _as_if_exported_from(small_ckpt, bundle_copy)
+    (bundle_copy / "reports").mkdir()
+    (bundle_copy / "reports" / "int8.json").write_text("{}")  # what calibrate added since
+    before = {p: p.stat().st_mtime_ns for p in bundle_copy.rglob("*")}
+
+    def no_export(*_args, **_kwargs):
+        raise AssertionError("the checkpoint was read again")
+
+    monkeypatch.setattr(writer, "build_psp", no_export)
+    bundle, results = export_bundle(small_ckpt, bundle_copy, modconv="scaled")
+    assert bundle.root == bundle_copy and results == [] and bundle.record("synthesis").batch is None
+    assert {p: p.stat().st_mtime_ns for p in bundle_copy.rglob("*")} == before
+
+    result = CliRunner().invoke(app, ["export", str(small_ckpt), "-o", str(bundle_copy), "--modconv", "scaled"])
+    assert result.exit_code == 0 and "already holds this export" in result.output, result.output
+
+    with pytest.raises(ExportError, match=r"holds another export \(modconv scaled, not grouped; batch any, not 1\); "):
+        export_bundle(small_ckpt, bundle_copy)  # grouped, the default
+    with pytest.raises(ExportError, match=r"holds another export \(opset 18, not 19\); pass force=True"):
+        export_bundle(small_ckpt, bundle_copy, modconv="scaled", opset=19)
+    (bundle_copy / "mapping.onnx").write_bytes(b"edited")
+    with pytest.raises(ExportError, match=r"holds this export, damaged \(.*mapping.onnx: contents do not match"):
+        export_bundle(small_ckpt, bundle_copy, modconv="scaled")
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(small_ckpt, tmp_path, unwritable_dir, monkeypatch):
+    """A read-only or immutable folder, or one inside it: "cannot write to …", exit 2, before the checkpoint
+    is read (no traceback after the export's minutes of work), and nothing left behind."""
+
+    def no_export(*_args, **_kwargs):
+        raise AssertionError("the checkpoint was read")
+
+    monkeypatch.setattr(writer, "build_psp", no_export)
+    for out in (unwritable_dir, unwritable_dir / "bundle"):
+        result = CliRunner().invoke(app, ["export", str(small_ckpt), "-o", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"error: cannot write to {unwritable_dir}" in result.output and "Traceback" not in result.output
+        with pytest.raises(OutputError, match=f"cannot write to {unwritable_dir}"):
+            export_bundle(small_ckpt, out)
+    assert list(unwritable_dir.iterdir()) == [] and [p.name for p in tmp_path.iterdir()] == ["locked"]
 
 
 def test_interrupted_export_leaves_nothing(small_ckpt, tmp_path, monkeypatch):
@@ -143,9 +203,10 @@ def test_interrupted_export_leaves_nothing(small_ckpt, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(modconv="fused"), "--modconv must be one of grouped, scaled"),
-        (dict(batch=0), "--batch must be at least 1"),
-        (dict(opset=11), "--opset must be one of"),
+        (dict(modconv="fused"), "^modconv must be one of grouped, scaled"),
+        (dict(batch=0), "^batch must be at least 1"),
+        (dict(batch=2, modconv="scaled"), "^batch fixes the grouped form's batch; .*: leave batch out"),
+        (dict(opset=11), "^opset must be one of"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(small_ckpt, tmp_path, kwargs, message):

@@ -36,8 +36,8 @@ def test_phase_synthesis_matches_torch_without_dense_transposed_convs(small_psp,
 @pytest.mark.parametrize(
     "options,message",
     [
-        (dict(upsample="subpixel"), "--upsample must be one of transpose, phase"),
-        (dict(modconv="scaled", batch=4), "the scaled form takes any batch: leave --batch out"),
+        (dict(upsample="subpixel"), "^upsample must be one of transpose, phase"),  # Python's words, not a flag
+        (dict(modconv="scaled", batch=4), "the scaled form takes any batch: leave batch out"),
     ],
 )
 def test_bad_export_options_are_refused_before_any_work(small_ckpt, tmp_path, options, message):

@@ -9,6 +9,7 @@ This module checks the arguments and runs the stages in order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from ..bundle import Bundle
@@ -16,15 +17,15 @@ from ..errors import CalibrationError
 from ..graph_io import GRAPH_IO
 from ..runtime import Pipeline
 from .convert import make_fp16, make_int8
-from .data import CalibrationSet, make_calibration_set
+from .data import CalibrationSet, check_source, make_calibration_set
 from .evaluate import evaluate
 from .int8 import METHODS
+from .progress import Progress, as_lines
 from .record import record, register
 from .report import AccuracyReport
 
 BACKENDS = {"onnxruntime": ("fp16", "int8"), "openvino": ("bf16", "int8")}
 MIN_HELD_BACK = 4  # below this, one odd sample moves the mean PSNR and the worst cosine a lot
-PROGRESS_STEPS = 10  # per-sample progress in about this many updates: log lines, not one per sample
 ACCUMULATION_NOTE = (
     "FP16 accuracy is measured by running the FP16 graph in ONNX Runtime on the CPU, where FP16 kernels compute "
     "in FP32 and round to FP16 between ops; TensorRT's FP16 kernels may also accumulate in FP16, so expect the "
@@ -66,19 +67,18 @@ def _make_graphs(
     backend: str,
     methods: tuple[str, ...],
     rounds: int,
-    say: Callable[[str], None],
+    progress: Progress,
 ) -> dict[str, dict]:
     """Write the graphs at ``precision`` and register them (OpenVINO reuses INT8 graphs already calibrated)."""
     decisions = {}
     for graph in graphs:
         if backend == "openvino" and precision in bundle.manifest.models[graph]:
             continue
-        say(f"{precision} {graph}")
         samples = data.samples(graph)
         if precision == "fp16":
-            decisions[graph] = make_fp16(bundle, graph, samples)
+            decisions[graph] = make_fp16(bundle, graph, samples, progress)
         else:
-            decisions[graph] = make_int8(bundle, graph, samples, methods, rounds, say)
+            decisions[graph] = make_int8(bundle, graph, samples, methods, rounds, progress)
         register(bundle, graph, precision, decisions[graph])
     return decisions
 
@@ -87,14 +87,6 @@ def report_path(bundle_dir: str | Path, precision: str, backend: str) -> Path:
     """Where calibrate saves the accuracy report of ``precision`` measured on ``backend``."""
     name = precision if backend == "onnxruntime" else f"{backend}-{precision}"
     return Path(bundle_dir) / "reports" / f"{name}.json"
-
-
-def _sample_progress(say: Callable[[str], None]) -> Callable[[str, int, int], None]:
-    def report(what: str, done: int, total: int) -> None:
-        if done in (0, total) or done % max(1, total // PROGRESS_STEPS) == 0:
-            say(f"{what} {done}/{total}")
-
-    return report
 
 
 def _held_back_warnings(held_back: int, holdout: float) -> list[str]:
@@ -113,6 +105,7 @@ def calibrate_bundle(
     backend: str = "onnxruntime",
     images: Path | None = None,
     synthetic: int | None = None,
+    align: bool | None = None,
     seed: int = 0,
     holdout: float = 0.25,
     methods: tuple[str, ...] = METHODS,
@@ -120,6 +113,7 @@ def calibrate_bundle(
     rounds: int = 2,
     force_bf16: bool = False,
     progress: Callable[[str], None] | None = None,
+    stages: Progress | None = None,
 ) -> AccuracyReport:
     """Write ``<graph>.<precision>.onnx`` into the bundle, record them, and report accuracy vs FP32.
 
@@ -128,36 +122,39 @@ def calibrate_bundle(
     ``methods`` and then up to ``rounds`` rounds of keeping the most sensitive nodes in float.
     With ``backend="openvino"`` the accuracy is OpenVINO's: bf16 (its inference precision on
     the FP32 graphs, nothing written) or int8 (the Q/DQ graphs, made here if missing).
+
+    Photos from ``images`` are aligned as the runtime does; ``align=False`` uses already-aligned
+    crops (`psp-deploy align`'s output) as they are. A photo that cannot be used (no face,
+    unreadable) is left out and named, with its reason, in the report's ``dropped``.
+
+    ``progress`` is told each stage's advance as a line, about ten per stage (a log's view);
+    ``stages`` instead gets it counted, ``(stage, done, total, note)`` (a progress bar's view).
     """
-    say = progress or (lambda _m: None)
+    track = stages or as_lines(progress or (lambda _m: None))
     bundle, graphs = _checked(bundle_dir, precision, backend, graphs)
+    check_source(images, synthetic, holdout, align)
     if precision == "bf16":
         from ..runtime.backends.openvino import check_bf16
 
         check_bf16(force_bf16)  # before any work
     with Pipeline.from_bundle(bundle.root) as fp32:
         data = make_calibration_set(
-            fp32,
-            images=images,
-            synthetic=synthetic,
-            holdout=holdout,
-            seed=seed,
-            progress=_sample_progress(say),
+            fp32, images=images, synthetic=synthetic, holdout=holdout, seed=seed, align=align, progress=track
         )
     decisions = (
-        {} if precision == "bf16" else _make_graphs(bundle, data, precision, graphs, backend, methods, rounds, say)
+        {} if precision == "bf16" else _make_graphs(bundle, data, precision, graphs, backend, methods, rounds, track)
     )
-    say("evaluating on held-back samples")
     notes = [ACCUMULATION_NOTE if precision == "fp16" else INT8_NOTE if precision == "int8" else BF16_NOTE]
     report = AccuracyReport(
         precision,
         f"{backend}-cpu",
         data.source,
         len(data.held_images),
-        evaluate(bundle, data, precision, backend, graphs, force_bf16),
+        evaluate(bundle, data, precision, backend, graphs, force_bf16, track),
         decisions,
         notes,
-        _held_back_warnings(len(data.held_images), holdout),
+        data.notes + _held_back_warnings(len(data.held_images), holdout),
+        [asdict(d) for d in data.dropped],
     )
     record(bundle, report, list(decisions), report_path(bundle.root, precision, backend))
     return report

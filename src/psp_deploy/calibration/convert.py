@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..measure.flops import node_flops
 from ..bundle import Bundle
 from ..export.checks import check_graph
+from ..files import atomic_file
 from ..graph_io import GRAPH_IO
+from ..measure.flops import node_flops
 from ..runtime.backends.onnxruntime import OnnxRuntimeBackend
 from .evaluate import open_graph, runner
 from .fp16 import decide, to_fp16
 from .int8 import LIGHT_BUDGET, calibrate_int8, light_nodes
+from .progress import Progress, quiet
 from .ranges import capture_ranges
 from .report import psnr_db
 
@@ -37,13 +39,21 @@ def sample_feeds(samples: np.ndarray, graph: str, batch: int | None) -> list[dic
     return [{name: samples[i : i + b]} for i in range(0, usable, b) if len(samples[i : i + b]) == b]
 
 
-def make_fp16(bundle: Bundle, graph: str, samples: np.ndarray) -> dict:
+def make_fp16(bundle: Bundle, graph: str, samples: np.ndarray, progress: Progress = quiet) -> dict:
+    """``progress``: one stage, a unit per calibration feed run for its ranges and one for the conversion."""
     src, batch = bundle.model_path(graph), bundle.record(graph).batch
+    feeds = sample_feeds(samples, graph, batch)
+    stage, total = f"fp16 {graph}", len(feeds) + 1
+    progress(stage, 0, total, "measuring ranges")
     model = onnx.load(src)
-    decisions = decide(model, capture_ranges(src, sample_feeds(samples, graph, batch)))
+    ranges = capture_ranges(src, feeds, lambda done: progress(stage, done, total, "measuring ranges"))
+    progress(stage, len(feeds), total, "converting")
+    decisions = decide(model, ranges)
     converted = to_fp16(model, decisions)
     check_graph(converted, f"{graph} fp16")
-    target_path(bundle, graph, "fp16").write_bytes(converted.SerializeToString())
+    with atomic_file(target_path(bundle, graph, "fp16")) as f:  # an interrupted run leaves the old graph or none
+        f.write(converted.SerializeToString())
+    progress(stage, total, total, "converted")
     return {"kept_fp32": decisions.kept_fp32}
 
 
@@ -69,14 +79,29 @@ def _int8_score(bundle: Bundle, graph: str, samples: np.ndarray) -> Iterator[Cal
 
 
 def make_int8(
-    bundle: Bundle, graph: str, samples: np.ndarray, methods: tuple[str, ...], rounds: int, say: Callable[[str], None]
+    bundle: Bundle,
+    graph: str,
+    samples: np.ndarray,
+    methods: tuple[str, ...],
+    rounds: int,
+    progress: Progress = quiet,
 ) -> dict:
     src, dst, batch = bundle.model_path(graph), target_path(bundle, graph, "int8"), bundle.record(graph).batch
     flops = node_flops(src, bundle.record(graph))
     light = light_nodes(flops)
     feeds = sample_feeds(samples, graph, batch)
     with _int8_score(bundle, graph, samples[:PROBE]) as score:
-        best, tried = calibrate_int8(src, dst, feeds, score, light=light, methods=methods, rounds=rounds, progress=say)
+        best, tried = calibrate_int8(
+            src,
+            dst,
+            feeds,
+            score,
+            light=light,
+            methods=methods,
+            rounds=rounds,
+            progress=progress,
+            stage=f"int8 {graph}",
+        )
     check_graph(onnx.load(dst, load_external_data=False), f"{graph} int8")
     return {
         "method": best.method,

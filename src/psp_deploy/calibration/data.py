@@ -10,20 +10,31 @@ accuracy report and never used to calibrate.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..config import STYLE_DIM
-from ..errors import CalibrationError, PspDeployError
+from ..errors import CalibrationError, InputError
 from ..graph_io import ENCODER, GRAPH_IO, MAPPING, SYNTHESIS
 from ..runtime import Pipeline
 from ..runtime.batch import collect_inputs
 from ..runtime.io import read_image
 from ..runtime.preprocess import preprocess, to_gray
+from .progress import Progress, quiet
 
-Progress = Callable[[str, int, int], None]  # (what, done, total)
+MIN_SAMPLES = 4  # calibration and its held-back evaluation need at least this many faces
+ALIGNED_SIZE = 256  # what `psp-deploy align` writes by default
+LISTED = 10  # photos left out that a refusal names (the rest are counted)
+
+
+@dataclass
+class Dropped:
+    """A photo calibration could not use, and why (no face found, unreadable, …)."""
+
+    photo: str
+    reason: str
 
 
 @dataclass
@@ -35,6 +46,8 @@ class CalibrationSet:
     held_images: np.ndarray
     held_codes: np.ndarray
     source: str
+    dropped: list[Dropped] = field(default_factory=list)  # photos left out, each with its reason
+    notes: list[str] = field(default_factory=list)  # what the user should know about the samples
 
     def feeds(self, graph: str, held: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """One-sample feeds for ``graph``: the calibration split, or the held-back one."""
@@ -51,14 +64,19 @@ class CalibrationSet:
 
 
 class FeedReader:
-    """onnxruntime.quantization's CalibrationDataReader protocol over a list of feeds."""
+    """onnxruntime.quantization's CalibrationDataReader protocol over a list of feeds; ``on_read`` is told
+    each feed handed out (a calibration pass's progress)."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, feeds: list[dict[str, np.ndarray]], on_read: Callable[[], None] | None = None) -> None:
         self.feeds = feeds
         self._it = iter(feeds)
+        self.on_read = on_read
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
+        feed = next(self._it, None)
+        if feed is not None and self.on_read is not None:
+            self.on_read()
+        return feed
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -101,19 +119,61 @@ def synthetic_inputs(pipeline: Pipeline, n: int, rng: np.random.Generator, progr
     return np.stack(inputs)
 
 
-def photo_inputs(pipeline: Pipeline, folder: Path, progress: Progress) -> np.ndarray:
+def _reason(err: InputError, source: Path) -> str:
+    """An error's message without the file name most of them start with (the line names the file)."""
+    message = str(err)
+    for prefix in (f"{source}: ", f"{source.name}: "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def photo_inputs(
+    pipeline: Pipeline, folder: Path, progress: Progress, align: bool | None = None
+) -> tuple[np.ndarray, list[Dropped], list[str]]:
+    """Each photo of ``folder`` as the encoder's input, aligned as the runtime does unless ``align`` is False
+    (already-aligned crops, used as they are); the photos that could not be used, each with its reason; and
+    notes. Too few usable photos are refused, naming the dropped ones."""
     items = collect_inputs([folder])
     mode = "RGB" if pipeline.config.input_kind == "rgb" else "L"
-    inputs = []
+    aligning = pipeline.wants_alignment(align)
+    stage = "aligning calibration photos" if aligning else "reading calibration photos"
+    inputs, dropped, crop_sized = [], [], 0
     for i, item in enumerate(items):
-        progress("aligning calibration photos", i, len(items))
+        progress(stage, i, len(items))
         try:
-            inputs.append(pipeline.prepare(read_image(item.source, mode))[0])
-        except PspDeployError:
-            continue  # unusable photos are skipped; too few usable ones fail below
-    if len(inputs) < 4:
-        raise CalibrationError(f"{folder}: only {len(inputs)} usable photos; calibration needs at least 4")
-    return np.stack(inputs)
+            image = read_image(item.source, mode)
+            inputs.append(pipeline.prepare(image, align)[0])
+        except InputError as err:  # no face, unreadable: named in the report, never silently skipped
+            dropped.append(Dropped(str(item.source), _reason(err, item.source)))
+            continue
+        crop_sized += image.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE)
+    progress(stage, len(items), len(items))
+    if len(inputs) < MIN_SAMPLES:
+        listed = "; ".join(f"{d.photo}: {d.reason}" for d in dropped[:LISTED])
+        more = f"; and {len(dropped) - LISTED} more" if len(dropped) > LISTED else ""
+        raise CalibrationError(
+            f"{folder}: only {len(inputs)} of {len(items)} photos usable; calibration needs at least {MIN_SAMPLES}"
+            + (f" (left out: {listed}{more})" if dropped else "")
+        )
+    notes = []
+    if aligning and crop_sized == len(inputs):
+        notes.append(
+            f"every photo is {ALIGNED_SIZE}×{ALIGNED_SIZE}: if they are aligned crops (psp-deploy align), they were "
+            "aligned a second time; pass --no-align (align=False) to use them as they are"
+        )
+    return np.stack(inputs), dropped, notes
+
+
+def check_source(images: Path | None, synthetic: int | None, holdout: float, align: bool | None) -> None:
+    """Refuse a calibration source that cannot work, before anything is loaded."""
+    if (images is None) == (synthetic is None):
+        raise CalibrationError("give either a folder of photos (--images) or a number of synthetic faces (--synthetic)")
+    if not 0.0 < holdout < 1.0:
+        raise CalibrationError(f"holdout must be a fraction between 0 and 1, got {holdout}")
+    if synthetic is not None and synthetic < MIN_SAMPLES:
+        raise CalibrationError(f"--synthetic needs at least {MIN_SAMPLES} samples, got {synthetic}")
+    if synthetic is not None and align is not None:
+        raise CalibrationError("--align/--no-align (align=) is for photos (--images): synthetic faces are made aligned")
 
 
 def make_calibration_set(
@@ -123,21 +183,24 @@ def make_calibration_set(
     synthetic: int | None = None,
     holdout: float = 0.25,
     seed: int = 0,
-    progress: Progress | None = None,
+    align: bool | None = None,
+    progress: Progress = quiet,
 ) -> CalibrationSet:
-    """Photos from ``images`` (aligned as the runtime does) or ``synthetic`` generated faces."""
-    say = progress or (lambda *_: None)
-    if (images is None) == (synthetic is None):
-        raise CalibrationError("give either a folder of photos (--images) or a number of synthetic faces (--synthetic)")
-    if not 0.0 < holdout < 1.0:
-        raise CalibrationError(f"holdout must be a fraction between 0 and 1, got {holdout}")
+    """Photos from ``images`` (aligned as the runtime does; ``align=False``: already-aligned crops, used as
+    they are) or ``synthetic`` generated faces. Photos that cannot be used (no face, unreadable) are listed
+    in ``dropped`` with their reasons; fewer than MIN_SAMPLES usable ones are refused."""
+    check_source(images, synthetic, holdout, align)
     rng = np.random.default_rng(seed)
+    dropped: list[Dropped] = []
+    notes: list[str] = []
     if images is not None:
-        inputs, source = photo_inputs(pipeline, Path(images), say), f"photos from {images}"
+        inputs, dropped, notes = photo_inputs(pipeline, Path(images), progress, align)
+        used = f"{len(inputs)} of {len(inputs) + len(dropped)}" if dropped else f"{len(inputs)}"
+        as_is = "" if pipeline.wants_alignment(align) else " (already aligned: used as they are)"
+        source = f"{used} photos from {images}{as_is}"
     else:
-        if synthetic < 4:
-            raise CalibrationError(f"--synthetic needs at least 4 samples, got {synthetic}")
-        inputs, source = synthetic_inputs(pipeline, synthetic, rng, say), f"{synthetic} synthetic faces (seed {seed})"
+        inputs = synthetic_inputs(pipeline, synthetic, rng, progress)
+        source = f"{synthetic} synthetic faces (seed {seed})"
     n_held = max(1, int(round(len(inputs) * holdout)))
     codes = style_mixed_codes(pipeline, len(inputs), rng)
-    return CalibrationSet(inputs[n_held:], codes[n_held:], inputs[:n_held], codes[:n_held], source)
+    return CalibrationSet(inputs[n_held:], codes[n_held:], inputs[:n_held], codes[:n_held], source, dropped, notes)

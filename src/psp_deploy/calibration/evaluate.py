@@ -6,8 +6,10 @@ opening the graph exactly as the runtime does (the bundle resolves which file ru
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from contextlib import ExitStack
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from ..graph_io import GRAPH_IO
 from ..runtime.backends import Backend, BackendOptions, backend_class
 from ..runtime.pipeline import run_batched
 from .data import CalibrationSet
+from .progress import Progress, quiet
 from .report import GraphAccuracy, code_accuracy, image_accuracy, vector_accuracy
 
 EVAL_BATCH = 4
@@ -39,6 +42,15 @@ def runner(backend: Backend) -> Runner:
     return lambda samples: run_batched(run, samples, backend.record.batch, EVAL_BATCH)[0]
 
 
+EVALUATING = "evaluating on held-back samples"
+
+
+def _runs(candidates: tuple[str, ...]) -> int:
+    """How many graph runs ``_accuracy`` makes: the codes on both sides, each candidate synthesis or mapping
+    graph's own pair, and the end-to-end synthesis pair."""
+    return 2 + 2 * len(set(candidates) & {"synthesis", "mapping"}) + 2
+
+
 def evaluate(
     bundle: Bundle,
     data: CalibrationSet,
@@ -46,15 +58,31 @@ def evaluate(
     backend: str,
     graphs: tuple[str, ...],
     force_bf16: bool = False,
+    progress: Progress = quiet,
 ) -> list[GraphAccuracy]:
     """Held-back accuracy of each of ``graphs`` at ``precision`` on ``backend`` against FP32 (ONNX
-    Runtime), and of encoder → synthesis end to end (a graph left out runs FP32 on both sides)."""
+    Runtime), and of encoder → synthesis end to end (a graph left out runs FP32 on both sides).
+    ``progress`` counts one stage: a unit per graph opened and per graph run."""
+    total, step = len(GRAPH_IO) + len(graphs) + _runs(graphs), itertools.count(1)
+    progress(EVALUATING, 0, total)
     with ExitStack() as opened:
-        fp32 = {g: runner(opened.enter_context(open_graph(bundle, g, "fp32"))) for g in GRAPH_IO}
-        candidates = {
-            g: runner(opened.enter_context(open_graph(bundle, g, precision, backend, force_bf16))) for g in graphs
-        }
-        return _accuracy(bundle, data, fp32, {**fp32, **candidates}, candidates)
+
+        def counted(graph: str, *how: Any) -> Runner:
+            run = runner(opened.enter_context(open_graph(bundle, graph, *how)))
+            progress(EVALUATING, next(step), total)
+
+            def run_counted(samples: np.ndarray) -> np.ndarray:
+                out = run(samples)
+                progress(EVALUATING, next(step), total)
+                return out
+
+            return run_counted
+
+        fp32 = {g: counted(g, "fp32") for g in GRAPH_IO}
+        candidates = {g: counted(g, precision, backend, force_bf16) for g in graphs}
+        results = _accuracy(bundle, data, fp32, {**fp32, **candidates}, candidates)
+    progress(EVALUATING, total, total)
+    return results
 
 
 def _accuracy(

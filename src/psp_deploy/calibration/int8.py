@@ -26,6 +26,7 @@ import onnx
 
 from ..errors import CalibrationError
 from .data import FeedReader
+from .progress import Progress, quiet
 
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 METHODS = ("minmax", "entropy", "percentile")
@@ -67,7 +68,15 @@ def _method(name: str):
     return table[name]
 
 
-def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], method: str, exclude: list[str]) -> Path:
+def quantize(
+    src: Path,
+    dst: Path,
+    feeds: list[dict[str, np.ndarray]],
+    method: str,
+    exclude: list[str],
+    on_read: Callable[[], None] | None = None,
+) -> Path:
+    """``src`` quantized to ``dst`` on ``feeds``; ``on_read`` is told each feed the calibration pass reads."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
@@ -75,7 +84,7 @@ def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], method: s
         quantize_static(
             str(src),
             str(dst),
-            FeedReader(feeds),
+            FeedReader(feeds, on_read),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True,
@@ -130,33 +139,53 @@ def calibrate_int8(
     methods: tuple[str, ...] = METHODS,
     rounds: int = 2,
     per_round: int = 2,
-    progress: Callable[[str], None] = lambda _m: None,
+    progress: Progress = quiet,
+    stage: str = "int8",
 ) -> tuple[Int8Attempt, list[Int8Attempt]]:
     """Pick the best method by ``score`` on held-back data, then exclude the worst nodes while it helps.
 
-    ``light`` nodes stay in float in every attempt; an attempt's ``excluded`` lists the others it keeps."""
+    ``light`` nodes stay in float in every attempt; an attempt's ``excluded`` lists the others it keeps.
+    ``progress`` counts one ``stage``: each attempt is a unit per calibration feed its pass reads and one for
+    its ranges and score; rounds that stop early are counted as done."""
     work = Path(tempfile.mkdtemp(prefix="int8-", dir=dst.parent))
     tried: list[Int8Attempt] = []
+    per_attempt, done = len(calib) + 1, 0
+    total = per_attempt * (len(methods) + rounds)
+
+    def attempt(method: str, excluded: list[str], note: str) -> Int8Attempt:
+        nonlocal done
+        start = done
+        progress(stage, done, total, note)
+
+        def read() -> None:
+            nonlocal done
+            done = min(done + 1, start + per_attempt - 1)  # a pass reads each feed once; never past its share
+            progress(stage, done, total, note)
+
+        name = f"{method}-x{len(excluded)}.onnx" if excluded else f"{method}.onnx"
+        path = quantize(src, work / name, calib, method, light + excluded, read)
+        result = Int8Attempt(method, excluded, score(path), path)
+        done = start + per_attempt
+        progress(stage, done, total, note)
+        return result
+
     try:
         for method in methods:
-            progress(f"int8 {src.stem}: {method} calibration")
-            path = quantize(src, work / f"{method}.onnx", calib, method, light)
-            tried.append(Int8Attempt(method, [], score(path), path))
+            tried.append(attempt(method, [], f"{method} calibration"))
         best = max(tried, key=lambda a: a.score)
         for r in range(rounds):
-            progress(f"int8 {src.stem}: sensitivity round {r + 1}")
+            note = f"sensitivity round {r + 1} ({best.method})"
+            progress(stage, done, total, note)
             sqnr = node_sqnr(src, best.path, calib[:1])  # every activation twice: ~5 GiB a sample at 1024²
             kept = set(light) | set(best.excluded)
             worst = [n for n, _ in sorted(sqnr.items(), key=lambda kv: kv[1]) if n not in kept][:per_round]
             if not worst:
                 break
-            excluded = best.excluded + worst
-            path = quantize(src, work / f"{best.method}-x{len(excluded)}.onnx", calib, best.method, light + excluded)
-            attempt = Int8Attempt(best.method, excluded, score(path), path)
-            tried.append(attempt)
-            if attempt.score <= best.score:
+            tried.append(attempt(best.method, best.excluded + worst, note))
+            if tried[-1].score <= best.score:
                 break
-            best = attempt
+            best = tried[-1]
+        progress(stage, total, total, f"{best.method} won")
         best.path.replace(dst)
         best.path = dst
         return best, tried

@@ -6,7 +6,7 @@ reduced per sample, so memory stays that of one forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,13 +55,18 @@ def _float_outputs(model: onnx.ModelProto) -> list[str]:
     return [o for o in outputs if types.get(o) == onnx.TensorProto.FLOAT]
 
 
-def capture_ranges(path: Path, feeds: Iterable[dict[str, np.ndarray]]) -> GraphRanges:
-    """Run ``path`` on every feed and record each float tensor's statistics."""
+def capture_ranges(
+    path: Path, feeds: Iterable[dict[str, np.ndarray]], on_feed: Callable[[int], None] | None = None
+) -> GraphRanges:
+    """Run ``path`` on every feed and record each float tensor's statistics; ``on_feed`` is told how many
+    feeds are done after each."""
     model = onnx.load(path)
     names = _float_outputs(model)
     session = session_with_outputs(model, names)
     ranges = GraphRanges(producers={o: n.name for n in model.graph.node for o in n.output})
-    for feed in feeds:
+    for done, feed in enumerate(feeds, 1):
         for name, value in zip(names, session.run(names, feed), strict=True):
             ranges.tensors.setdefault(name, TensorStats()).update(value)
+        if on_feed is not None:
+            on_feed(done)
     return ranges

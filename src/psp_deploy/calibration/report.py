@@ -129,6 +129,7 @@ class AccuracyReport:
     decisions: dict[str, Any] = field(default_factory=dict)  # per graph: what stayed FP32 / method, exclusions
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what makes these figures less trustworthy
+    dropped: list[dict[str, str]] = field(default_factory=list)  # photos left out: {"photo", "reason"} each
 
     def metric(self, key: str) -> float | None:
         graph, attr = key.split(" ")

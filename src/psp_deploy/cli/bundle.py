@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +25,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from ..calibration.progress import Progress
     from ..calibration.report import AccuracyReport
 
 
@@ -31,7 +34,8 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Official pSp/e4e checkpoint (.pt), e.g. psp_ffhq_encode.pt.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to create.")],
     batch: Annotated[
-        int, typer.Option(help="Batch size of the synthesis graph (grouped form only: its Conv group = batch).")
+        int,
+        typer.Option(min=1, help="Batch size of the synthesis graph (grouped form only: its Conv group = batch)."),
     ] = 1,
     modconv: Annotated[
         Modconv,
@@ -48,7 +52,7 @@ def export(
             "benchmarks/results say which is faster on which backend)."
         ),
     ] = "transpose",
-    opset: Annotated[int, typer.Option(help="ONNX opset (18-21).")] = 18,
+    opset: Annotated[int, typer.Option(min=18, max=21, help="ONNX opset (18-21).")] = 18,
     verify: Annotated[
         bool,
         typer.Option(
@@ -56,24 +60,43 @@ def export(
             help="Check every graph against the torch reference (max abs diff ≤ 1e-3) and fail if it does not match.",
         ),
     ] = True,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace a non-empty output directory, even one holding this very export.")
+    ] = False,
 ) -> None:
     """Export a checkpoint to a bundle: encoder.onnx, mapping.onnx, synthesis.onnx, manifest.json.
+
+    A rerun into a folder that already holds this very export (same checkpoint, options and
+    psp-deploy) keeps it, with what calibrate and build added; any other non-empty folder is refused
+    unless --force.
 
     Example: psp-deploy export psp_ffhq_encode.pt -o bundles/ffhq --modconv scaled
     """
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ..export import export_bundle
+    from ..errors import ExportError
+    from ..export import ExportOptionError, check_target, export_bundle
 
     steps = 1 + 3 * (2 if verify else 1)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
-    with handled(), Progress(SpinnerColumn(), *columns, TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("export", total=steps)
-        on_step = lambda m: bar.update(task, description=m, advance=0 if m == "loading checkpoint" else 1)  # noqa: E731
-        forms = dict(batch=batch, modconv=modconv.value, upsample=upsample.value, opset=opset)
-        bundle, results = export_bundle(checkpoint, output, **forms, verify=verify, force=force, progress=on_step)
-        bar.update(task, description="done", completed=steps)
+    options = dict(batch=batch, modconv=modconv.value, upsample=upsample.value, opset=opset, verify=verify)
+    with handled():
+        try:
+            existing = check_target(checkpoint, output, **options, force=force)  # refusals print alone, no bar
+            if existing is not None:
+                say(
+                    f"{output} already holds this export (same checkpoint and options): kept as it is; --force "
+                    "exports it again",
+                    "green",
+                )
+                return
+            with Progress(SpinnerColumn(), *columns, TimeElapsedColumn(), console=console) as bar:
+                task = bar.add_task("export", total=steps)
+                on_step = lambda m: bar.update(task, description=m, advance=0 if m == "loading checkpoint" else 1)  # noqa: E731
+                bundle, results = export_bundle(checkpoint, output, **options, force=force, progress=on_step)
+                bar.update(task, description="done", completed=steps)
+        except ExportOptionError as err:
+            raise ExportError(err.cli) from None  # the command's flags, not the Python parameters
     for r in results:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_abs_diff.items())
         say(f"  {r.graph:<9} batch {r.batch}: max abs diff vs torch {diffs}")
@@ -99,6 +122,15 @@ def calibrate(
     images: Annotated[
         Path | None, typer.Option(help="Folder of face photos to calibrate on (aligned as the runtime does).")
     ] = None,
+    align: Annotated[
+        bool | None,
+        typer.Option(
+            "--align/--no-align",
+            help="Align the --images photos first, as run does (default: yes for photos; sketches and label maps "
+            "are never aligned). --no-align: they are already-aligned crops (psp-deploy align's output), used as "
+            "they are.",
+        ),
+    ] = None,
     synthetic: Annotated[
         int | None, typer.Option(help="Or: this many synthetic faces from the bundle's own generator.")
     ] = None,
@@ -122,12 +154,15 @@ def calibrate(
     FP16 cannot hold; INT8 writes symmetric Q/DQ graphs (what TensorRT consumes). Writes
     BUNDLE/GRAPH.PRECISION.onnx, BUNDLE/reports/PRECISION.json and manifest records.
 
-    Example: psp-deploy calibrate bundles/ffhq --precision int8 --images aligned_faces/
+    Photos that cannot be used (no face, unreadable) are left out and named with the reason; fewer
+    than 4 usable ones are refused.
+
+    Example: psp-deploy calibrate bundles/ffhq --precision int8 --images aligned/ --no-align
     """
     from ..calibration import calibrate_bundle
     from ..calibration.calibrate import report_path
 
-    with handled(), progress("calibrating") as step:
+    with handled(), stage_bars("calibrating") as stages:
         report = calibrate_bundle(
             bundle,
             precision.value,
@@ -135,15 +170,58 @@ def calibrate(
             force_bf16=force_bf16,
             images=images,
             synthetic=synthetic,
+            align=align,
             seed=seed,
             holdout=holdout,
             methods=comma_list(methods),
             rounds=rounds,
             graphs=comma_list(graphs),
-            progress=step,
+            stages=stages,
         )
+    print_dropped(report)
     print_accuracy(report, precision.value)
     say(f"report: {report_path(bundle, precision.value, backend.value)}")
+
+
+@contextlib.contextmanager
+def stage_bars(title: str) -> Iterator[Progress]:
+    """Counted stages as progress bars with an ETA, one per stage, with run's columns; off a terminal (a log,
+    a pipe), where a bar shows nothing until it ends, about ten lines per stage."""
+    from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bars
+
+    from ..calibration.progress import as_lines
+
+    if not console.is_terminal:
+        with progress(title) as step:
+            yield as_lines(step)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    times = (TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Bars(SpinnerColumn(), *columns, *times, console=console) as bars:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int, note: str = "") -> None:
+            if stage not in tasks:
+                for task in tasks.values():  # a stage that ended early (a last round not needed) shows as done
+                    bars.update(task, completed=bars.tasks[task].total)
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], description=f"{stage}: {note}" if note else stage, completed=done, total=total)
+
+        yield update
+
+
+def print_dropped(report: AccuracyReport) -> None:
+    """Every photo calibration left out, and why: never silently."""
+    if not report.dropped:
+        return
+    say(
+        f"left out {len(report.dropped)} photo{'s' if len(report.dropped) != 1 else ''} (used for neither "
+        "calibration nor the accuracy figures):",
+        "yellow",
+    )
+    for d in report.dropped:
+        say(f"  ✗ {d['photo']}: {d['reason']}", "yellow")
 
 
 def print_accuracy(report: AccuracyReport, precision: str) -> None:

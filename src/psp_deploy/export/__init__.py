@@ -6,7 +6,7 @@
 
 from typing import Any
 
-__all__ = ["ExportOptions", "export_bundle", "export_net"]
+__all__ = ["ExportOptionError", "ExportOptions", "check_target", "export_bundle", "export_net"]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,8 +21,8 @@ from google.protobuf.message import EncodeError
 
 from .. import __version__
 from ..bundle import LATENT_AVG_FILE, Bundle, Manifest, ModelRecord, declared_sections, graph_metadata
-from ..errors import ExportError
-from ..files import sha256_file
+from ..errors import ExportError, PspDeployError
+from ..files import require_writable, sha256_file
 from ..models.checkpoint import build_psp, read_checkpoint
 from ..models.forms import using_forms
 from ..models.modconv import MODCONV_FORMS, UPSAMPLE_FORMS
@@ -34,6 +34,15 @@ from .to_onnx import export_graph
 
 OPSETS = (18, 19, 20, 21)
 Progress = Callable[[str], None]
+
+
+class ExportOptionError(ExportError):
+    """A refusal that says which option to change: its message names the Python parameter (``force=True``),
+    ``cli`` the command's flag (``--force``), so that neither speaks the other's language."""
+
+    def __init__(self, python: str, cli: str) -> None:
+        super().__init__(python)
+        self.cli = cli
 
 
 @dataclass(frozen=True)
@@ -50,17 +59,21 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if self.modconv not in MODCONV_FORMS:
-            raise ExportError(f"--modconv must be one of {', '.join(MODCONV_FORMS)}, got {self.modconv!r}")
+            raise ExportError(f"modconv must be one of {', '.join(MODCONV_FORMS)}, got {self.modconv!r}")
         if self.upsample not in UPSAMPLE_FORMS:
-            raise ExportError(f"--upsample must be one of {', '.join(UPSAMPLE_FORMS)}, got {self.upsample!r}")
+            raise ExportError(f"upsample must be one of {', '.join(UPSAMPLE_FORMS)}, got {self.upsample!r}")
         if self.batch < 1:
-            raise ExportError(f"--batch must be at least 1, got {self.batch}")
+            raise ExportError(f"batch must be at least 1, got {self.batch}")
         if self.batch != 1 and self.modconv == "scaled":
-            raise ExportError(
-                "--batch fixes the grouped form's batch; the scaled form takes any batch: leave --batch out"
-            )
+            why = "fixes the grouped form's batch; the scaled form takes any batch"
+            raise ExportOptionError(f"batch {why}: leave batch out", f"--batch {why}: leave --batch out")
         if self.opset not in OPSETS:
-            raise ExportError(f"--opset must be one of {OPSETS}, got {self.opset}")
+            raise ExportError(f"opset must be one of {OPSETS}, got {self.opset}")
+
+    @property
+    def form(self) -> dict[str, Any]:
+        """The manifest's modconv section this export writes."""
+        return {"form": self.modconv, "batch": self.fixed_batch, "upsample": self.upsample}
 
     @property
     def fixed_batch(self) -> int | None:
@@ -72,11 +85,81 @@ class ExportOptions:
             self.progress(message)
 
 
+def _occupied(out_dir: Path, what: str) -> ExportOptionError:
+    return ExportOptionError(
+        f"{out_dir} {what}; pass force=True to replace it", f"{out_dir} {what}; pass --force to replace it"
+    )
+
+
+def _check_writable(out_dir: Path) -> None:
+    """A bundle is assembled beside ``out_dir`` and renamed into place: its parent and an existing ``out_dir``
+    must both take writes, checked before any work (OutputError, naming the folder)."""
+    require_writable(out_dir.parent)
+    if out_dir.is_dir():
+        require_writable(out_dir)
+
+
 def _check_target(out_dir: Path, force: bool) -> None:
+    """``out_dir`` must be missing or empty (or ``force``), and writable."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportError(f"{out_dir} is not empty; pass --force to replace it")
+        raise _occupied(out_dir, "is not empty")
+    _check_writable(out_dir)
+
+
+def _differences(bundle: Bundle, checkpoint_sha256: str, options: ExportOptions) -> list[str]:
+    """How the bundle's export differs from exporting the checkpoint with ``options`` here: [] for the same."""
+    manifest, found = bundle.manifest, []
+    if manifest.source.get("sha256") != checkpoint_sha256:
+        found.append(f"from another checkpoint ({manifest.source.get('checkpoint')}, sha256 differs)")
+    names = {"form": "modconv", "batch": "batch", "upsample": "upsample"}
+    for key, name in names.items():
+        theirs, ours = (form.get(key) for form in (manifest.modconv, options.form))
+        if theirs != ours:
+            found.append(f"{name} {'any' if theirs is None else theirs}, not {'any' if ours is None else ours}")
+    opsets = {by_precision["fp32"].opset for by_precision in manifest.models.values() if "fp32" in by_precision}
+    if opsets != {options.opset}:
+        found.append(f"opset {', '.join(map(str, sorted(opsets)))}, not {options.opset}")
+    made_by = manifest.producer.get("version")
+    if made_by != __version__:
+        found.append(f"made by psp-deploy {made_by}, this is {__version__}")
+    return found
+
+
+def _existing_export(checkpoint: Path, out_dir: Path, opts: ExportOptions) -> Bundle | None:
+    """The bundle already in ``out_dir`` when it is this very export: the same checkpoint (sha256), forms and
+    opset, made by this psp-deploy, its graphs intact. None for a missing or empty folder, or with ``force``.
+    Anything else there is refused, saying what it is (replacing it takes ``force``)."""
+    if opts.force or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return None
+    try:
+        bundle = Bundle.open(out_dir)
+    except PspDeployError:
+        raise _occupied(out_dir, "is not empty and holds no bundle this psp-deploy reads") from None
+    differences = _differences(bundle, sha256_file(checkpoint), opts)
+    if differences:
+        raise _occupied(out_dir, f"holds another export ({'; '.join(differences)})")
+    try:
+        for graph in bundle.manifest.models:
+            bundle.model_path(graph)
+        bundle.latent_avg()
+    except PspDeployError as err:
+        raise _occupied(out_dir, f"holds this export, damaged ({err})") from None
+    return bundle
+
+
+def check_target(checkpoint: str | Path, out_dir: str | Path, **options: Any) -> Bundle | None:
+    """Everything ``export_bundle`` refuses before any work, in order: bad options, a missing checkpoint, a
+    non-empty ``out_dir`` that is not this very export (unless ``force``), a folder that cannot be written.
+    Returns the bundle already there when it is this export (kept as it is: nothing to do), else None."""
+    opts, checkpoint, out_dir = ExportOptions(**options), Path(checkpoint), Path(out_dir)
+    if not checkpoint.is_file():
+        read_checkpoint(checkpoint)  # refuses a missing file or a folder, naming it, before reading anything
+    existing = _existing_export(checkpoint, out_dir, opts)
+    if existing is None:
+        _check_target(out_dir, opts.force)
+    return existing
 
 
 def _prepare_target(out_dir: Path, force: bool) -> Path:
@@ -172,7 +255,7 @@ def _write_graphs(
 ) -> tuple[dict[str, dict[str, ModelRecord]], list[ParityResult], dict[str, Any]]:
     """Each graph exported in the forms ``net`` is set to, tagged, saved and (``verify``) checked against torch."""
     specs = graph_specs(net, options.fixed_batch)
-    form = {"form": options.modconv, "batch": options.fixed_batch, "upsample": options.upsample}
+    form = options.form
     metadata = graph_metadata(declared_sections(net.config, form))
     records, results = {}, []
     for spec in specs:
@@ -193,13 +276,19 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, **options: Any) -
     graph); ``"scaled"`` keeps weights static and the batch dynamic. ``upsample="phase"`` runs
     each upsampling conv as four convs on the low-resolution input instead of one ConvTranspose
     (see models.modconv; benchmarks/results say where it is faster). With ``verify`` (the
-    default) every graph is checked against the torch reference; ``force`` replaces a
-    non-empty ``out_dir``; ``progress`` is told each step.
+    default) every graph is checked against the torch reference; ``progress`` is told each step.
+
+    A rerun is cheap: when ``out_dir`` already holds this very export (``check_target``: same
+    checkpoint, forms, opset and psp-deploy, graphs intact) it is kept as it is, with whatever
+    calibrate and build added, and returned with no parity results (nothing was exported). Any
+    other non-empty ``out_dir`` is refused unless ``force=True``, which replaces it; a folder that
+    cannot be written is refused (OutputError) before the checkpoint is read.
     """
-    opts = ExportOptions(**options)
-    _check_target(Path(out_dir), opts.force)
+    existing = check_target(checkpoint, out_dir, **options)
+    if existing is not None:
+        return existing, []
+    opts, out_dir, checkpoint = ExportOptions(**options), Path(out_dir), Path(checkpoint)
     opts.say("loading checkpoint")
-    checkpoint = Path(checkpoint)
     net = build_psp(read_checkpoint(checkpoint))
     source = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint)}
-    return _export(net, Path(out_dir), source, opts)
+    return _export(net, out_dir, source, opts)
