@@ -15,8 +15,10 @@ from skimage import data
 from typer.testing import CliRunner
 
 from psp_deploy.cli import app
+from psp_deploy.directions import GanspaceEdit, add_direction
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.io import read_image
+from tests.directions.test_importing import ganspace_file, interfacegan_file
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("cpp")  # see tests/conftest.py
@@ -174,3 +176,31 @@ def test_cpp_refuses_a_manifest_its_graphs_contradict(psp_infer, case, tmp_path)
     done = run(psp_infer, copy, "--face", folder / "face.png", "--out-image", tmp_path / "o.png")
     assert done.returncode == 7, done.stderr
     assert "manifest.json: preprocess.mean is [0.4,0.5,0.5] but synthesis.onnx declares [0.5,0.5,0.5]" in done.stderr
+
+
+def test_cpp_applies_a_direction_as_the_python_runtime_does(psp_infer, case, tmp_path):
+    """docs/bundle.md's formulas, one direction at a time: InterFaceGAN and GANSpace (which reads the codes), within
+    one level of the Python runtime's image; an edited direction file is refused as any bundle file is."""
+    bundle, folder, result = case
+    copy = _copy(bundle, tmp_path / "b")
+    add_direction(copy, "age", interfacegan_file(tmp_path / "age.pt"))
+    add_direction(copy, "smile", ganspace_file(tmp_path / "pca.pt")[0], ganspace=GanspaceEdit(46, 2, 6, -20))
+    with Pipeline.from_bundle(copy) as pipeline:
+        for edit in (("age", -2.5), ("smile", 0.7)):
+            expected = pipeline.run(result.aligned[0].image, align=False, edits=[edit]).images[0]
+            out = tmp_path / f"{edit[0]}.png"
+            done = run(
+                psp_infer, copy, "--face", folder / "face.png", "--out-image", out, "--edit", f"{edit[0]}:{edit[1]}"
+            )
+            assert done.returncode == 0, done.stderr
+            image = np.asarray(Image.open(out))
+            assert np.abs(image.astype(int) - expected).max() <= 1
+            assert np.abs(image.astype(int) - result.images[0]).max() > 10  # the edit changed the face
+    unknown = run(
+        psp_infer, copy, "--face", folder / "face.png", "--out-image", tmp_path / "o.png", "--edit", "gender:1"
+    )
+    assert unknown.returncode == 2 and "no direction gender (it has: age, smile)" in unknown.stderr
+    values = np.load(copy / "directions" / "age.npy")
+    np.save(copy / "directions" / "age.npy", values * 2)
+    edited = run(psp_infer, copy, "--face", folder / "face.png", "--out-image", tmp_path / "o.png", "--edit", "age:1")
+    assert edited.returncode == 7 and "age.npy: contents do not match the manifest's sha256" in edited.stderr

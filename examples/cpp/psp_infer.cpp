@@ -6,8 +6,11 @@
 // every runtime, the file's sha256 and that the manifest states what the graph itself declares
 // (its inputs and outputs, and the sections export wrote into its ONNX metadata).
 //
-//   psp_infer BUNDLE --face FACE.png   --out-image OUT.png [--out-codes CODES.npy] [--resize]
-//   psp_infer BUNDLE --codes CODES.npy --out-image OUT.png [--resize]
+//   psp_infer BUNDLE --face FACE.png   --out-image OUT.png [--out-codes CODES.npy] [--resize] [--edit NAME:S]
+//   psp_infer BUNDLE --codes CODES.npy --out-image OUT.png [--resize] [--edit NAME:S]
+//
+// --edit moves the codes along one of the bundle's directions (manifest "directions", docs/bundle.md)
+// by strength S before the synthesis; --out-codes writes the codes as encoded, before the edit.
 //
 // Faces are read as psp-deploy writes them (PNG: the crops of `psp-deploy align`), or as JPEG or
 // binary PPM/PGM, with stb_image; images with transparency are put on white, as psp-deploy's
@@ -32,6 +35,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -61,6 +65,8 @@ struct Image {
 struct Args {
   fs::path bundle, face, codes, out_image, out_codes;
   bool resize = false;
+  std::string edit;  // a direction's name, or empty
+  float strength = 0.0f;
 };
 
 std::string lower_extension(const fs::path& path) {
@@ -71,7 +77,7 @@ std::string lower_extension(const fs::path& path) {
 
 Args parse_args(int argc, char** argv) {
   if (argc < 2) throw Failure(2, "usage: psp_infer BUNDLE (--face FACE.png | --codes CODES.npy) --out-image OUT.png "
-                                 "[--out-codes CODES.npy] [--resize]");
+                                 "[--out-codes CODES.npy] [--resize] [--edit NAME:S]");
   Args args;
   args.bundle = argv[1];
   for (int i = 2; i < argc; ++i) {
@@ -85,6 +91,20 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--out-image") args.out_image = value();
     else if (flag == "--out-codes") args.out_codes = value();
     else if (flag == "--resize") args.resize = true;
+    else if (flag == "--edit") {
+      std::string spec = value();
+      size_t colon = spec.find(':');
+      size_t used = 0;
+      try {
+        if (colon == std::string::npos || colon == 0) throw std::invalid_argument(spec);
+        args.strength = std::stof(spec.substr(colon + 1), &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || colon + 1 + used != spec.size() || !std::isfinite(args.strength))
+        throw Failure(2, "--edit " + spec + ": write NAME:STRENGTH, e.g. age:-3");
+      args.edit = spec.substr(0, colon);
+    }
     else throw Failure(2, "unknown argument " + flag);
   }
   if (args.face.empty() == args.codes.empty()) throw Failure(2, "give exactly one of --face and --codes");
@@ -314,6 +334,39 @@ Image postprocess(const float* chw, int size) {
   return image;
 }
 
+// Move W+ codes [n_styles, 512] along the bundle's direction `name` by `strength`, as docs/bundle.md
+// ("Directions") states it: codes[l] += strength * step for every l in the direction's layers, in float32.
+void apply_edit(const fs::path& bundle, const json& manifest, const std::string& name, float strength,
+                std::vector<float>& codes, int n_styles) {
+  json directions = manifest.value("directions", json::object());
+  if (!directions.contains(name)) {
+    std::string have;
+    for (const auto& item : directions.items()) have += (have.empty() ? "" : ", ") + item.key();
+    throw Failure(2, "--edit: the bundle has no direction " + name + " (it has: " + (have.empty() ? "none" : have) + ")");
+  }
+  const json& record = directions.at(name);
+  std::vector<int64_t> shape;
+  std::vector<float> values = read_npy(verified_file(bundle, record.at("file"), record.at("sha256")), shape);
+  if (shape != record.at("shape").get<std::vector<int64_t>>())
+    throw Failure(7, record.at("file").get<std::string>() + ": its shape is not the manifest's");
+  std::string kind = record.at("kind");
+  auto row = [&](int index) { return values.data() + static_cast<size_t>(index) * 512; };
+  std::vector<float> step(values.begin(), values.begin() + 512);  // interfacegan, sefa: d
+  if (kind == "ganspace") {  // (target - c) * std * u, c = ((codes[0] - mean) . u) / std
+    float std_dev = record.at("params").at("std"), target = record.at("params").at("target"), c = 0.0f;
+    for (int i = 0; i < 512; ++i) c += (codes[static_cast<size_t>(i)] - row(1)[i]) * row(0)[i];
+    c /= std_dev;
+    for (int i = 0; i < 512; ++i) step[static_cast<size_t>(i)] = (target - c) * std_dev * row(0)[i];
+  } else if (kind != "interfacegan" && kind != "sefa" && kind != "offset") {
+    throw Failure(3, "direction " + name + ": unknown kind " + kind);
+  }
+  for (int layer : record.at("layers").get<std::vector<int>>()) {
+    if (layer < 0 || layer >= n_styles) throw Failure(3, "direction " + name + ": layer out of range");
+    const float* add = kind == "offset" ? row(layer) : step.data();  // offset: D[l]
+    for (int i = 0; i < 512; ++i) codes[static_cast<size_t>(layer) * 512 + i] += strength * add[i];
+  }
+}
+
 // Refuse the first place where what the manifest states differs from what the graph declares.
 void compare(const std::string& field, const json& stated, const json& declared, const std::string& file) {
   json patch = json::diff(stated, declared);
@@ -417,6 +470,7 @@ int run(const Args& args) {
       throw Failure(5, args.codes.string() + ": expected " + std::to_string(n_styles) + "x512 W+ codes");
   }
   if (!args.out_codes.empty()) write_npy(args.out_codes, codes, {n_styles, 512});
+  if (!args.edit.empty()) apply_edit(args.bundle, manifest, args.edit, args.strength, codes, n_styles);
 
   auto outputs = synthesis.run(codes, {1, n_styles, 512});
   Ort::Value& image = outputs[args.resize ? 1 : 0];

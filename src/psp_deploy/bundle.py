@@ -15,13 +15,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .config import ENCODER_INPUT_SIZE, POOLED_SIZE, STYLE_DIM, PspConfig
-from .errors import BundleError, PspDeployError
+from .errors import BundleError, InputError, PspDeployError
 from .files import sha256_file, write_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LATENT_AVG_FILE = "latent_avg.npy"
 GRAPHS = ("encoder", "mapping", "synthesis")
+DIRECTIONS_DIR = "directions"  # BUNDLE/directions/NAME.npy
 # Precisions a backend applies to the FP32 graphs at run time, rather than graphs of their own.
 INFERENCE_PRECISIONS = ("bf16",)
 BATCH = "batch"  # the symbolic dimension of dynamic-batch graphs
@@ -99,6 +100,44 @@ class EngineRecord:
         """What this engine was built for that ``machine`` (its backend's key: versions, ISA, GPU,
         settings) is not: {key: (built for, here)}; empty when the engine fits."""
         return {k: (self.details.get(k), v) for k, v in machine.items() if self.details.get(k) != v}
+
+
+@dataclass
+class DirectionRecord:
+    """A named edit in W+ (docs/bundle.md, "Directions"): its array file, the style layers it moves and how.
+
+    ``kind`` decides the array's shape and the formula (runtime/edits.py): interfacegan and sefa [512],
+    one vector added to each layer; offset [n_styles, 512], a row per layer; ganspace [2, 512], the
+    component and the mean, with ``params`` std, target and component as the official e4e editor takes
+    them. ``source`` says where it came from: the imported file (name, sha256) or the SeFa computation."""
+
+    file: str
+    sha256: str
+    kind: str
+    layers: list[int]
+    shape: list[int]
+    source: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DirectionRecord:
+        return cls(
+            d["file"],
+            d["sha256"],
+            d["kind"],
+            [int(i) for i in d["layers"]],
+            [int(n) for n in d["shape"]],
+            d.get("source", {}),
+            d.get("params", {}),
+        )
+
+
+DIRECTION_FORMULAS = {
+    "interfacegan": "codes[:, l] += s * d for l in layers",
+    "sefa": "codes[:, l] += s * d for l in layers",
+    "offset": "codes[:, l] += s * D[l] for l in layers",
+    "ganspace": "c = ((codes[:, 0] - mean) . u) / std; codes[:, l] += s * (target - c) * std * u for l in layers",
+}
 
 
 @dataclass(frozen=True)
@@ -221,6 +260,7 @@ class Manifest:
     producer: dict[str, Any] = field(default_factory=dict)
     engines: list[EngineRecord] = field(default_factory=list)
     latent_avg_sha256: str | None = None
+    directions: dict[str, DirectionRecord] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     stated: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # DECLARED_SECTIONS, as read
 
@@ -243,6 +283,9 @@ class Manifest:
             },
             "models": {g: {p: _record_dict(r) for p, r in by_p.items()} for g, by_p in self.models.items()},
             "engines": [asdict(e) for e in self.engines],
+            "directions": {
+                name: {**asdict(d), "formula": DIRECTION_FORMULAS.get(d.kind)} for name, d in self.directions.items()
+            },
         }
 
     @classmethod
@@ -261,6 +304,7 @@ class Manifest:
                 producer=d.get("producer", {}),
                 engines=[EngineRecord.from_dict(e) for e in d.get("engines", [])],
                 latent_avg_sha256=d.get("latent_avg", {}).get("sha256"),
+                directions={name: DirectionRecord.from_dict(r) for name, r in d.get("directions", {}).items()},
                 stated={name: d.get(name, ABSENT) for name in DECLARED_SECTIONS},
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -377,8 +421,49 @@ class Bundle:
             )
         return value
 
+    def direction(self, name: str) -> tuple[DirectionRecord, NDArray[np.float32]]:
+        """The direction ``name``: its record and its array, hash-checked like every file of the bundle and
+        checked against the record (float32, the shape its kind has, finite). A name the bundle lacks is an
+        InputError listing the ones it has."""
+        record = self.manifest.directions.get(name)
+        if record is None:
+            have = ", ".join(sorted(self.manifest.directions)) or "none"
+            raise InputError(
+                f"{self.root}: no direction {name!r} (this bundle has: {have}); add one with "
+                "`psp-deploy directions add` or `psp-deploy directions sefa`"
+            )
+        path = self.verified_path(record.file, record.sha256)
+        try:
+            values: NDArray[np.float32] = np.load(path, allow_pickle=False)  # its dtype is checked below
+        except (OSError, ValueError) as err:
+            raise BundleError(f"{path}: unreadable direction: {err}") from err
+        expected = direction_shape(record.kind, self.config.n_styles)
+        bad_layers = [i for i in record.layers if not 0 <= i < self.config.n_styles]
+        if values.dtype != np.float32 or list(values.shape) != expected or record.shape != expected or bad_layers:
+            raise BundleError(
+                f"{path}: direction {name!r} ({record.kind}, layers {record.layers}) is {values.dtype}"
+                f"{list(values.shape)}, recorded as {record.shape}; expected float32{expected} on layers of "
+                f"0..{self.config.n_styles - 1}"
+            )
+        if not np.isfinite(values).all():
+            raise BundleError(f"{path}: direction {name!r} holds NaN or infinite values")
+        return record, values
+
     def save_manifest(self) -> None:
         write_json(self.root / MANIFEST, self.manifest.to_dict())
+
+
+def direction_shape(kind: str, n_styles: int) -> list[int]:
+    """The array shape of a direction of ``kind`` (DirectionRecord) for a model of ``n_styles`` styles."""
+    shapes = {
+        "interfacegan": [STYLE_DIM],
+        "sefa": [STYLE_DIM],
+        "offset": [n_styles, STYLE_DIM],
+        "ganspace": [2, STYLE_DIM],
+    }
+    if kind not in shapes:
+        raise BundleError(f"unknown direction kind {kind!r}; known: {', '.join(shapes)}")
+    return shapes[kind]
 
 
 def reusable_bundle(checkpoint: str | Path, out: str | Path) -> Bundle | None:

@@ -33,6 +33,10 @@ class ImageTooLargeError(ImageDecodeError):
     """An image over a size limit (pixels or bytes): refused before it is decoded."""
 
 
+class DirectionError(InputError):
+    """A direction file is unsafe (a pickle that asks to run code), of the wrong shape, or not finite."""
+
+
 class NoFaceError(InputError):
     """No face was found in a photo."""
 

@@ -5,8 +5,8 @@ arguments or unusable input (the message says which); 130 interrupted (Ctrl-C), 
 stopped by SIGTERM.
 
 One module per family of commands: batch (align, run, infer), bundle (export, calibrate,
-build, demo), service (serve, bench), video; common holds the app, the console, error handling
-and the option types they share.
+build, demo), directions (the `directions` group), service (serve, bench), video; common holds the
+app, the console, error handling and the option types they share.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from . import batch, bundle, service, video  # noqa: F401 - each registers its commands on the app
+from . import batch, bundle, directions, service, video  # noqa: F401 - each registers its commands on the app
 from .common import app
 
 

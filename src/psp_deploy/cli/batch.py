@@ -7,6 +7,7 @@ with one summary line: counts, elapsed time and rate."""
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -48,6 +49,7 @@ from .common import (
     handled,
     say,
 )
+from .edits import EditOpt, GifOpt, StripOpt, SweepOpt, check_directions, edit_settings, sweep_files, write_sweep
 
 if TYPE_CHECKING:
     from ..runtime import Output, Pipeline
@@ -224,33 +226,50 @@ def run(
     min_face: MinFaceOpt = 0.0,
     paste: PasteOpt = False,
     mask: MaskOpt = Mask.face,
+    edit: EditOpt = None,
+    sweep: SweepOpt = None,
+    strip: StripOpt = False,
+    gif: GifOpt = False,
     engines: EnginesOpt = True,
     overwrite: OverwriteOpt = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Run the pipeline on photos: align → encode → (style mixing) → synthesize (→ paste back).
+    """Run the pipeline on photos: align → encode → (style mixing) → (edits) → synthesize (→ paste back).
 
-    Writes OUTPUT/NAME.png, NAME being the input's whole name minus its extension (--n-outputs K:
-    NAME_0.png … NAME_K-1.png), keeping sub-folders; --save-latents adds NAME.npy (the encoded codes),
-    --save-aligned NAME.aligned.png. --paste makes NAME.png the photo with its face put back; --face all
-    runs every face of a photo (NAME.face1.png, NAME.face2.png …, or all pasted into one photo). Reruns
+    Writes OUTPUT/NAME.png, NAME being the input's whole name minus its extension (--n-outputs K or a sweep of
+    K steps: NAME_0.png … NAME_K-1.png), keeping sub-folders; --save-latents adds NAME.npy (the encoded codes),
+    --save-aligned NAME.aligned.png, --strip and --gif NAME.strip.png and NAME.gif. --paste makes NAME.png the
+    photo with its face put back; --face all runs every face of a photo (NAME.face1.png, NAME.face2.png …, or
+    all pasted into one photo). Reruns
     skip finished inputs, and refuse (unless --overwrite) other settings than the folder's
     (OUTPUT/psp-deploy.json); Ctrl-C or SIGTERM stop after the current batch. Failures go to
     OUTPUT/failures.json; exit code 1 if any.
 
     Example: psp-deploy run bundles/toonify photos/ -o out --face all --paste
+    Example: psp-deploy run bundles/e4e photos/ -o aged --sweep age:-3:3:7 --gif
     """
-    from ..runtime import RunOptions, parse_latent_mask
+    from ..runtime import RunOptions, Sweep, parse_latent_mask
     from ..runtime.backends import BackendOptions
+    from ..runtime.edits import parse_edit
     from ..runtime.io import read_image
     from ..runtime.pipeline import check_paste
 
     with handled():
-        config = Bundle.open(bundle).config  # the manifest alone: bad arguments fail before loading
+        opened = Bundle.open(bundle)  # the manifest (and directions) alone: bad arguments fail before loading
+        config = opened.config
         styles = None if latent_mask is None else tuple(parse_latent_mask(latent_mask, config.n_styles))
         row = RunOptions(
-            align=align, resize=resize, latent_mask=styles, mix_alpha=mix_alpha, seed=seed, n_outputs=n_outputs
+            align=align,
+            resize=resize,
+            latent_mask=styles,
+            mix_alpha=mix_alpha,
+            seed=seed,
+            n_outputs=n_outputs,
+            edits=tuple(parse_edit(spec) for spec in edit or ()),
+            sweep=Sweep.parse(sweep) if sweep is not None else None,
         )
+        sweeps = sweep_files(row, strip, gif)
+        check_directions(opened, row)
         if save_aligned and (align is False or config.input_kind != "rgb"):
             never = f"--save-aligned: {config.input_kind} inputs are never aligned"
             raise InputError(NO_ALIGNMENT if align is False else never)
@@ -260,7 +279,7 @@ def run(
         if min_face and not every:
             raise InputError("--min-face chooses among every face of a photo: it goes with --face all")
         items = collect_inputs(inputs, output)
-        layout = RunLayout(output, n_outputs, save_latents, save_aligned, every, paste)
+        layout = RunLayout(output, row.n_images, save_latents, save_aligned, every, paste, sweeps)
         check_before_work(items, output, layout.done)
         options = BackendOptions(
             device=device.value, threads=threads, engines=engines, force_bf16=force_bf16, cache_dir=cache_dir, tf32=tf32
@@ -300,6 +319,7 @@ def run(
                 **run_settings(pipeline, row, face.value, save_latents),
                 "min_face": min_face,
                 "paste": mask.value if paste else None,
+                **edit_settings(opened, row),
             },
         )
     report(summary, output)
@@ -320,7 +340,8 @@ class RunLayout:
     """Where `run` writes an input's outputs. One face: NAME{tag}.png, NAME.npy, NAME.aligned.png. --face all:
     each face's files carry .faceN, and face 1's are written last, so that they mark the input done (a rerun
     skips it only when every face was written). --paste: NAME{tag}.png is the photo with every face put back,
-    written after each face's other files."""
+    written after each face's other files. ``sweeps``: the suffixes of what shows all the outputs at once
+    (.strip.png, .gif), per face beside its images, or per photo with --paste."""
 
     out_dir: Path
     n_outputs: int
@@ -328,6 +349,7 @@ class RunLayout:
     save_aligned: bool
     every: bool
     paste: bool
+    sweeps: tuple[str, ...] = ()
 
     @property
     def tags(self) -> list[str]:
@@ -335,12 +357,17 @@ class RunLayout:
 
     def done(self, item: Item) -> list[Path]:
         """The files whose presence means the input is finished (all of them, for one face)."""
-        photos = [item.output(self.out_dir, ".png", tag) for tag in self.tags] if self.paste else []
+        photos = self.image_files(item, "") if self.paste else []
         return self.face_files(item, 0) + photos
+
+    def image_files(self, item: Item, label: str) -> list[Path]:
+        """An image per output, then what shows them all at once (--strip, --gif)."""
+        images = [item.output(self.out_dir, ".png", label + tag) for tag in self.tags]
+        return images + [item.output(self.out_dir, suffix, label) for suffix in self.sweeps]
 
     def face_files(self, item: Item, index: int) -> list[Path]:
         label = f".face{index + 1}" if self.every else ""
-        found = [] if self.paste else [item.output(self.out_dir, ".png", label + tag) for tag in self.tags]
+        found = [] if self.paste else self.image_files(item, label)
         if self.save_latents:
             found.append(item.output(self.out_dir, ".npy", label))
         if self.save_aligned:
@@ -355,17 +382,25 @@ class RunLayout:
             out, (_, aligned) = outs[index], photo.faces[index]
             files = iter(self.face_files(item, index))
             if not self.paste:
-                for image in out.images:
-                    write_image_atomic(next(files), image)
+                self.write_images(files, list(out.images))
             if self.save_latents:
                 write_npy_atomic(next(files), out.codes)
             if self.save_aligned and aligned is not None:
                 write_image_atomic(next(files), aligned.image)
         if self.paste and photo.image is not None:
             faces = [aligned for _, aligned in photo.faces if aligned is not None]
-            for k, tag in enumerate(self.tags):
-                pasted = paste_all(photo.image, faces, [out.images[k] for out in outs], mask=mask)
-                write_image_atomic(item.output(self.out_dir, ".png", tag), pasted)
+            outputs = [[out.images[k] for out in outs] for k in range(self.n_outputs)]
+            pasted = [paste_all(photo.image, faces, images, mask=mask) for images in outputs]
+            self.write_images(iter(self.image_files(item, "")), pasted)
+
+    def write_images(self, files: Iterator[Path], images: list[np.ndarray]) -> None:
+        """Each output's image into the next of ``files``, then the strip and GIF of them all."""
+        from ..runtime.io import write_image_atomic
+
+        for image in images:
+            write_image_atomic(next(files), image)
+        for _ in self.sweeps:
+            write_sweep(next(files), images)
 
 
 def graph_settings(pipeline: Pipeline, graphs: Any = None) -> dict[str, str]:

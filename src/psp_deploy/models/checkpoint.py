@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import ENCODER_TYPES, STYLE_DIM, PspConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, PspDeployError
 from .psp import Psp
 
 SUBNETS = ("encoder", "decoder")
@@ -20,57 +20,60 @@ DEFAULT_TASK_BY_LABEL_NC = {0: "ffhq_encode", 1: "celebs_sketch_to_face"}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint without running any code it may contain.
-
-    ``weights_only=True`` refuses every pickle global outside tensors and plain
-    containers (argparse.Namespace is allowed: some trainers saved their options so).
-    """
+    """Load a checkpoint without running any code it may contain (``load_weights_only``)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder; give the checkpoint file (.pt) itself")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    _check_header(path)
+    return _normalise(path, load_weights_only(path))
+
+
+def load_weights_only(path: Path, what: str = "checkpoint", error: type[PspDeployError] = CheckpointError) -> Any:
+    """What torch.save wrote at ``path``, loaded without running any code it may contain; refusals are
+    ``error``s that call the file a ``what``.
+
+    ``weights_only=True`` refuses every pickle global outside tensors and plain
+    containers (argparse.Namespace is allowed: some trainers saved their options so).
+    """
+    _check_header(path, what, error)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: {_refusal(err)}") from err
+        raise error(f"{path}: {_refusal(err, what)}") from err
     except Exception as err:  # noqa: BLE001 - garbage bytes can fail anywhere inside the unpickler
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated): {_first_line(err)}"
-        ) from err
-    return _normalise(path, ckpt)
+        raise error(f"{path}: not a readable PyTorch {what} (corrupt or truncated): {_first_line(err)}") from err
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save since 1.6
 PICKLE_PROTO = b"\x80"  # the legacy format: a pickle of protocol 2 or later
 
 
-def _check_header(path: Path) -> None:
+def _check_header(path: Path, what: str, error: type[PspDeployError]) -> None:
     """Refuse files torch.save cannot have written before the unpickler reads them: it would
     take text for opcodes and call a notes file a pickle that asks to run code."""
     with open(path, "rb") as f:
         head = f.read(len(ZIP_MAGIC))
     if not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):
-        raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint: it starts with {head!r}, "
+        raise error(
+            f"{path}: not a PyTorch {what}: it starts with {head!r}, "
             "not with the zip archive or pickle header torch.save writes"
         )
 
 
-def _refusal(err: pickle.UnpicklingError) -> str:
+def _refusal(err: pickle.UnpicklingError, what: str) -> str:
     """Why the safe unpickler stopped, in its own words only: torch's message also advises
     retrying with weights_only=False, which would run the very code refused here."""
     message = str(err)
     if found := re.search(r"GLOBAL (\S+?)\.?(?:\s|$)", message):
-        return f"refused to load: the file asks to import {found.group(1)}, which no checkpoint needs (nothing was run)"
+        return f"refused to load: the file asks to import {found.group(1)}, which no {what} needs (nothing was run)"
     if found := re.search(r"Unsupported operand (\d+)", message):
         opcode = bytes([int(found.group(1))])
         return f"refused to load: pickle opcode {opcode!r} is one torch.save never writes (corrupt, or it runs code)"
     detail = re.search(r"Can only [^\n]*|unsupported persistent id[^\n]*", message)
     reason = f" ({detail.group(0).strip()})" if detail else ""
-    return f"refused to load: the file asks to build objects a checkpoint never needs{reason}"
+    return f"refused to load: the file asks to build objects a {what} never needs{reason}"
 
 
 def _first_line(err: BaseException) -> str:

@@ -20,6 +20,7 @@ from ..graph_io import IMAGE, IMAGE_256, W, Z
 from .align import AlignedFace, FaceAligner, LocatedFace
 from .backends import Backend, BackendOptions, backend_class, check_precision
 from .chain import Chain, HostChain, run_batched
+from .edits import Direction, Edit, Sweep, check_edits
 from .paste import paste_all
 from .preprocess import PIXEL_CHANNELS, face_pixels, preprocess
 
@@ -33,7 +34,9 @@ class RunOptions:
     """What one row asks for: the options of `psp-deploy run` and of the served psp model.
 
     With ``latent_mask`` the masked styles come from mapping(z), z drawn from ``seed`` + k for
-    output k (``seed`` None: unseeded), blended by ``mix_alpha`` (None: replaced)."""
+    output k (``seed`` None: unseeded), blended by ``mix_alpha`` (None: replaced). Then ``edits``
+    ((direction name, strength), in order) move every output's codes; a ``sweep`` makes one output per
+    strength of one more direction, after the edits (runtime/edits.py has the formulas)."""
 
     align: bool | None = None
     resize: bool = False
@@ -41,8 +44,13 @@ class RunOptions:
     mix_alpha: float | None = None
     seed: int | None = None
     n_outputs: int = 1
+    edits: tuple[Edit, ...] = ()
+    sweep: Sweep | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "edits", check_edits(self.edits))  # frozen: normalised once, here
+        if self.sweep is not None and self.n_outputs > 1:
+            raise InputError("a sweep makes one output per step: it does not combine with --n-outputs above 1")
         if self.n_outputs < 1:
             raise InputError(f"n_outputs must be at least 1, got {self.n_outputs}")
         if self.latent_mask is None and (self.n_outputs > 1 or self.mix_alpha is not None):
@@ -54,13 +62,28 @@ class RunOptions:
         if self.mix_alpha is not None and not 0.0 <= self.mix_alpha <= 1.0:  # NaN included
             raise InputError(f"mix_alpha must be from 0 to 1, got {self.mix_alpha}")
 
+    @property
+    def n_images(self) -> int:
+        """The images this row makes: one per step of its sweep, else ``n_outputs``."""
+        return self.sweep.steps if self.sweep is not None else self.n_outputs
+
+    @property
+    def as_encoded(self) -> bool:
+        """Whether the codes go to the synthesis as the encoder made them: no mixing, no edit, no sweep."""
+        return self.latent_mask is None and not self.edits and self.sweep is None
+
+    @property
+    def directions(self) -> list[str]:
+        """The directions this row's edits and sweep name, in order of use."""
+        return [name for name, _ in self.edits] + ([self.sweep.name] if self.sweep else [])
+
 
 @dataclass
 class Output:
     """One row's result."""
 
     codes: NDArray[np.float32]  # [n_styles, 512] W+ codes as encoded (latent_avg included), before any mixing
-    mixed: NDArray[np.float32]  # [n_outputs, n_styles, 512] the codes each output was synthesized from
+    mixed: NDArray[np.float32]  # [n_outputs, n_styles, 512] the codes each output was synthesized from (mixed, edited)
     images: NDArray[np.uint8]  # [n_outputs, R, R, 3] (R = output size, or 256 with resize)
 
 
@@ -80,34 +103,33 @@ class Result:
     pasted: list[NDArray[np.uint8]] | None = None  # per input, with ``paste``: the photo with its face put back
 
 
-def parse_latent_mask(text: str, n_styles: int) -> list[int]:
-    """'8-17' or '0,1,8-17' → sorted indices, each checked against n_styles.
+def parse_latent_mask(text: str, n_styles: int, what: str = "latent mask") -> list[int]:
+    """'8-17' or '0,1,8-17' → sorted indices, each checked against n_styles (``what``: the option's name,
+    for the errors; directions' layers are written so too).
 
     Strict: every comma-separated part is an index or a range LO-HI with LO ≤ HI, so a typo
     ('8-', '17-8', '8,,9') is an error naming the part rather than a different mask."""
     parts = [p.strip() for p in text.split(",")]
     if parts == [""]:
-        raise InputError(f"latent mask {text!r} is empty: name style indices such as '8-17' or '0,2,8-17'")
+        raise InputError(f"{what} {text!r} is empty: name style indices such as '8-17' or '0,2,8-17'")
     indices: set[int] = set()
     for part in parts:
         match = MASK_PART.fullmatch(part)
         if not part:
-            raise InputError(f"latent mask {text!r} has an empty part (two commas, or a comma at an end)")
+            raise InputError(f"{what} {text!r} has an empty part (two commas, or a comma at an end)")
         if match is None:
-            raise InputError(
-                f"latent mask {text!r}: {part!r} is not an index or a range LO-HI (e.g. '8-17' or '0,2,8-17')"
-            )
+            raise InputError(f"{what} {text!r}: {part!r} is not an index or a range LO-HI (e.g. '8-17' or '0,2,8-17')")
         lo, hi = int(match[1]), int(match[2] or match[1])
         if hi < lo:
-            raise InputError(f"latent mask {text!r}: the range {part!r} runs backwards; write {hi}-{lo}")
+            raise InputError(f"{what} {text!r}: the range {part!r} runs backwards; write {hi}-{lo}")
         indices.update(range(lo, hi + 1))
-    return check_latent_mask(sorted(indices), n_styles)
+    return check_latent_mask(sorted(indices), n_styles, what)
 
 
-def check_latent_mask(mask: Sequence[int], n_styles: int) -> list[int]:
+def check_latent_mask(mask: Sequence[int], n_styles: int, what: str = "latent mask") -> list[int]:
     bad = [i for i in mask if not 0 <= int(i) < n_styles]
     if bad or not mask:
-        raise InputError(f"latent mask must name style indices in 0..{n_styles - 1}, got {list(mask)}")
+        raise InputError(f"{what} must name style indices in 0..{n_styles - 1}, got {list(mask)}")
     return [int(i) for i in mask]
 
 
@@ -130,9 +152,9 @@ def openable(bundle: Bundle, backend: str, precision: str) -> type[Backend]:
 
 class Pipeline:
     """A bundle's three graphs on one backend, and the flow between them: photo → aligned face → W+ codes
-    → (style mixing) → image. ``from_bundle`` opens one; ``run`` takes photos, ``generate`` prepared faces
-    with per-row options; ``encode``, ``mapping``, ``mix`` and ``synthesize`` are the stages on their own.
-    Thread-safe; a context manager that releases the backends' sessions and device memory."""
+    → (style mixing, then edits) → image. ``from_bundle`` opens one; ``run`` takes photos, ``generate``
+    prepared faces with per-row options; ``encode``, ``mapping``, ``mix``, ``edit`` and ``synthesize`` are the
+    stages on their own. Thread-safe; a context manager that releases the backends' sessions and device memory."""
 
     def __init__(
         self, bundle: Bundle, backends: dict[str, Backend], *, max_batch: int = DEFAULT_MAX_BATCH, face: str = "largest"
@@ -146,6 +168,8 @@ class Pipeline:
         self.max_batch, self.face = max_batch, face
         self._aligner: FaceAligner | None = None
         self._aligner_lock = threading.Lock()
+        self._directions: dict[str, Direction] = {}  # loaded (hash-checked) when first used
+        self._directions_lock = threading.Lock()
         self.host = HostChain(self.encoder, self.synthesis_net, self.config, max_batch)  # the stages on their own
         self.chain: Chain = type(self.encoder).chain(self.encoder, self.synthesis_net, self.config, max_batch)
 
@@ -280,17 +304,37 @@ class Pipeline:
         mixed[:, mask] = target[:, mask] if alpha is None else alpha * target[:, mask] + (1 - alpha) * codes[:, mask]
         return mixed
 
+    def direction(self, name: str) -> Direction:
+        """The bundle's direction ``name``, checked against its manifest record (sha256, shape, finite) when first
+        used: a changed file is refused (BundleError), an unknown name is an InputError listing the bundle's."""
+        with self._directions_lock:
+            if name not in self._directions:
+                self._directions[name] = Direction(name, *self.bundle.direction(name))
+            return self._directions[name]
+
+    def edit(self, codes: NDArray[Any], edits: Sequence[Edit]) -> NDArray[np.float32]:
+        """W+ codes [N, n_styles, 512] moved by each (direction name, strength) in turn, each on the codes the
+        one before left (runtime/edits.py has the formulas); a copy. No edits: the codes as they are."""
+        out = np.asarray(codes, np.float32)
+        for name, strength in check_edits(edits):
+            out = self.direction(name).apply(out, strength)
+        return out
+
     def generate(self, x: NDArray[Any], rows: Sequence[RunOptions], inject: NDArray[Any] | None = None) -> Generated:
         """Inputs and each row's options → each row's outputs: one encode, every row's style variants
-        mixed, ONE synthesis over all of them. ``x`` holds ``prepare_face`` faces (uint8 [N, 256, 256, C])
-        or ``prepare`` tensors (float32 [N, C, 256, 256]). ``inject`` (w or W+) replaces the seeded
-        styles of every masked row. On a device-resident chain (ONNX Runtime's) codes go from the encoder to the
-        synthesis on the device, unless rows mix styles (mixed on the host, a few kB up again)."""
+        mixed then edited, ONE synthesis over all of them. ``x`` holds ``prepare_face`` faces (uint8
+        [N, 256, 256, C]) or ``prepare`` tensors (float32 [N, C, 256, 256]). ``inject`` (w or W+) replaces the
+        seeded styles of every masked row. On a device-resident chain (ONNX Runtime's) codes go from the encoder
+        to the synthesis on the device, unless rows mix styles or edit (done on the host, a few kB up again).
+        Every direction a row names is loaded and checked before the encoder runs."""
         x = self._checked(x)
+        for row in rows:
+            for name in row.directions:
+                self.direction(name)
         wanted = {IMAGE_256 if row.resize else IMAGE for row in rows}
         names = [name for name in (IMAGE, IMAGE_256) if name in wanted]  # the pooled image only when asked
         timings: dict[str, float] = {}
-        if all(row.latent_mask is None for row in rows):
+        if all(row.as_encoded for row in rows):
             codes, pixels = self.chain.chained(x, names, timings)
             variants = [c[None] for c in codes]
         else:
@@ -324,15 +368,16 @@ class Pipeline:
     def _variants(
         self, codes: NDArray[np.float32], rows: Sequence[RunOptions], inject: NDArray[Any] | None
     ) -> list[NDArray[np.float32]]:
-        """Per row, the codes of each output [n_outputs, n_styles, 512]. Output k of a row mixes in
-        the style of seed + k, shared by every row asking for it (an unseeded call draws one seed)."""
+        """Per row, the codes of each output [n_outputs (or sweep steps), n_styles, 512]: mixed, then edited.
+        Output k of a row mixes in the style of seed + k, shared by every row asking for it (an unseeded call
+        draws one seed)."""
         unseeded = int(np.random.default_rng().integers(2**31))
         styles: dict[int, NDArray[np.float32]] = {}
         per_row = inject is not None and np.ndim(inject) == 3 and len(inject) == len(codes) > 1
         variants = []
         for i, (row_codes, row) in enumerate(zip(codes, rows, strict=True)):
             if row.latent_mask is None:
-                variants.append(row_codes[None])
+                variants.append(self._edited(row_codes[None], row))
                 continue
             mixed = []
             for k in range(row.n_outputs):
@@ -344,8 +389,16 @@ class Pipeline:
                         styles[seed] = self.style_latent(seed)
                     style = styles[seed]
                 mixed.append(self.mix(row_codes[None], row.latent_mask, style, row.mix_alpha))
-            variants.append(np.concatenate(mixed))
+            variants.append(self._edited(np.concatenate(mixed), row))
         return variants
+
+    def _edited(self, codes: NDArray[np.float32], row: RunOptions) -> NDArray[np.float32]:
+        """A row's (mixed) codes after its edits, then one copy per step of its sweep."""
+        codes = self.edit(codes, row.edits)
+        if row.sweep is None:
+            return codes
+        along = self.direction(row.sweep.name)
+        return np.concatenate([along.apply(codes, strength) for strength in row.sweep.strengths])
 
     def run(
         self,
@@ -357,6 +410,7 @@ class Pipeline:
         mix_alpha: float | None = None,
         seed: int | None = None,
         inject: NDArray[Any] | None = None,
+        edits: Sequence[Edit] = (),
         paste: bool = False,
         mask: str = "face",
     ) -> Result:
@@ -364,7 +418,8 @@ class Pipeline:
 
         ``align`` None aligns photos and never sketches or label maps. With ``latent_mask``
         the masked styles come from ``inject`` (w or W+ codes; map a z with ``mapping``) or,
-        without it, from mapping(z) with z drawn from ``seed``. With ``paste`` each photo also comes
+        without it, from mapping(z) with z drawn from ``seed``. ``edits``, e.g. [("age", -3.0)], then move
+        the codes along the bundle's directions (``RunOptions``). With ``paste`` each photo also comes
         back with its face replaced (``Result.pasted``; ``mask`` "face" or "square", runtime/paste.py).
         """
         if paste:
@@ -377,7 +432,9 @@ class Pipeline:
         prepared = [self.prepare_face(image, align) for image in images]
         prepare_s = time.perf_counter() - clock
         styles = None if latent_mask is None else tuple(latent_mask)
-        row = RunOptions(align=align, resize=resize, latent_mask=styles, mix_alpha=mix_alpha, seed=seed)
+        row = RunOptions(
+            align=align, resize=resize, latent_mask=styles, mix_alpha=mix_alpha, seed=seed, edits=tuple(edits)
+        )
         generated = self.generate(np.stack([x for x, _ in prepared]), [row] * len(prepared), inject)
         result = Result(
             generated.pixels[IMAGE_256 if resize else IMAGE],  # every row asked for it: no copy to gather them
