@@ -32,7 +32,7 @@ PRECISIONS = f"<{'|'.join(dict.fromkeys(p for spec in REGISTRY.values() for p in
         ("run", [BACKENDS, PRECISIONS, "<cpu|cuda>"]),
         ("serve", [BACKENDS, PRECISIONS, "127.0.0.1"]),
         ("build", [BACKENDS, PRECISIONS]),
-        ("export", ["<grouped|scaled>", "<transpose|phase>"]),
+        ("export", ["<grouped|scaled>", "<transpose|phase|folded>"]),
     ],
 )
 def test_help_lists_the_choices(command, choices):

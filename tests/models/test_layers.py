@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from psp_deploy.models.encoders import AdaptiveAvgPoolMatrix, upsample_add
-from psp_deploy.models.forms import set_forms
+from psp_deploy.models.forms import official_forms, set_forms
 from psp_deploy.models.layers import Blur, EqualLinear, FusedLeakyReLU, PixelNorm, Upsample, make_kernel, upfirdn2d
 from psp_deploy.models.modconv import ModulatedConv2d, phase_conv_transpose
 from psp_deploy.models.psp import pool_to_256
+from psp_deploy.models.stylegan2 import StyledConv, ToRGB
 
 
 def upfirdn2d_by_definition(x: np.ndarray, k: np.ndarray, up: int, down: int, pad: tuple[int, int]) -> np.ndarray:
@@ -168,6 +169,69 @@ def test_phase_upsampling_equals_transposed_upsampling(modconv, fir):
     torch.testing.assert_close(phased, transposed, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("modconv", ["grouped", "scaled"])
+def test_folded_upsampling_equals_transpose_then_blur(modconv):
+    """The blur folded into the transposed conv's kernel against the official computation written out here:
+    conv_transpose2d stride 2 (2H + 1), then upfirdn2d by its definition with pad (1, 1). An asymmetric blur
+    kernel catches a flipped fold, a non-square input swapped axes, the bias one added before the blur."""
+    torch.manual_seed(4)
+    conv = ModulatedConv2d(4, 3, 3, 8, upsample=True).double()
+    blur = torch.arange(1.0, 17.0, dtype=torch.float64).reshape(4, 4) / 34
+    bias = torch.randn(3, dtype=torch.float64)
+    with torch.no_grad():
+        conv.blur.kernel.copy_(blur)
+    x, w = torch.randn(2, 4, 5, 7, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+    set_forms(conv, modconv=modconv, fir="depthwise", upsample="folded")
+    with torch.no_grad():
+        actual = conv(x, w, bias=bias).numpy()
+        weights = _modulated_weights(conv, w)
+        for b in range(2):
+            up = F.conv_transpose2d(x[b : b + 1], weights[b].transpose(0, 1), stride=2)[0].numpy()
+            for c in range(3):
+                expected = upfirdn2d_by_definition(up[c], blur.numpy(), 1, 1, (1, 1)) + bias[c].item()
+                np.testing.assert_allclose(actual[b, c], expected, atol=1e-10)
+    assert actual.shape == (2, 3, 10, 14)
+
+
+def _random_constants(module: torch.nn.Module) -> None:
+    """Biases and noise strengths are zero in a fresh model: random ones, so that misplacing them shows."""
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("bias") and "modulation" not in name or name == "noise.weight":
+                parameter.copy_(torch.randn_like(parameter))
+
+
+@pytest.mark.parametrize("modconv", ["grouped", "scaled"])
+@pytest.mark.parametrize("upsample", [False, "transpose", "phase", "folded"])
+def test_folded_constants_equal_the_official_layers(modconv, upsample):
+    """The activation's √2 and the biases folded (into the demodulation factor, the noise, the convs) against
+    the official forms: a styled conv, and a ToRGB (whose bias the 1×1 conv adds)."""
+    torch.manual_seed(5)
+    layer = StyledConv(8, 6, upsample=bool(upsample)).double()
+    to_rgb = ToRGB(6).double()
+    _random_constants(layer), _random_constants(to_rgb)
+    size = 12 if upsample else 6  # the styled conv's output
+    x, w = torch.randn(2, 8, 6, 6, dtype=torch.float64), torch.randn(2, 512, dtype=torch.float64)
+    noise = torch.randn(1, 1, size, size, dtype=torch.float64)
+    skip = torch.randn(2, 3, size // 2, size // 2, dtype=torch.float64)
+
+    def run() -> torch.Tensor:
+        out = layer(x, w, noise)
+        return torch.cat([out.flatten(), to_rgb(out, w, skip).flatten()])
+
+    with torch.no_grad():
+        with official_forms(layer), official_forms(to_rgb):
+            official = run()
+        for module in (layer, to_rgb):
+            set_forms(module, modconv=modconv, fir="depthwise", upsample=upsample or None, constants="folded")
+        torch.testing.assert_close(run(), official, atol=1e-10, rtol=1e-10)
+
+
+def test_a_gain_needs_demodulation():
+    with pytest.raises(ValueError, match="does not demodulate"):
+        ModulatedConv2d(2, 3, 1, 4, demodulate=False)(torch.ones(1, 2, 2, 2), torch.ones(1, 4), gain=2.0)
+
+
 def test_unknown_forms_are_refused():
     with pytest.raises(ValueError, match="grouped"):
         set_forms(ModulatedConv2d(2, 2, 3, 4), modconv="fused")
@@ -175,6 +239,8 @@ def test_unknown_forms_are_refused():
         set_forms(ModulatedConv2d(2, 2, 3, 4), fir="fft")
     with pytest.raises(ValueError, match="phase"):
         set_forms(ModulatedConv2d(2, 2, 3, 4), upsample="subpixel")
+    with pytest.raises(ValueError, match="apart"):
+        set_forms(StyledConv(2, 2), constants="fused")
 
 
 @pytest.mark.parametrize("module", [Blur([1, 3, 3, 1], pad=(1, 1), upsample_factor=2), Upsample([1, 3, 3, 1])])

@@ -200,6 +200,7 @@ class Modconv(str, Enum):
 class UpsampleForm(str, Enum):
     transpose = "transpose"
     phase = "phase"
+    folded = "folded"
 
 
 def _choices(name: str, values: Iterable[str]) -> Any:

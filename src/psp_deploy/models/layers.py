@@ -107,13 +107,19 @@ class Blur(nn.Module):
         self.pad = pad
         self.form = "reference"
 
-    def forward(self, x: torch.Tensor, pad: tuple[int, int] | None = None) -> torch.Tensor:
-        """Filter ``x`` with this blur's padding, or with ``pad`` (before, after) on both axes."""
+    def forward(
+        self, x: torch.Tensor, pad: tuple[int, int] | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Filter ``x`` with this blur's padding, or with ``pad`` (before, after) on both axes; add ``bias``
+        (one per channel), in the depthwise form by the convolution itself."""
         p0, p1 = pad or self.pad
         if self.form == "reference":
-            return upfirdn2d(x, self.kernel, pad=(p0, p1))
+            out = upfirdn2d(x, self.kernel, pad=(p0, p1))
+            return out if bias is None else out + bias.reshape(1, -1, 1, 1)
         weight = _depthwise(torch.flip(self.kernel, [0, 1]), x.shape[1])
-        return F.conv2d(F.pad(x, [p0, p1, p0, p1]), weight, groups=x.shape[1])
+        if p0 == p1 >= 0:  # the convolution pads: no pass of its own
+            return F.conv2d(x, weight, bias, padding=p0, groups=x.shape[1])
+        return F.conv2d(F.pad(x, [p0, p1, p0, p1]), weight, bias, groups=x.shape[1])
 
 
 class Upsample(nn.Module):

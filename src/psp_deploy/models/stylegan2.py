@@ -5,13 +5,26 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import STYLE_DIM, channels_for
-from .layers import ConstantInput, EqualLinear, FusedLeakyReLU, NoiseInjection, PixelNorm, Upsample
+from .layers import (
+    LRELU_GAIN,
+    LRELU_SLOPE,
+    ConstantInput,
+    EqualLinear,
+    FusedLeakyReLU,
+    NoiseInjection,
+    PixelNorm,
+    Upsample,
+)
 from .modconv import ModulatedConv2d
 
 BLUR_TAPS = (1, 3, 3, 1)
+# "apart": gains and biases as the official code applies them, each its own pass over the maps; "folded": into
+# the convolutions, the demodulation factors and the constants beside them (the same sums, rounded differently)
+CONSTANT_FORMS = ("apart", "folded")
 
 
 class StyledConv(nn.Module):
@@ -22,9 +35,15 @@ class StyledConv(nn.Module):
         self.conv = ModulatedConv2d(in_channel, out_channel, 3, STYLE_DIM, upsample=upsample, blur_taps=BLUR_TAPS)
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
+        self.constants = "apart"
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, w), noise))
+        if self.constants == "apart":
+            return self.activate(self.noise(self.conv(x, w), noise))
+        # leaky ReLU is positively homogeneous, lrelu(z)·g = lrelu(g·z): the gain scales what sums to z instead,
+        # the conv's output through its [B, out] demodulation factor, the bias and the noise (constants)
+        out = self.conv(x, w, bias=LRELU_GAIN * self.activate.bias, gain=LRELU_GAIN)
+        return F.leaky_relu(out + LRELU_GAIN * self.noise.weight * noise, LRELU_SLOPE)
 
 
 class ToRGB(nn.Module):
@@ -36,9 +55,13 @@ class ToRGB(nn.Module):
             self.upsample = Upsample(BLUR_TAPS)
         self.conv = ModulatedConv2d(in_channel, 3, 1, STYLE_DIM, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.constants = "apart"
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.conv(x, w) + self.bias
+        if self.constants == "apart":
+            out = self.conv(x, w) + self.bias
+        else:  # the 1×1 conv adds the bias
+            out = self.conv(x, w, bias=self.bias.flatten())
         return out if skip is None else out + self.upsample(skip)
 
 
