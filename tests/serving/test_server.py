@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -22,9 +23,11 @@ from skimage import data
 from typer.testing import CliRunner
 
 from psp_deploy.cli import app
+from psp_deploy.directions import add_direction
 from psp_deploy.runtime import Pipeline
 from psp_deploy.serving.client import NO_RETRY, PspClient, RemoteError, RetryPolicy, encode_png
 from psp_deploy.serving.server import ServeOptions, free_ports
+from tests.directions.test_importing import interfacegan_file
 
 pytest.importorskip("pytriton", reason="PyTriton is not installed (pip install 'psp-deploy[serve]')")
 pytestmark = pytest.mark.xdist_group("serving")  # see tests/conftest.py
@@ -102,15 +105,27 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(bundles):
-    srv = Server(bundles("rgb-scaled")[0].root, "--max-photo-bytes", str(MAX_PHOTO_BYTES))
+def served(bundles, tmp_path_factory):
+    """The scaled RGB bundle with an InterFaceGAN-format direction "age": graphs hard-linked, manifest copied
+    (add_direction replaces it by rename, so the shared bundle is untouched)."""
+    source, root = bundles("rgb-scaled")[0].root, tmp_path_factory.mktemp("served") / "bundle"
+    shutil.copytree(source, root, copy_function=os.link)
+    (root / "manifest.json").unlink()
+    shutil.copy(source / "manifest.json", root / "manifest.json")
+    add_direction(root, "age", interfacegan_file(root.parent / "age.pt"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    srv = Server(served, "--max-photo-bytes", str(MAX_PHOTO_BYTES))
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def local(bundles):
-    with Pipeline.from_bundle(bundles("rgb-scaled")[0].root) as pipeline:
+def local(served):
+    with Pipeline.from_bundle(served) as pipeline:
         yield pipeline
 
 
@@ -479,6 +494,37 @@ def test_paste_answers_the_photo_with_its_face_put_back(server, local, photo, tm
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "psp-deploy.json"]
     assert np.abs(np.asarray(Image.open(out / "astronaut.png")).astype(int) - expected["face"]).max() <= 1
+
+
+def test_served_edits_equal_the_pipeline_s_and_an_unknown_direction_fails_alone(server, local, photo, tmp_path):
+    """The psp model's edits parameter moves the codes as Pipeline.run(edits=...) does; infer --edit writes what
+    the server answers; a direction the bundle lacks fails its own request, named, and not the others."""
+    edits = [("age", -2.5)]
+    expected = local.run(photo, edits=edits)
+
+    def ask(edits):  # a client per thread: the HTTP client's connections belong to the thread that made them
+        with PspClient(server.url) as client:
+            return client.run(photo, edits=edits)
+
+    with ThreadPoolExecutor(2) as pool:  # in flight together: one batch, where one request fails alone
+        edited, unknown = pool.submit(ask, edits), pool.submit(ask, [("smile", 1.0)])
+        got = edited.result()
+        with pytest.raises(RemoteError, match=r"no direction 'smile' \(this bundle has: age\)") as refused:
+            unknown.result()
+    plain = ask(())
+    assert refused.value.reason == "bad_parameter"
+    assert np.abs(got["codes"] - expected.codes[0]).max() <= 1e-4
+    assert np.abs(got["image"].astype(int) - expected.images[0]).max() <= 1
+    assert np.abs(got["image"].astype(int) - plain["image"]).max() > 8  # the edit reached the server
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(photo).save(photos / "astronaut.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["infer", str(photos), "-o", str(out), "--url", server.url, "--edit", "age:-2.5"])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(Image.open(out / "astronaut.png")), got["image"])
+    assert json.loads((out / "psp-deploy.json").read_text())["edits"] == [["age", -2.5]]
 
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:

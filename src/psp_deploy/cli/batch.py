@@ -451,6 +451,7 @@ def infer(
     save_aligned: SaveAlignedOpt = False,
     paste: PasteOpt = False,
     mask: MaskOpt = Mask.face,
+    edit: EditOpt = None,
     overwrite: OverwriteOpt = False,
     timeout: Annotated[float, typer.Option(min=0.1, max=86400.0, help="Seconds to wait for one request.")] = 300.0,
     retry_deadline: Annotated[
@@ -469,12 +470,22 @@ def infer(
     from concurrent.futures import ThreadPoolExecutor
 
     from ..runtime import RunOptions
+    from ..runtime.edits import parse_edit
     from ..serving.client import ClientPool, RetryPolicy
     from ..serving.models import MAX_OUTPUTS
 
     with handled():
-        # run's rules for a row; the mask itself is checked by the server, which knows its model's styles
-        RunOptions(align, resize, (0,) if latent_mask else None, mix_alpha, seed, n_outputs)
+        edits = [parse_edit(spec) for spec in edit or ()]
+        # run's rules for a row; the mask and the directions are checked by the server, which knows its bundle
+        RunOptions(
+            align=align,
+            resize=resize,
+            latent_mask=(0,) if latent_mask else None,
+            mix_alpha=mix_alpha,
+            seed=seed,
+            n_outputs=n_outputs,
+            edits=tuple(edits),
+        )
         if n_outputs > MAX_OUTPUTS:
             raise InputError(f"--n-outputs: the server makes at most {MAX_OUTPUTS} outputs per photo, got {n_outputs}")
         if save_aligned and align is False:
@@ -489,7 +500,8 @@ def infer(
             align=align, resize=resize, latent_mask=latent_mask, mix_alpha=mix_alpha, seed=seed, n_outputs=n_outputs
         )
         pasting = {"paste": True, "mask": mask.value} if paste else {}
-        asked = {**parameters, **pasting}
+        editing = {"edits": [[name, strength] for name, strength in edits]} if edits else {}
+        asked = {**parameters, **pasting, **editing}
         clients = ClientPool(url, timeout, RetryPolicy(deadline_s=retry_deadline))
         if not clients.get().ready():
             raise PspDeployError(f"no ready server at {', '.join(url)} (start one with `psp-deploy serve BUNDLE`)")
@@ -504,7 +516,7 @@ def infer(
                 write=lambda item, result: write_served(item, result, output, tags, save_latents, save_aligned),
                 batch_size=concurrency,
                 overwrite=overwrite,
-                settings={"command": "infer", **parameters, "save_latents": save_latents, **pasting},
+                settings={"command": "infer", **parameters, "save_latents": save_latents, **pasting, **editing},
             )
     report(summary, output)
     raise typer.Exit(summary.exit_code)

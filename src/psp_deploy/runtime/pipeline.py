@@ -97,7 +97,7 @@ class Generated:
 @dataclass
 class Result:
     images: NDArray[np.uint8]  # [N, R, R, 3] (R = output size, or 256 with resize)
-    codes: NDArray[np.float32]  # [N, n_styles, 512], as synthesized (after any mixing)
+    codes: NDArray[np.float32]  # [N, n_styles, 512], as synthesized (after any mixing and edits)
     aligned: list[AlignedFace | None]  # per input; None when not aligned
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     pasted: list[NDArray[np.uint8]] | None = None  # per input, with ``paste``: the photo with its face put back

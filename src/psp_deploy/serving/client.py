@@ -225,12 +225,15 @@ class PspClient:
         n_outputs: int = 1,
         paste: bool = False,
         mask: str | None = None,
+        edits: Sequence[tuple[str, float]] = (),
     ) -> dict[str, Any]:
         """A photo (file bytes, a path, or a uint8 RGB array) → aligned face, W+ codes, synthesized image;
         ``images``: every output's image (n_outputs > 1 needs latent_mask: output k mixes seed + k),
         ``warnings``: what the aligner noted (several faces, a soft upscaled crop), as AlignedFace.warnings.
         ``paste``: also ``pasted``, the photo with each output's face put back through ``mask`` (face, the
-        default, or square): uint8 [n_outputs, H, W, 3] at the photo's size, as Pipeline.run(paste=True)."""
+        default, or square): uint8 [n_outputs, H, W, 3] at the photo's size, as Pipeline.run(paste=True).
+        ``edits``: (direction, strength) pairs of the served bundle's directions, applied in order after any
+        mixing, as Pipeline.run(edits=...); ``codes`` are then the edited codes."""
         if isinstance(photo, (str, Path)):
             photo = Path(photo).read_bytes()
         elif isinstance(photo, np.ndarray):
@@ -248,6 +251,8 @@ class PspClient:
             parameters["paste"] = True
         if mask is not None:
             parameters["mask"] = str(mask)
+        if edits:
+            parameters["edits"] = ",".join(f"{name}:{float(strength)!r}" for name, strength in edits)
         data = self._input("photo", np.array([[photo]], dtype=object), "BYTES")
         extra = (["images"] if n_outputs != 1 else []) + (["pasted"] if paste else [])
         aligned, codes, image, notes, *more = self._infer(

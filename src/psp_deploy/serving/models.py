@@ -28,6 +28,7 @@ from ..config import ENCODER_INPUT_SIZE, POOLED_SIZE, STYLE_DIM
 from ..errors import ImageDecodeError, ImageTooLargeError, InputError, NoFaceError, PspDeployError
 from ..runtime import Output, Pipeline, RunOptions, parse_latent_mask
 from ..runtime.align import AlignedFace
+from ..runtime.edits import Edit, parse_edit
 from ..runtime.io import decode_image
 from ..runtime.paste import MASKS, paste_all
 from ..runtime.pipeline import check_paste
@@ -67,7 +68,7 @@ def _failed(err: Exception) -> dict[str, np.ndarray]:
     return {"error": message, "reason": np.array([reason(err).encode()], dtype=object)}
 
 
-PARAMETERS = ("align", "resize", "latent_mask", "mix_alpha", "seed", "n_outputs", "paste", "mask")
+PARAMETERS = ("align", "resize", "latent_mask", "mix_alpha", "seed", "n_outputs", "paste", "mask", "edits")
 MAX_OUTPUTS = 16  # n_outputs of one request: its images are held at once, beside its batch's
 
 
@@ -95,9 +96,15 @@ def request_options(params: dict[str, Any] | None, n_styles: int) -> RunOptions:
             mix_alpha=None if alpha in (None, "") else float(alpha),
             seed=int(params.get("seed", 0)),
             n_outputs=_outputs(params.get("n_outputs", 1)),
+            edits=parse_edits(str(params.get("edits", ""))),
         )
     except ValueError as err:
         raise InputError(f"bad request parameter: {err}") from None
+
+
+def parse_edits(text: str) -> tuple[Edit, ...]:
+    """The `edits` request parameter, `run --edit`'s specs joined by commas: 'age:-3,smile:1.5'; '' for none."""
+    return tuple(parse_edit(spec.strip()) for spec in text.split(",")) if text.strip() else ()
 
 
 def paste_mask(params: dict[str, Any] | None) -> str | None:
@@ -177,6 +184,8 @@ class ServedModels:
         mask = paste_mask(request.parameters)
         if mask:
             check_paste(self.config, options.align)
+        for name in options.directions:  # an unknown or changed direction fails this request alone
+            self.pipeline.direction(name)
         photo = self._decode(bytes(request["photo"].reshape(-1)[0]))
         x, face = self.pipeline.prepare_face(photo, options.align)  # uint8 up: normalised on the device
         return PhotoRequest(options, x, face, photo if mask else None, mask)
