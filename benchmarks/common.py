@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,6 +41,18 @@ def bundle(ckpt: Path, modconv: str, batch: int = 1, upsample: str = "transpose"
     say(f"exporting {out.name}")
     export_bundle(ckpt, out, modconv=modconv, batch=batch, upsample=upsample, force=True, progress=say)
     return out
+
+
+def own_copy(shared: Path, ckpt: Path, suffix: str) -> Path:
+    """A copy of the shared bundle that one script writes into (others reuse, and may export again, the shared
+    one): files hard-linked, the manifest copied (replaced on save, never edited); reused while it matches."""
+    root = shared.with_name(f"{shared.name}-{suffix}")
+    if reusable_bundle(ckpt, root) is None:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(shared, root, copy_function=os.link)
+        (root / "manifest.json").unlink()
+        shutil.copy(shared / "manifest.json", root / "manifest.json")
+    return root
 
 
 def save_json(data: dict, name: str) -> Path:

@@ -10,17 +10,15 @@ Writes benchmarks/results/<cpu>-inductor-cpu.{json,md}.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, bundle, checkpoint, save_json, say
+from common import RESULTS, bundle, checkpoint, own_copy, save_json, say
 from skimage import data
 
-from psp_deploy.bundle import GRAPHS, Bundle, reusable_bundle
+from psp_deploy.bundle import GRAPHS, Bundle
 from psp_deploy.calibration.report import psnr_db
 from psp_deploy.engines import build_engines
 from psp_deploy.machine import cpu_info, library_versions, machine_slug
@@ -29,18 +27,6 @@ from psp_deploy.runtime.backends.options import BuildOptions
 
 BACKENDS = ("inductor", "onnxruntime", "openvino")
 STAGES = ("encode", "synthesize")
-
-
-def own_copy(shared: Path, ckpt: Path) -> Path:
-    """The shared bundle's copy this script builds packages into (other scripts reuse, and may export again, the
-    shared one): files hard-linked, the manifest copied; reused while it matches the checkpoint."""
-    root = shared.with_name(f"{shared.name}-inductor")
-    if reusable_bundle(ckpt, root) is None:
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(shared, root, copy_function=os.link)
-        (root / "manifest.json").unlink()
-        shutil.copy(shared / "manifest.json", root / "manifest.json")
-    return root
 
 
 def packages(root: Path, ckpt: Path) -> dict[str, float]:
@@ -125,7 +111,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     ckpt = checkpoint(256)
-    root = own_copy(bundle(ckpt, "scaled"), ckpt)
+    root = own_copy(bundle(ckpt, "scaled"), ckpt, "inductor")
     load = {"before compiling": load_average()}
     compile_seconds = packages(root, ckpt)
     load["before timing"] = load_average()
