@@ -12,8 +12,8 @@ from common import save_json, say
 
 from psp_deploy.benchmark.harness import benchmark_photo
 from psp_deploy.benchmark.official_align import official_align, official_landmarks
-from psp_deploy.measure.timing import measure
 from psp_deploy.machine import cpu_info, library_versions
+from psp_deploy.measure.timing import measure
 from psp_deploy.runtime.align import FaceAligner, predictor_path
 
 

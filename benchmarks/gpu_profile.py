@@ -91,8 +91,8 @@ def default_settings_ms(net: Any, feed: np.ndarray, runs: int, sync: Any) -> flo
     """The graph's p50 in a session with ONNX Runtime's default CUDA settings, bound on the GPU."""
     import onnxruntime as ort
 
-    from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
     from psp_deploy.measure.timing import measure
+    from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
 
     session = ort.InferenceSession(str(net.path), providers=["CUDAExecutionProvider"])
     bound = BoundGraph(session, {net.record.inputs[0].name: feed}, net.record.outputs, "cuda")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from common import RESULTS, bundle, checkpoint, save_json, say
 
-from psp_deploy.measure.flops import node_flops
 from psp_deploy.bundle import Bundle
 from psp_deploy.calibration.convert import sample_feeds
 from psp_deploy.calibration.data import make_calibration_set
@@ -27,6 +26,7 @@ from psp_deploy.calibration.int8 import light_nodes, quantize
 from psp_deploy.calibration.report import code_accuracy, image_accuracy
 from psp_deploy.files import atomic_file
 from psp_deploy.machine import machine_slug
+from psp_deploy.measure.flops import node_flops
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
 

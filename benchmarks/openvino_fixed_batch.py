@@ -17,11 +17,10 @@ import numpy as np
 from common import RESULTS, bundle, checkpoint, save_json, say
 
 from psp_deploy.benchmark.op_profile import RUNS
-from psp_deploy.runtime.backends.openvino import layer_seconds
-from psp_deploy.measure.timing import measure
 from psp_deploy.bundle import Bundle
 from psp_deploy.machine import cpu_info, has_native_bf16, library_versions, machine_slug
-from psp_deploy.runtime.backends.openvino import OpenVINOBackend
+from psp_deploy.measure.timing import measure
+from psp_deploy.runtime.backends.openvino import OpenVINOBackend, layer_seconds
 
 
 def resident_mb() -> float:

@@ -20,8 +20,8 @@ import openvino as ov
 from common import save_json, say
 from onnx import TensorProto, helper, numpy_helper
 
-from psp_deploy.measure.timing import measure
 from psp_deploy.machine import cpu_info, library_versions
+from psp_deploy.measure.timing import measure
 from psp_deploy.runtime.backends.onnxruntime import session_options
 from psp_deploy.runtime.backends.openvino import compile_config
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug
 from psp_deploy.benchmark.harness import busy_rows
 from psp_deploy.benchmark.report import graphs_section, latency_table, speedup_section, tf32_line, warnings_section
-from psp_deploy.bundle import ModelRecord, TensorSpec
+from psp_deploy.bundle import Bundle, ModelRecord, TensorSpec
 from psp_deploy.cli import app
 from psp_deploy.machine import parse_nvidia_smi
 from psp_deploy.measure.flops import graph_flops
@@ -107,8 +107,12 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
     assert "| onnxruntime fp32 (scaled) | 2 | synthesize | pipeline |" in report
     assert "| onnxruntime fp32 (scaled) | 2 | synthesize | graphs alone |" in report
     # a share of the pipeline, or "≈0 (within noise)" where the graphs alone timed slower (two cores, noisy)
-    assert re.search(r"\| onnxruntime fp32 \(scaled\) \| 2 \| synthesize \| host overhead (\(\d+% of|≈0 \(within)", report)
+    host_row = r"\| onnxruntime fp32 \(scaled\) \| 2 \| synthesize \| host overhead (\(\d+% of|≈0 \(within)"
+    assert re.search(host_row, report)
     assert "against the official path" not in report and "machine's limit" not in report  # no empty tables
+    # the bundle's own record of its source, never a blanket "synthetic weights" (this one came from a net in memory)
+    assert "exported from a checkpoint it does not name" in report and "synthetic weights" not in report
+    assert data["bundle"]["source"] == Bundle.open(bundles("rgb-scaled")[0].root).manifest.source
     assert (tmp_path / "report" / "bench-results-throughput.png").exists()
     synthesis_ops = data["profiles"]["onnxruntime fp32"]["synthesis"]
     assert next(iter(synthesis_ops)) == "Conv" and "| Conv |" in report, synthesis_ops

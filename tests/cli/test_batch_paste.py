@@ -41,7 +41,9 @@ def invoke(*args):
 
 def test_paste_writes_the_photo_with_its_face_put_back(bundle, tmp_path):
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
-    done = invoke("run", bundle, tmp_path / "astronaut.png", "-o", tmp_path / "out", "--paste", "--backend", "onnxruntime")
+    done = invoke(
+        "run", bundle, tmp_path / "astronaut.png", "-o", tmp_path / "out", "--paste", "--backend", "onnxruntime"
+    )
     assert done.exit_code == 0, done.output
     written = read_image(tmp_path / "out" / "astronaut.png")
     with Pipeline.from_bundle(bundle) as pipeline:  # the Python API, as an independent path to the same photo
@@ -54,7 +56,9 @@ def test_paste_writes_the_photo_with_its_face_put_back(bundle, tmp_path):
 
 def test_every_face_is_run_and_small_ones_are_left_out(bundle, group_photo, tmp_path):
     out = tmp_path / "faces"
-    done = invoke("run", bundle, group_photo, "-o", out, "--face", "all", "--min-face", "150", "--backend", "onnxruntime")
+    done = invoke(
+        "run", bundle, group_photo, "-o", out, "--face", "all", "--min-face", "150", "--backend", "onnxruntime"
+    )
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in out.glob("*.png")) == ["group.face1.png", "group.face2.png"]
     assert "1 face(s) under --min-face 150 px" in done.output, done.output

@@ -56,7 +56,10 @@ def test_install_hints_keep_their_extra_in_brackets(bundles, tmp_path):
     cpu_builds = [("--backend", "openvino", "--tf32"), ("--backend", "openvino", "--device", "cuda")]
     refusals = [_invoke("build", root, *args) for args in cpu_builds]
     assert [r.exit_code for r in refusals] == [2, 2]
-    assert "--tf32 is a GPU build option" in refusals[0].output and "openvino runs on the CPU, not cuda" in refusals[1].output
+    assert (
+        "--tf32 is a GPU build option" in refusals[0].output
+        and "openvino runs on the CPU, not cuda" in refusals[1].output
+    )
 
 
 def test_build_defaults_to_a_backend_this_machine_has(bundle_copy):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
 from psp_deploy.benchmark.harness import ALIGN_NOTE
 from psp_deploy.cli import app
 from psp_deploy.runtime import Pipeline
 from psp_deploy.runtime.backends import BackendOptions
+from psp_deploy.runtime.backends.onnxruntime.bound import BoundGraph
 
 STAGES = ("encode", "synthesize", "e2e")
 

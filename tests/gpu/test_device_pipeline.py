@@ -13,9 +13,9 @@ from psp_deploy.runtime import Pipeline, RunOptions
 from psp_deploy.runtime.backends import BackendOptions
 from psp_deploy.runtime.backends.cuda_memory import check, cudart
 from psp_deploy.runtime.backends.onnxruntime import open_session
+from psp_deploy.runtime.backends.onnxruntime.io_graphs import normalise_graph, to_uint8_graph
 from psp_deploy.runtime.backends.options import BuildOptions
 from psp_deploy.runtime.chunks import padded
-from psp_deploy.runtime.backends.onnxruntime.io_graphs import normalise_graph, to_uint8_graph
 from psp_deploy.runtime.preprocess import preprocess_rgb, to_uint8
 from tests.images import assert_same_image
 from tests.runtime.test_device_io import adversarial_floats

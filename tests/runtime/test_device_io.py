@@ -12,10 +12,10 @@ from PIL import Image
 from psp_deploy.errors import InputError
 from psp_deploy.runtime.backends import BackendOptions
 from psp_deploy.runtime.backends.onnxruntime import open_session, provider_options
+from psp_deploy.runtime.backends.onnxruntime.buffers import Buffer, Buffers
+from psp_deploy.runtime.backends.onnxruntime.io_graphs import normalise_graph, to_uint8_graph, upload_graph
 from psp_deploy.runtime.backends.options import CudaConv
 from psp_deploy.runtime.chunks import Chunk, buckets, padded, plan
-from psp_deploy.runtime.backends.onnxruntime.io_graphs import normalise_graph, to_uint8_graph, upload_graph
-from psp_deploy.runtime.backends.onnxruntime.buffers import Buffer, Buffers
 from psp_deploy.runtime.preprocess import face_pixels, preprocess_rgb, preprocess_sketch, to_uint8
 
 CPU = BackendOptions()

@@ -301,7 +301,12 @@ def run_benchmark(
         "settings": {**settings.__dict__},
         "synchronised_by": synchronised_by,
         "pipelines": pipelines,
-        "bundle": {"path": str(bundle.root), "config": bundle.config.to_dict(), "modconv": bundle.manifest.modconv},
+        "bundle": {
+            "path": str(bundle.root),
+            "config": bundle.config.to_dict(),
+            "modconv": bundle.manifest.modconv,
+            "source": bundle.manifest.source,  # the checkpoint it was exported from (name, sha256)
+        },
         "gflop_per_image": {g: f / 1e9 for g, f in flops.items()},
         "results": rows,
         "warnings": busy_rows(rows) + failures,

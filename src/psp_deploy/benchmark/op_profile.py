@@ -43,4 +43,5 @@ def profile_table(seconds: dict[str, float], top: int = 8) -> list[str]:
 def profile_pipeline(pipeline: Pipeline, image: np.ndarray, codes: np.ndarray) -> dict[str, dict[str, float]]:
     """``op_seconds`` of the pipeline's own encoder on ``image`` and synthesis on ``codes`` (one batch each)."""
     feeds = {"encoder": image, "synthesis": codes}
-    return {graph: op_seconds(pipeline.nets[graph], {pipeline.nets[graph].inputs[0].name: x}) for graph, x in feeds.items()}
+    nets = pipeline.nets
+    return {graph: op_seconds(nets[graph], {nets[graph].inputs[0].name: x}) for graph, x in feeds.items()}

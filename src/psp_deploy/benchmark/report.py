@@ -100,6 +100,14 @@ def _stat(row: Row, key: str) -> str:
     return overhead_seconds(latency[key]) if _part(row) == "host" else f"{latency[key]:.3f}"
 
 
+def _source(bundle: dict[str, Any]) -> str:
+    """The checkpoint a bundle was exported from, as its manifest records it (results of older runs lack it)."""
+    source = bundle.get("source") or {}
+    if not source.get("checkpoint"):
+        return "a checkpoint it does not name"
+    return f"{source['checkpoint']} (sha256 {str(source.get('sha256', ''))[:12]}…)"
+
+
 def latency_table(results: dict[str, Any]) -> list[str]:
     rows = results["results"]
     peer = any(r["backend"] == COMPILED for r in rows)  # the column only where compiled torch ran
@@ -362,8 +370,8 @@ def write_report(results: dict[str, Any], out: Path, stem: str, command: str, no
         f"- versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
         f"- settings: device {settings.get('device', 'cpu')}, threads {settings.get('threads') or 'all'}, "
         f"warmup {settings['warmup']}, runs {settings['runs']}",
-        f"- model: {results['bundle']['config']['task']} {results['bundle']['config']['output_size']}² (synthetic "
-        f"weights, official shapes); GFLOP per image: "
+        f"- model: {results['bundle']['config']['task']} {results['bundle']['config']['output_size']}², exported from "
+        f"{_source(results['bundle'])} (the time depends on the shapes, not on the weights); GFLOP per image: "
         + ", ".join(f"{g} {f:.1f}" for g, f in results["gflop_per_image"].items()),
         f"- reproduce: `{command}`",
         "",

@@ -16,6 +16,7 @@ from ..bundle import Bundle
 from ..errors import CalibrationError
 from ..graph_io import GRAPH_IO
 from ..runtime import Pipeline
+from ..runtime.backends.registry import REGISTRY
 from .convert import make_fp16, make_int8
 from .data import CalibrationSet, check_source, make_calibration_set
 from .evaluate import evaluate
@@ -24,7 +25,10 @@ from .progress import Progress, as_lines
 from .record import record, register
 from .report import AccuracyReport
 
-BACKENDS = {"onnxruntime": ("fp16", "int8"), "openvino": ("bf16", "int8")}
+# The backends calibration measures on, and their reduced precisions, from the one table. The first (ONNX
+# Runtime) makes the graphs of a precision; another measures the graphs already there, making them if missing.
+BACKENDS = {name: spec.calibrates for name, spec in REGISTRY.items() if spec.calibrates}
+GRAPH_MAKER = next(iter(BACKENDS))
 MIN_HELD_BACK = 4  # below this, one odd sample moves the mean PSNR and the worst cosine a lot
 ACCUMULATION_NOTE = (
     "FP16 accuracy is measured by running the FP16 graph in ONNX Runtime on the CPU, where FP16 kernels compute "
@@ -69,10 +73,11 @@ def _make_graphs(
     rounds: int,
     progress: Progress,
 ) -> dict[str, dict]:
-    """Write the graphs at ``precision`` and register them (OpenVINO reuses INT8 graphs already calibrated)."""
+    """Write the graphs at ``precision`` and register them (a backend other than GRAPH_MAKER reuses graphs already
+    calibrated)."""
     decisions = {}
     for graph in graphs:
-        if backend == "openvino" and precision in bundle.manifest.models[graph]:
+        if backend != GRAPH_MAKER and precision in bundle.manifest.models[graph]:
             continue
         samples = data.samples(graph)
         if precision == "fp16":
@@ -85,7 +90,7 @@ def _make_graphs(
 
 def report_path(bundle_dir: str | Path, precision: str, backend: str) -> Path:
     """Where calibrate saves the accuracy report of ``precision`` measured on ``backend``."""
-    name = precision if backend == "onnxruntime" else f"{backend}-{precision}"
+    name = precision if backend == GRAPH_MAKER else f"{backend}-{precision}"
     return Path(bundle_dir) / "reports" / f"{name}.json"
 
 

@@ -166,7 +166,9 @@ def test_auto_backend_picks_one_that_runs_the_precision():
 
 
 def test_openvino_refuses_fp16_listing_what_each_backend_runs(bundles):
-    with pytest.raises(BackendUnavailableError, match=r"openvino does not run fp16 \(precisions per backend — ") as refused:
+    with pytest.raises(
+        BackendUnavailableError, match=r"openvino does not run fp16 \(precisions per backend — "
+    ) as refused:
         Pipeline.from_bundle(bundles("rgb-scaled")[0].root, backend="openvino", precision="fp16")
     for known in ("onnxruntime: fp32, fp16, int8", "openvino: fp32, bf16, int8", "tensorrt: fp32, fp16, int8"):
         assert known in str(refused.value)

@@ -25,6 +25,7 @@ from .registry import REGISTRY, BackendSpec, check_precision
 if TYPE_CHECKING:
     from ..chain import Chain
 
+
 def check_feeds(feeds: Mapping[str, NDArray[Any]], specs: list[TensorSpec], graph: str) -> dict[str, NDArray[Any]]:
     """Names, dtypes and shapes against the declared inputs; one message naming tensor and expectation."""
     names = [s.name for s in specs]
@@ -105,7 +106,7 @@ class Backend(ABC):
 
         return HostChain(encoder, synthesis, config, max_batch)
 
-    @classmethod
+    @classmethod  # noqa: B027 - a hook: a backend with nothing to check keeps this one
     def check_available(cls, device: str) -> None:
         """Refuse, saying what to install, when this machine cannot run the backend on ``device``."""
 

@@ -62,6 +62,7 @@ class ResidentChain:
         self.encoder, self.synthesis = encoder, synthesis
         self.size, self.fixed = synthesis.record.batch or limit, synthesis.record.batch
         self.capturing = encoder.captures or synthesis.captures  # then chunks are padded to captured sizes
+
         # The small graphs run as written (no graph optimizations): their formulas must stay exact. Inputs
         # are staged in a host buffer, then normalised (uint8 faces) or copied (float32 tensors) onto the device.
         def small(graph: bytes, name: str) -> ort.InferenceSession:
