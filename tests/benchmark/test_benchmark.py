@@ -110,9 +110,10 @@ def test_bench_command_writes_results_and_report(bundles, tmp_path):
     host_row = r"\| onnxruntime fp32 \(scaled\) \| 2 \| synthesize \| host overhead (\(\d+% of|≈0 \(within)"
     assert re.search(host_row, report)
     assert "against the official path" not in report and "machine's limit" not in report  # no empty tables
-    # the bundle's own record of its source, never a blanket "synthetic weights" (this one came from a net in memory)
-    assert "exported from a checkpoint it does not name" in report and "synthetic weights" not in report
-    assert data["bundle"]["source"] == Bundle.open(bundles("rgb-scaled")[0].root).manifest.source
+    # the bundle's own record of its source, never a blanket "synthetic weights"
+    source = Bundle.open(bundles("rgb-scaled")[0].root).manifest.source
+    assert data["bundle"]["source"] == source and "synthetic weights" not in report
+    assert f"exported from {source['checkpoint']} (sha256 {source['sha256'][:12]}…)" in report
     assert (tmp_path / "report" / "bench-results-throughput.png").exists()
     synthesis_ops = data["profiles"]["onnxruntime fp32"]["synthesis"]
     assert next(iter(synthesis_ops)) == "Conv" and "| Conv |" in report, synthesis_ops

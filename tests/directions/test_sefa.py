@@ -28,20 +28,26 @@ def genforce_sefa(net, layers):
     return values.real[order], vectors.real[:, order].T
 
 
+def check_sefa(root, net, layers, spec, top=10):
+    """``directions sefa`` on the bundle at ``root`` against genforce_sefa on ``net``, the net it was exported
+    from: orthonormal, the same eigenvalues and (up to sign) vectors, the stated sign convention."""
+    records = add_sefa(root, spec, top=top)
+    assert list(records) == [f"sefa{k}" for k in range(top)]
+    bundle = Bundle.open(root)
+    vectors = np.stack([bundle.direction(f"sefa{k}")[1] for k in range(top)])
+    assert all(r.kind == "sefa" and r.layers == list(layers) for r in records.values())
+    assert np.abs(vectors @ vectors.T - np.eye(top)).max() <= 1e-5
+    values, expected = genforce_sefa(net, layers)
+    eigenvalues = np.array([records[f"sefa{k}"].params["eigenvalue"] for k in range(top)])
+    assert np.abs(eigenvalues - values[:top]).max() <= 1e-4 * values[0]
+    assert np.abs(np.abs(np.sum(vectors * expected[:top], axis=1)) - 1).max() <= 1e-4  # equal up to sign
+    largest = vectors[np.arange(top), np.abs(vectors).argmax(axis=1)]
+    assert (largest > 0).all()  # the stated sign convention
+
+
 @pytest.mark.parametrize("layers,spec", [(range(0, 6), "0-5"), ([8, 9], "8-9")])
 def test_sefa_reproduces_the_formula_with_orthonormal_directions(bundle_copy, synthetic, layers, spec):
-    records = add_sefa(bundle_copy, spec, top=10)
-    assert list(records) == [f"sefa{k}" for k in range(10)]
-    bundle = Bundle.open(bundle_copy)
-    vectors = np.stack([bundle.direction(f"sefa{k}")[1] for k in range(10)])
-    assert all(r.kind == "sefa" and r.layers == list(layers) for r in records.values())
-    assert np.abs(vectors @ vectors.T - np.eye(10)).max() <= 1e-5
-    values, expected = genforce_sefa(synthetic("rgb")[0], layers)
-    eigenvalues = np.array([records[f"sefa{k}"].params["eigenvalue"] for k in range(10)])
-    assert np.abs(eigenvalues - values[:10]).max() <= 1e-4 * values[0]
-    assert np.abs(np.abs(np.sum(vectors * expected[:10], axis=1)) - 1).max() <= 1e-4  # equal up to sign
-    largest = vectors[np.arange(10), np.abs(vectors).argmax(axis=1)]
-    assert (largest > 0).all()  # the stated sign convention
+    check_sefa(bundle_copy, synthetic("rgb")[0], layers, spec)
 
 
 def test_the_first_direction_moves_the_image_more_than_random_ones(bundle_copy):

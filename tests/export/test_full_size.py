@@ -6,7 +6,9 @@ from skimage import data
 from psp_deploy.export import export_bundle
 from psp_deploy.export.parity import TOLERANCE
 from psp_deploy.models.synthetic import make_checkpoint
+from psp_deploy.models import load_psp
 from psp_deploy.runtime import Pipeline
+from tests.directions.test_sefa import check_sefa
 
 
 @pytest.mark.slow
@@ -22,3 +24,4 @@ def test_ffhq_encode_1024_exports_and_runs(tmp_path):
         result = pipeline.run(data.astronaut())
     assert result.images.shape == (1, 1024, 1024, 3) and result.codes.shape == (1, 18, 512)
     assert 20 < result.images.std() < 120  # a non-degenerate picture, neither flat nor saturated noise
+    check_sefa(bundle.root, load_psp(checkpoint), range(0, 6), "0-5")  # SeFa at full size, from the file's net

@@ -15,6 +15,7 @@ from psp_deploy.models.forms import set_forms
 from psp_deploy.models.psp import Psp
 from psp_deploy.models.synthetic import synthetic_psp
 from psp_deploy.runtime import Pipeline
+from tests.directions.test_sefa import check_sefa
 
 
 def test_256_bundle_exports_verifies_and_runs(tmp_path):
@@ -41,6 +42,7 @@ def test_256_bundle_exports_verifies_and_runs(tmp_path):
     assert result.images.shape == (1, 256, 256, 3) and result.codes.shape == (1, 14, 512)
     assert 10 < result.images.std() < 120
     np.testing.assert_array_equal(image, pooled)
+    check_sefa(bundle.root, net, range(14), "0-13")  # every style, the last read by the last to_rgb
 
 
 def test_scaled_512_synthesis_exports_and_matches_torch(tmp_path):
