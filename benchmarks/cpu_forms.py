@@ -1,11 +1,12 @@
-"""The synthesis graph's forms on this CPU: transposed vs phase upsampling convs, scaled vs grouped
+"""The synthesis graph's forms on this CPU: transposed vs phase vs folded upsampling convs, scaled vs grouped
 modulated convs, FP32 on each CPU backend (and OpenVINO BF16 where the CPU has it natively), batch 1
 (and 4 for the scaled form); written to benchmarks/results/<cpu>-forms.{json,md}.
 
-FFHQ-encode 1024 (synthetic weights, official shapes). The encoder is the same graph in every form,
+FFHQ-encode 1024 (synthetic weights, official shapes; --size 256 or 512 for a quicker look, written as
+<cpu>-forms-SIZE). The encoder is the same graph in every form,
 so it is timed once per backend on the scaled bundle; the rest times synthesis and end to end.
 
-    .venv/bin/python benchmarks/cpu_forms.py [--runs 5] [--threads 2]
+    .venv/bin/python benchmarks/cpu_forms.py [--runs 5] [--threads 2] [--size 1024]
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ NOTES = [
     "## How to read this",
     "",
     "- `transpose` runs each upsampling conv as one ConvTranspose (the official form); `phase` as four Convs on "
-    "the low-resolution input plus a one-hot depthwise interleave (same multiply-adds; models/modconv.py).",
+    "the low-resolution input plus a one-hot depthwise interleave (same multiply-adds; models/modconv.py); "
+    "`folded` as one ConvTranspose of the 3×3 taps convolved with the 4×4 blur (6×6: no blur pass, four times "
+    "the transposed conv's multiply-adds).",
     "- GFLOP/s counts each bundle's own graphs: the phase form's interleave adds ~2% of counted (one-hot) "
     "multiply-adds to the synthesis, so compare the forms by their times.",
     "- `scaled` keeps the conv weights static (any batch); `grouped` folds each sample's style into its weights "
@@ -39,9 +42,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3, help="at 1024² ONNX Runtime needs ~3 runs to settle")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--size", type=int, default=1024, choices=(256, 512, 1024), help="output size")
     args = parser.parse_args()
 
-    ckpt = checkpoint()
+    ckpt = checkpoint(args.size)
+    name = "-forms" if args.size == 1024 else f"-forms-{args.size}"
     common = dict(warmup=args.warmup, runs=args.runs, threads=args.threads)
     precisions = ["fp32"] + (["bf16"] if has_native_bf16() else [])
     say("scaled, transpose: encoder, synthesis, end to end; the machine's conv rates")
@@ -51,12 +56,17 @@ def main() -> None:
         progress=say,
     )
     rows = results["results"]
-    for modconv, upsample in (("scaled", "phase"), ("grouped", "transpose"), ("grouped", "phase")):
+    for modconv, upsample in (
+        ("scaled", "phase"),
+        ("scaled", "folded"),
+        ("grouped", "transpose"),
+        ("grouped", "phase"),
+    ):
         say(f"{modconv}, {upsample}")
         batches = [1, 4] if modconv == "scaled" else [1]
         settings = BenchSettings(["onnxruntime", "openvino"], ["fp32"], batches, ["synthesize", "e2e"], **common)
         rows += run_benchmark(bundle(ckpt, modconv, 1, upsample), settings, limits=False, progress=say)["results"]
-    for upsample in ("transpose", "phase") if "bf16" in precisions else ():
+    for upsample in ("transpose", "phase", "folded") if "bf16" in precisions else ():
         say(f"openvino bf16, scaled, {upsample}")
         settings = BenchSettings(["openvino"], ["bf16"], [1, 4], ["encode", "synthesize", "e2e"], **common)
         rows += run_benchmark(bundle(ckpt, "scaled", 1, upsample), settings, limits=False, progress=say)["results"]
@@ -64,9 +74,9 @@ def main() -> None:
     if "bf16" in precisions:  # the first run measured the FP32 rates only; BF16 rows are read against BF16's
         say("measuring openvino's single-conv BF16 rate")
         results["conv_gflops_per_s"]["bf16"] = machine_limits({"openvino"}, {"bf16"}, args.threads, False)["bf16"]
-    path = save_json(results, "-forms")
+    path = save_json(results, name)
     command = "python benchmarks/cpu_forms.py " + " ".join(sys.argv[1:])
-    report = write_report(results, RESULTS, machine_slug() + "-forms", command.strip(), NOTES)
+    report = write_report(results, RESULTS, machine_slug() + name, command.strip(), NOTES)
     say(f"results: {path}\nreport: {report}")
 
 
