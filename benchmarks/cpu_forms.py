@@ -52,7 +52,13 @@ def main() -> None:
     say("scaled, transpose: encoder, synthesis, end to end; the machine's conv rates")
     results = run_benchmark(
         bundle(ckpt, "scaled"),
-        BenchSettings(["onnxruntime", "openvino"], ["fp32"], [1, 4], ["encode", "synthesize", "e2e"], **common),
+        BenchSettings(
+            backends=["onnxruntime", "openvino"],
+            precisions=["fp32"],
+            batches=[1, 4],
+            stages=["encode", "synthesize", "e2e"],
+            **common,
+        ),
         progress=say,
     )
     rows = results["results"]
@@ -64,11 +70,19 @@ def main() -> None:
     ):
         say(f"{modconv}, {upsample}")
         batches = [1, 4] if modconv == "scaled" else [1]
-        settings = BenchSettings(["onnxruntime", "openvino"], ["fp32"], batches, ["synthesize", "e2e"], **common)
+        settings = BenchSettings(
+            backends=["onnxruntime", "openvino"],
+            precisions=["fp32"],
+            batches=batches,
+            stages=["synthesize", "e2e"],
+            **common,
+        )
         rows += run_benchmark(bundle(ckpt, modconv, 1, upsample), settings, limits=False, progress=say)["results"]
     for upsample in ("transpose", "phase", "folded") if "bf16" in precisions else ():
         say(f"openvino bf16, scaled, {upsample}")
-        settings = BenchSettings(["openvino"], ["bf16"], [1, 4], ["encode", "synthesize", "e2e"], **common)
+        settings = BenchSettings(
+            backends=["openvino"], precisions=["bf16"], batches=[1, 4], stages=["encode", "synthesize", "e2e"], **common
+        )
         rows += run_benchmark(bundle(ckpt, "scaled", 1, upsample), settings, limits=False, progress=say)["results"]
     merge(results, rows, precisions)
     if "bf16" in precisions:  # the first run measured the FP32 rates only; BF16 rows are read against BF16's

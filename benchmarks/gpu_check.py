@@ -194,7 +194,15 @@ def bench_matrix(
     from psp_deploy.files import write_json
 
     stages = ["encode", "synthesize", "e2e"]
-    settings = BenchSettings(backends, ["fp32", "fp16"], BATCHES, stages, warmup, runs, device="cuda")
+    settings = BenchSettings(
+        backends=backends,
+        precisions=["fp32", "fp16"],
+        batches=BATCHES,
+        stages=stages,
+        warmup=warmup,
+        runs=runs,
+        device="cuda",
+    )
     results = run_benchmark(bundle, settings, baseline=checkpoint, limits=False, progress=say)
     stem = gpu_slug(results["gpu"]["name"])
     if accuracy is not None:

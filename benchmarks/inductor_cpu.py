@@ -1,10 +1,10 @@
-"""AOTInductor on the CPU beside ONNX Runtime and OpenVINO: the synthetic 256² FFHQ-encode checkpoint, scaled
-bundle, FP32, batch 1. Records each inductor package's compile seconds (export + AOTInductor, from its engine
+"""AOTInductor on the CPU beside ONNX Runtime and OpenVINO: the synthetic FFHQ-encode checkpoint (256² or 1024²),
+scaled bundle, FP32, batch 1. Records each inductor package's compile seconds (export + AOTInductor, from its engine
 record) and, per backend, the pipeline's seconds per image (``Pipeline.generate`` of one uint8 face: encode,
 synthesize, uint8 image), p50 of runs interleaved across the backends, with its encode and synthesize parts.
-Writes benchmarks/results/<cpu>-inductor-cpu.{json,md}.
+Writes benchmarks/results/<cpu>-inductor-cpu.{json,md} (at 1024²: <cpu>-inductor-cpu-1024.{json,md}).
 
-    .venv/bin/python benchmarks/inductor_cpu.py [--runs 9] [--warmup 2]
+    .venv/bin/python benchmarks/inductor_cpu.py [--size 256] [--runs 9] [--warmup 2]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def write_markdown(results: dict) -> Path:
+def write_markdown(results: dict, suffix: str) -> Path:
     machine, times = results["machine"], results["seconds per image"]
     versions = results["versions"]
     lines = [
@@ -100,7 +100,7 @@ def write_markdown(results: dict) -> Path:
         f"image {check['image PSNR dB']:.1f} dB. Load averages (1, 5, 15 min): "
         + "; ".join(f"{when} {value}" for when, value in results["load average"].items()),
     ]
-    path = RESULTS / f"{machine_slug()}-inductor-cpu.md"
+    path = RESULTS / f"{machine_slug()}{suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -109,8 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", type=int, choices=(256, 1024), default=256, help="the checkpoint's output size")
     args = parser.parse_args()
-    ckpt = checkpoint(256)
+    ckpt = checkpoint(args.size)
     root = own_copy(bundle(ckpt, "scaled"), ckpt, "inductor")
     load = {"before compiling": load_average()}
     compile_seconds = packages(root, ckpt)
@@ -135,7 +136,8 @@ def main() -> None:
         "seconds per image": timed(pipelines, face, args.runs, args.warmup),
         "inductor against onnxruntime": agreement(pipelines, face),
     }
-    say(f"results: {save_json(results, '-inductor-cpu')}\nreport: {write_markdown(results)}")
+    suffix = "-inductor-cpu" + ("" if args.size == 256 else f"-{args.size}")
+    say(f"results: {save_json(results, suffix)}\nreport: {write_markdown(results, suffix)}")
 
 
 if __name__ == "__main__":

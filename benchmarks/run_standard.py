@@ -53,16 +53,27 @@ def main() -> None:
     common = dict(warmup=args.warmup, runs=args.runs, threads=args.threads)
 
     rows, results = [], None
-    settings = BenchSettings(["onnxruntime", "openvino"], ["fp32", "int8"], [1, 4], profile=True, **common)
+    settings = BenchSettings(
+        backends=["onnxruntime", "openvino"], precisions=["fp32", "int8"], batches=[1, 4], profile=True, **common
+    )
     results = run_benchmark(scaled, settings, baseline=ckpt, progress=say)
     rows += results["results"]
     if "bf16" in precisions:
         rows += run_benchmark(
-            scaled, BenchSettings(["openvino"], ["bf16"], [1, 4], **common), limits=False, progress=say
+            scaled,
+            BenchSettings(backends=["openvino"], precisions=["bf16"], batches=[1, 4], **common),
+            limits=False,
+            progress=say,
         )["results"]
     for batch in (1, 4):
         grouped = bundle(ckpt, "grouped", batch)
-        settings = BenchSettings(["onnxruntime", "openvino"], ["fp32"], [batch], ["synthesize", "e2e"], **common)
+        settings = BenchSettings(
+            backends=["onnxruntime", "openvino"],
+            precisions=["fp32"],
+            batches=[batch],
+            stages=["synthesize", "e2e"],
+            **common,
+        )
         rows += run_benchmark(grouped, settings, limits=False, progress=say)["results"]
     results["results"] = rows
     results["accuracy"] = {p.stem: _summary(p) for p in (scaled / "reports").glob("*.json")}

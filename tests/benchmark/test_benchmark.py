@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from psp_deploy.benchmark.gpu import cuda_problem, gpu_slug
 from psp_deploy.benchmark.harness import busy_rows
 from psp_deploy.benchmark.report import graphs_section, latency_table, speedup_section, tf32_line, warnings_section
+from psp_deploy.benchmark.rows import Row
 from psp_deploy.bundle import Bundle, ModelRecord, TensorSpec
 from psp_deploy.cli import app
 from psp_deploy.machine import parse_nvidia_smi
@@ -187,11 +188,16 @@ def test_gpu_profile_refuses_bad_input_before_any_gpu_work(bundles, tmp_path):
         assert run.returncode == 2 and message in run.stderr, (args, run.stderr)
 
 
-def test_tf32_line_says_what_ran():
-    asked_off = {"tf32": False, "backends": ["onnxruntime"], "precisions": ["fp32"]}
-    assert tf32_line(asked_off) == "off for FP32 graphs (IEEE FP32)"
-    assert "FP16 graphs run with use_tf32 on" in tf32_line({**asked_off, "precisions": ["fp32", "fp16"]})
-    assert tf32_line({**asked_off, "tf32": True}) == "on"
+def test_tf32_line_says_what_ran_as_each_row_recorded_it():
+    fp32, fp16 = _row("onnxruntime", "fp32", "e2e", None), {**_row("onnxruntime", "fp16", "e2e", None), "tf32": True}
+    asked_off, asked_on = {"tf32": False}, {"tf32": True}
+    assert tf32_line({"settings": asked_off, "results": [fp32]}) == "off for FP32 graphs (IEEE FP32)"
+    assert tf32_line({"settings": asked_off, "results": [fp32, fp16]}) == (
+        "off for FP32 graphs (IEEE FP32); as they ran, TF32 was on (the FP32 nodes they keep may run TF32) in "
+        "onnxruntime fp16"
+    )
+    assert tf32_line({"settings": asked_on, "results": [{**fp32, "tf32": True}, fp16]}) == "on"
+    assert tf32_line({"settings": asked_on, "results": [fp32]}) == "on; as they ran, TF32 was off in onnxruntime fp32"
 
 
 def test_graphs_bound_once_compute_what_the_backend_does(bundles):
@@ -277,7 +283,7 @@ def test_encode_plus_synthesize_is_the_work_of_both_over_their_time_against_the_
 
 def test_a_busy_machine_is_warned_about_naming_the_rows():
     rows = [_row("onnxruntime", "fp32", "encode", None), _row("openvino", "int8", "e2e", None, min_s=1.0, max_s=2.4)]
-    warnings = busy_rows(rows)
+    warnings = busy_rows([Row.from_json(r) for r in rows])
     assert len(warnings) == 1
     assert warnings[0].startswith("openvino int8 batch 1 e2e: the slowest run took 2.4× the fastest")
     assert warnings_section({"warnings": warnings}) == ["## Warnings", "", f"- {warnings[0]}", ""]
@@ -300,8 +306,8 @@ def test_a_host_overhead_below_zero_is_reported_as_noise_never_as_a_negative_mea
         table[3]
         == "| onnxruntime fp32 (scaled) | 1 | e2e | host overhead (3% of pipeline) | 0.012 |  | 0.013 |  |  |  |"
     )
-    assert host_overhead(noisy) == "host overhead p50 ≈0 (within noise)"
-    assert host_overhead(real) == "host overhead p50 0.012s (3% of the pipeline)"
+    assert host_overhead(Row.from_json(noisy)) == "host overhead p50 ≈0 (within noise)"
+    assert host_overhead(Row.from_json(real)) == "host overhead p50 0.012s (3% of the pipeline)"
 
     results = {
         "results": [noisy],
@@ -321,10 +327,12 @@ def test_the_roofline_draws_limits_of_the_precisions_measured_only(monkeypatch):
     from psp_deploy.benchmark import roofline
     from psp_deploy.benchmark.report import roofline_limits
 
-    rows = [_row("onnxruntime", "fp32", "synthesize", 50.0), _row("openvino", "int8", "synthesize", 90.0)]
+    fp32, int8 = _row("onnxruntime", "fp32", "synthesize", 50.0), _row("openvino", "int8", "synthesize", 90.0)
+    rows = [Row.from_json(fp32), Row.from_json(int8)]
     rates = {"fp32": {"onnxruntime": 100.0, "openvino": 120.0}, "int8": {"openvino": 300.0}, "bf16": {"torch": 900.0}}
     assert roofline_limits(rows, rates) == {"fp32": 100.0, "int8": 300.0}  # fp32: the backend that ran it
-    assert roofline_limits([*rows, _row("openvino", "bf16", "synthesize", 200.0)], rates)["bf16"] == 900.0
+    bf16 = Row.from_json(_row("openvino", "bf16", "synthesize", 200.0))
+    assert roofline_limits([*rows, bf16], rates)["bf16"] == 900.0
 
     monkeypatch.setattr(roofline, "has_native_bf16", lambda: True)
     monkeypatch.setattr(roofline, "best_rate", lambda fn, **_: 1.0)

@@ -5,8 +5,8 @@ from skimage import data
 
 from psp_deploy.export import export_bundle
 from psp_deploy.export.parity import TOLERANCE
-from psp_deploy.models.synthetic import make_checkpoint
 from psp_deploy.models import load_psp
+from psp_deploy.models.synthetic import make_checkpoint
 from psp_deploy.runtime import Pipeline
 from tests.directions.test_sefa import check_sefa
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..runtime.pipeline import openable
 from .baseline import COMPILED, EAGER
 from .device import STAGE_GRAPHS, stage_graphs
 from .gpu import cuda_problem, cuda_synchronizer, gpu_info
+from .rows import Row
 
 STAGES = ("align", "encode", "synthesize", "e2e")
 OFFICIAL_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}  # fp16: the FP32 model under torch.autocast
@@ -56,7 +57,7 @@ def forms_label(modconv: dict[str, Any]) -> str:
     return modconv["form"] if upsample == "transpose" else f"{modconv['form']}+{upsample}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchSettings:
     backends: list[str] = field(default_factory=lambda: ["onnxruntime"])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
@@ -141,36 +142,37 @@ def stage_inputs(
     return calls, {"encoder": x, "synthesis": codes}
 
 
-def result_row(label: dict[str, Any], batch: int, stage: str, latency: Latency, flops: dict[str, float]) -> dict:
+def result_row(label: dict[str, Any], batch: int, stage: str, latency: Latency, flops: dict[str, float]) -> Row:
     """One measurement: latency statistics, images/s and the achieved GFLOP/s of the stage's graphs."""
     per_image = {
         "encode": flops["encoder"],
         "synthesize": flops["synthesis"],
         "e2e": flops["encoder"] + flops["synthesis"],
     }.get(stage, 0.0)
-    return {
+    return Row(
         **label,
-        "batch": batch,
-        "stage": stage,
-        "latency_s": latency.as_dict(),
-        "images_per_s": batch / latency.mean,
-        "gflops_per_s": per_image * batch / latency.mean / 1e9 if per_image else None,
-    }
+        batch=batch,
+        stage=stage,
+        latency_s=latency.as_dict(),
+        images_per_s=batch / latency.mean,
+        gflops_per_s=per_image * batch / latency.mean / 1e9 if per_image else None,
+    )
 
 
-def host_row(pipeline_row: dict[str, Any], graphs_row: dict[str, Any]) -> dict[str, Any]:
+def host_row(pipeline_row: Row, graphs_row: Row, includes_alignment: bool) -> Row:
     """The pipeline's time outside its graphs (pipeline − graphs alone) at the median and the mean, and its
     share of the pipeline's median. Extremes do not subtract: the slowest runs of each need not coincide."""
-    pipeline, graphs = pipeline_row["latency_s"], graphs_row["latency_s"]
+    pipeline, graphs = pipeline_row.latency_s, graphs_row.latency_s
     latency = {stat: pipeline[stat] - graphs[stat] for stat in ("p50", "mean")}
-    return {
-        **pipeline_row,
-        "part": "host",
-        "latency_s": latency,
-        "share_of_pipeline": latency["p50"] / pipeline["p50"],
-        "images_per_s": None,
-        "gflops_per_s": None,
-    }
+    return replace(
+        pipeline_row,
+        part="host",
+        latency_s=latency,
+        share_of_pipeline=latency["p50"] / pipeline["p50"],
+        images_per_s=None,
+        gflops_per_s=None,
+        includes_alignment=includes_alignment,
+    )
 
 
 def bench_pipeline(
@@ -181,8 +183,8 @@ def bench_pipeline(
     label: dict[str, Any],
     say: Progress,
     timer: Timer,
-) -> list[dict[str, Any]]:
-    rows = []
+) -> list[Row]:
+    rows: list[Row] = []
     for batch in settings.batches:
         calls, feeds = stage_inputs(pipeline, photo, batch, settings.align)
         for stage in settings.stages:
@@ -194,7 +196,7 @@ def bench_pipeline(
                 alone = result_row({**label, "part": "graphs"}, batch, stage, timer(graphs), flops)
                 # e2e from photos also aligns them (CPU work): the difference is not the runtime's overhead alone
                 aligned = stage == "e2e" and pipeline.wants_alignment(settings.align)
-                rows += [alone, {**host_row(row, alone), "includes_alignment": aligned}]
+                rows += [alone, host_row(row, alone, aligned)]
     return rows
 
 
@@ -218,10 +220,11 @@ def _bench_backends(
     say: Progress,
     measured: Progress,
     timer: Timer,
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
     """Rows of every backend × precision, their profiles, and what each pipeline ran (Pipeline.describe:
     devices, providers and their options per session). ``measured`` reports each measurement, ``say`` the rest."""
-    rows, profiles, pipelines = [], {}, {}
+    rows: list[Row] = []
+    profiles, pipelines = {}, {}
     for name in settings.backends:
         for precision in settings.precisions:
             backend = resolve_backend(name, settings.device, precision)
@@ -308,7 +311,7 @@ def run_benchmark(
             "source": bundle.manifest.source,  # the checkpoint it was exported from (name, sha256)
         },
         "gflop_per_image": {g: f / 1e9 for g, f in flops.items()},
-        "results": rows,
+        "results": [row.as_json() for row in rows],
         "warnings": busy_rows(rows) + failures,
         "notes": _notes(settings, rows, limits),
     }
@@ -321,7 +324,7 @@ def run_benchmark(
 
         say("measuring the machine's single-conv rate")
         results["conv_gflops_per_s"] = machine_limits(
-            {row["backend"] for row in rows} - {EAGER, COMPILED},
+            {row.backend for row in rows} - {EAGER, COMPILED},
             set(settings.precisions),
             settings.threads,
             torch_too=baseline is not None,
@@ -329,17 +332,17 @@ def run_benchmark(
     return results
 
 
-def _notes(settings: BenchSettings, rows: list[dict[str, Any]], limits: bool) -> list[str]:
+def _notes(settings: BenchSettings, rows: list[Row], limits: bool) -> list[str]:
     """What a reader of the results must know about what was (not) measured."""
     notes = []
     if settings.device == "cuda":
         notes += [ALIGN_NOTE, LIMITS_NOTE] if limits else [ALIGN_NOTE]
-    if any(row["backend"] == EAGER and row["precision"] == "fp16" for row in rows):
+    if any(row.backend == EAGER and row.precision == "fp16" for row in rows):
         notes.append(AUTOCAST_NOTE)
-    if any(row["backend"] == COMPILED for row in rows):
+    if any(row.backend == COMPILED for row in rows):
         notes.append(COMPILED_NOTE)
-    with_graphs = {r["backend"] for r in rows if r["stage"] in STAGE_GRAPHS and r["backend"] not in (EAGER, COMPILED)}
-    if with_graphs - {r["backend"] for r in rows if r["part"] == "graphs"}:
+    with_graphs = {r.backend for r in rows if r.stage in STAGE_GRAPHS and r.backend not in (EAGER, COMPILED)}
+    if with_graphs - {r.backend for r in rows if r.part == "graphs"}:
         notes.append(GRAPHS_NOTE)
     return notes
 
@@ -357,18 +360,18 @@ def _numbered(say: Progress, total: int) -> Progress:
     return lambda message: say(f"{next(done)}/{total} {message}")
 
 
-def busy_rows(rows: list[dict[str, Any]]) -> list[str]:
+def busy_rows(rows: list[Row]) -> list[str]:
     """Measurements whose slowest run took over SPREAD_LIMIT × the fastest: something else used the
     machine (or it changed clock speed) meanwhile, so their figures are not the machine's."""
     warnings = []
     for row in rows:
-        if row.get("part") == "host":  # a difference of two measurements, warned about through them
+        if row.part == "host":  # a difference of two measurements, warned about through them
             continue
-        spread = row["latency_s"]["max"] / row["latency_s"]["min"]
+        spread = row.latency_s["max"] / row.latency_s["min"]
         if spread > SPREAD_LIMIT:
-            alone = " (graphs alone)" if row.get("part") == "graphs" else ""
+            alone = " (graphs alone)" if row.part == "graphs" else ""
             warnings.append(
-                f"{row['backend']} {row['precision']} batch {row['batch']} {row['stage']}{alone}: the slowest run "
+                f"{row.backend} {row.precision} batch {row.batch} {row.stage}{alone}: the slowest run "
                 f"took {spread:.1f}× the fastest (over {SPREAD_LIMIT:g}×): the machine was busy, rerun it quiet"
             )
     return warnings
@@ -382,7 +385,7 @@ def official_rows(
     say: Progress,
     measured: Progress,
     timer: Clock,
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[Row], list[str]]:
     """The official algorithm on the bench's device, on a GPU in FP32 and under FP16 autocast: in eager torch
     and (settings.torch_compile) under torch.compile; and why a precision's compiled rows are missing."""
     from .baseline import load_official, official_stages, tf32_mode
@@ -414,7 +417,7 @@ def compiled_rows(
     say: Progress,
     measured: Progress,
     timer: Clock,
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[Row], list[str]]:
     """The official algorithm under torch.compile (baseline.compiled_graphs) per precision and batch. Before the
     warm-up, each graph's first call at the batch compiles it: its seconds are the row's compile_s (the graphs
     the stage runs), apart from the timed runs. A precision torch.compile fails at is left out, saying why."""
@@ -435,7 +438,7 @@ def compiled_rows(
                     measured(f"official torch path under torch.compile {precision}, batch {batch}")
                     for stage in settings.compiled_stages:
                         row = result_row(label, batch, stage, timer(stages[stage]), flops)
-                        rows.append({**row, "compile_s": sum(seconds[graph] for graph in STAGE_GRAPHS[stage])})
+                        rows.append(replace(row, compile_s=sum(seconds[graph] for graph in STAGE_GRAPHS[stage])))
         except BackendUnavailableError as err:
             failures.append(f"{err}: the official path under torch.compile {precision} is left out")
             say(failures[-1])

@@ -5,52 +5,44 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..runtime.backends.onnxruntime import uses_tf32
 from .baseline import COMPILED, EAGER
+from .rows import Row, find, rows_of
 
-Row = dict[str, Any]
 PARTS = {"pipeline": "pipeline", "graphs": "graphs alone", "host": "host overhead"}
 
 
-def _config(row: Row) -> str:
-    return f"{row['backend']} {row['precision']} ({row['modconv']})"
-
-
-def _part(row: Row) -> str:
-    return row.get("part", "pipeline")  # results from before graphs-alone timing have pipeline rows only
-
-
 def _pipeline(rows: list[Row]) -> list[Row]:
-    return [r for r in rows if _part(r) == "pipeline"]
+    return [r for r in rows if r.part == "pipeline"]
+
+
+def _rate_backend(row: Row) -> str:
+    """Whose single-conv rate bounds the row: the official path's rows are torch's."""
+    return "torch" if row.backend in (EAGER, COMPILED) else row.backend
 
 
 def conv_rate(results: dict[str, Any], row: Row) -> float | None:
     """The single-conv rate of the row's own backend at its own precision: an INT8 or BF16 figure held
     against the FP32 rate would read as several hundred percent of the machine."""
-    backend = "torch" if row["backend"] in (EAGER, COMPILED) else row["backend"]
-    return results.get("conv_gflops_per_s", {}).get(row["precision"], {}).get(backend)
-
-
-def _find(rows: list[Row], **where: Any) -> Row | None:
-    return next((r for r in rows if all(r.get(k) == v for k, v in where.items())), None)
+    rate: float | None = results.get("conv_gflops_per_s", {}).get(row.precision, {}).get(_rate_backend(row))
+    return rate
 
 
 def _peer(rows: list[Row], row: Row, backend: str) -> Row | None:
     """The pipeline row of ``backend`` (the official path, eager or compiled) to hold ``row`` against: same batch
     and stage, at the row's precision where it ran in it (FP16 autocast on a GPU), else its FP32."""
-    same = dict(backend=backend, stage=row["stage"], batch=row["batch"])
+    same = dict(backend=backend, stage=row.stage, batch=row.batch)
     pipeline = _pipeline(rows)
-    return _find(pipeline, **same, precision=row["precision"]) or _find(pipeline, **same, precision="fp32")
+    return find(pipeline, **same, precision=row.precision) or find(pipeline, **same, precision="fp32")
 
 
 def times_compiled(rows: list[Row], row: Row) -> str:
     """The "× compiled torch" cell: the row's images/s over compiled torch's (above 1: faster than the peer), the
     peer's precision named where it is not the row's; empty for host rows (a difference of times)."""
     peer = _peer(rows, row, COMPILED)
-    if peer is None or row is peer or _part(row) == "host":
+    if peer is None or row is peer or row.images_per_s is None or peer.images_per_s is None:
         return ""
-    other = "" if peer["precision"] == row["precision"] else f" (vs {peer['precision']})"
-    return f"{row['images_per_s'] / peer['images_per_s']:.2f}×{other}"
+    other = "" if peer.precision == row.precision else f" (vs {peer.precision})"
+    return f"{row.images_per_s / peer.images_per_s:.2f}×{other}"
 
 
 WITHIN_NOISE = "≈0 (within noise)"
@@ -69,11 +61,11 @@ def overhead_seconds(seconds: float) -> str:
 
 def within_noise(row: Row) -> bool:
     """A host row whose median overhead came out below zero."""
-    return _part(row) == "host" and row["latency_s"]["p50"] < 0
+    return row.part == "host" and row.latency_s["p50"] < 0
 
 
 def _host_what(row: Row) -> str:
-    return "alignment + host overhead" if row.get("includes_alignment") else "host overhead"
+    return "alignment + host overhead" if row.includes_alignment else "host overhead"
 
 
 def host_overhead(row: Row) -> str:
@@ -81,23 +73,27 @@ def host_overhead(row: Row) -> str:
     or, below zero, "host overhead p50 ≈0 (within noise)"."""
     if within_noise(row):
         return f"{_host_what(row)} p50 {WITHIN_NOISE}"
-    return f"{_host_what(row)} p50 {row['latency_s']['p50']:.3f}s ({row['share_of_pipeline']:.0%} of the pipeline)"
+    return f"{_host_what(row)} p50 {row.latency_s['p50']:.3f}s ({_share(row)} of the pipeline)"
+
+
+def _share(row: Row) -> str:
+    return f"{row.share_of_pipeline or 0:.0%}"
 
 
 def _time(row: Row) -> str:
-    if _part(row) == "host":
+    if row.part == "host":
         if within_noise(row):
             return f"{_host_what(row)} {WITHIN_NOISE}"
-        return f"{_host_what(row)} ({row['share_of_pipeline']:.0%} of pipeline)"
-    compiled = f" (compile {row['compile_s']:.1f} s, untimed)" if "compile_s" in row else ""
-    return PARTS[_part(row)] + compiled
+        return f"{_host_what(row)} ({_share(row)} of pipeline)"
+    compiled = f" (compile {row.compile_s:.1f} s, untimed)" if row.compile_s is not None else ""
+    return PARTS[row.part] + compiled
 
 
 def _stat(row: Row, key: str) -> str:
-    latency = row["latency_s"]
-    if key not in latency:
+    if key not in row.latency_s:
         return ""  # host rows have a median and a mean only
-    return overhead_seconds(latency[key]) if _part(row) == "host" else f"{latency[key]:.3f}"
+    value = row.latency_s[key]
+    return overhead_seconds(value) if row.part == "host" else f"{value:.3f}"
 
 
 def _source(bundle: dict[str, Any]) -> str:
@@ -109,20 +105,20 @@ def _source(bundle: dict[str, Any]) -> str:
 
 
 def latency_table(results: dict[str, Any]) -> list[str]:
-    rows = results["results"]
-    peer = any(r["backend"] == COMPILED for r in rows)  # the column only where compiled torch ran
+    rows = rows_of(results)
+    peer = any(r.backend == COMPILED for r in rows)  # the column only where compiled torch ran
     lines = [
         "| configuration | batch | stage | time | p50 s | p90 s | mean s | images/s | GFLOP/s "
         "| of the conv rate, same backend and precision |" + (" × compiled torch |" if peer else ""),
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if peer else ""),
     ]
     for r in rows:
-        gf, limit = r["gflops_per_s"], conv_rate(results, r)
+        gf, limit = r.gflops_per_s, conv_rate(results, r)
         share = f"{gf / limit:.0%}" if gf and limit else ""
-        host = _part(r) == "host"  # a difference of times: no rate of its own
-        rate, gflops = ("", "") if host else (f"{r['images_per_s']:.3f}", f"{gf or 0:.1f}")
+        rate = "" if r.images_per_s is None else f"{r.images_per_s:.3f}"  # a host row: a difference of times
+        gflops = "" if r.part == "host" else f"{gf or 0:.1f}"
         lines.append(
-            f"| {_config(r)} | {r['batch']} | {r['stage']} | {_time(r)} | {_stat(r, 'p50')} | {_stat(r, 'p90')} | "
+            f"| {r.config} | {r.batch} | {r.stage} | {_time(r)} | {_stat(r, 'p50')} | {_stat(r, 'p90')} | "
             f"{_stat(r, 'mean')} | {rate} | {gflops} | {share} |" + (f" {times_compiled(rows, r)} |" if peer else "")
         )
     return lines
@@ -131,16 +127,16 @@ def latency_table(results: dict[str, Any]) -> list[str]:
 def speedup_section(results: dict[str, Any]) -> list[str]:
     """End to end against the official path at the same precision where it ran in one (FP16 autocast on a
     GPU), else against its FP32; nothing when there is no official row to hold against."""
-    rows = _pipeline(results["results"])
+    rows = _pipeline(rows_of(results))
     table = []
     for r in rows:
-        if r["stage"] != "e2e" or r["backend"] == EAGER:
+        if r.stage != "e2e" or r.backend == EAGER:
             continue
         base = _peer(rows, r, EAGER)
-        if base:
-            ours, theirs = 1 / r["images_per_s"], 1 / base["images_per_s"]
+        if base and r.images_per_s and base.images_per_s:
+            ours, theirs = 1 / r.images_per_s, 1 / base.images_per_s
             table.append(
-                f"| {_config(r)} | {r['batch']} | {ours:.3f} | torch {base['precision']} | {theirs:.3f} | "
+                f"| {r.config} | {r.batch} | {ours:.3f} | torch {base.precision} | {theirs:.3f} | "
                 f"{theirs / ours:.1f}× |"
             )
     if not table:
@@ -156,16 +152,16 @@ def graphs_section(results: dict[str, Any]) -> list[str]:
     """Encode + synthesize through the pipeline (end to end without alignment, which does no counted
     work) against the single-conv rate of the same backend and precision: the networks' share of the
     machine, read off one line per configuration and batch."""
-    rows, lines = _pipeline(results["results"]), []
-    for encode in (r for r in rows if r["stage"] == "encode" and r["gflops_per_s"]):
-        same = {k: encode[k] for k in ("backend", "precision", "modconv", "batch")}
-        synthesize, limit = _find(rows, **same, stage="synthesize"), conv_rate(results, encode)
-        if not synthesize or not synthesize["gflops_per_s"] or not limit:
+    rows, lines = _pipeline(rows_of(results)), []
+    for encode in (r for r in rows if r.stage == "encode" and r.gflops_per_s):
+        synthesize = find(rows, **encode.key, batch=encode.batch, stage="synthesize")
+        limit = conv_rate(results, encode)
+        if not synthesize or not synthesize.gflops_per_s or not encode.gflops_per_s or not limit:
             continue
-        seconds = [r["latency_s"]["mean"] for r in (encode, synthesize)]
-        rate = (encode["gflops_per_s"] * seconds[0] + synthesize["gflops_per_s"] * seconds[1]) / sum(seconds)
+        seconds = [r.latency_s["mean"] for r in (encode, synthesize)]
+        rate = (encode.gflops_per_s * seconds[0] + synthesize.gflops_per_s * seconds[1]) / sum(seconds)
         share = f"{rate / limit:.0%}"
-        lines.append(f"| {_config(encode)} | {encode['batch']} | {sum(seconds):.3f} | {rate:.1f} | {share} |")
+        lines.append(f"| {encode.config} | {encode.batch} | {sum(seconds):.3f} | {rate:.1f} | {share} |")
     if not lines:
         return []
     header = [
@@ -213,16 +209,16 @@ def profile_section(results: dict[str, Any]) -> list[str]:
 
 
 def _latency_plot(plt: Any, rows: list[Row], out: Path) -> Path:
-    configs = list(dict.fromkeys(_config(r) for r in rows))
-    stages = [s for s in ("align", "encode", "synthesize") if any(r["stage"] == s for r in rows)]
+    configs = list({r.config: r for r in rows}.values())  # one row naming each configuration
+    stages = [s for s in ("align", "encode", "synthesize") if any(r.stage == s for r in rows)]
     fig, ax = plt.subplots(figsize=(10, 5))
     width = 0.8 / max(len(stages), 1)
     for i, stage in enumerate(stages):
-        values = [
-            (_find(rows, stage=stage, batch=1, **_split(c)) or {}).get("latency_s", {}).get("p50", 0) for c in configs
-        ]
+        found = [find(rows, stage=stage, batch=1, **c.key) for c in configs]
+        values = [r.latency_s["p50"] if r else 0 for r in found]
         ax.bar([x + i * width for x in range(len(configs))], values, width, label=stage)
-    ax.set_xticks([x + width * (len(stages) - 1) / 2 for x in range(len(configs))], configs, rotation=30, ha="right")
+    names = [c.config for c in configs]
+    ax.set_xticks([x + width * (len(stages) - 1) / 2 for x in range(len(configs))], names, rotation=30, ha="right")
     ax.set_ylabel("seconds per batch of 1 (p50)")
     ax.set_title("Latency per stage, batch 1")
     _legend(ax)
@@ -231,8 +227,8 @@ def _latency_plot(plt: Any, rows: list[Row], out: Path) -> Path:
 
 def _throughput_plot(plt: Any, rows: list[Row], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
-    for config in dict.fromkeys(_config(r) for r in rows):
-        points = sorted((r["batch"], r["images_per_s"]) for r in rows if r["stage"] == "e2e" and _config(r) == config)
+    for config in dict.fromkeys(r.config for r in rows):
+        points = sorted((r.batch, r.images_per_s) for r in rows if r.stage == "e2e" and r.config == config)
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=config)
     ax.set_xlabel("batch")
@@ -247,10 +243,8 @@ def roofline_limits(rows: list[Row], rates: dict[str, dict[str, float]]) -> dict
     backends): a limit of a precision nothing ran at (torch's BF16 rate, measured whenever the CPU has BF16)
     is no bound on any bar."""
     limits = {}
-    for precision in dict.fromkeys(r["precision"] for r in rows if r["stage"] == "synthesize" and r["gflops_per_s"]):
-        ran = {
-            "torch" if r["backend"] in (EAGER, COMPILED) else r["backend"] for r in rows if r["precision"] == precision
-        }
+    for precision in dict.fromkeys(r.precision for r in rows if r.stage == "synthesize" and r.gflops_per_s):
+        ran = {_rate_backend(r) for r in rows if r.precision == precision}
         measured = rates.get(precision, {})
         own = [rate for backend, rate in measured.items() if backend in ran] or list(measured.values())
         if own:
@@ -260,9 +254,9 @@ def roofline_limits(rows: list[Row], rates: dict[str, dict[str, float]]) -> dict
 
 def _roofline_plot(plt: Any, rows: list[Row], rates: dict[str, dict[str, float]], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 5))
-    synthesis = [r for r in rows if r["stage"] == "synthesize" and r["gflops_per_s"]]
-    ax.bar(range(len(synthesis)), [r["gflops_per_s"] for r in synthesis])
-    labels = [f"{_config(r)} b{r['batch']}" for r in synthesis]
+    synthesis = [r for r in rows if r.stage == "synthesize" and r.gflops_per_s]
+    ax.bar(range(len(synthesis)), [r.gflops_per_s for r in synthesis])
+    labels = [f"{r.config} b{r.batch}" for r in synthesis]
     ax.set_xticks(range(len(synthesis)), labels, rotation=35, ha="right", fontsize=8)
     for i, (precision, limit) in enumerate(roofline_limits(synthesis, rates).items()):
         ax.axhline(limit, linestyle="--", label=f"single-conv limit, {precision}", color=f"C{i + 1}")
@@ -275,16 +269,16 @@ def _roofline_plot(plt: Any, rows: list[Row], rates: dict[str, dict[str, float]]
 def _overhead_plot(plt: Any, rows: list[Row], out: Path) -> Path:
     """End to end per configuration and batch: the graphs' own time and the host's overhead, stacked."""
     pairs = [
-        (r, _find(rows, **{k: r[k] for k in ("backend", "precision", "modconv", "batch")}, stage="e2e", part="host"))
+        (r, find(rows, **r.key, batch=r.batch, stage="e2e", part="host"))
         for r in rows
-        if r["stage"] == "e2e" and _part(r) == "graphs"
+        if r.stage == "e2e" and r.part == "graphs"
     ]
-    graphs = [g["latency_s"]["p50"] for g, _ in pairs]
-    host = [max(0.0, h["latency_s"]["p50"]) if h else 0 for _, h in pairs]  # below zero: noise, drawn as none
+    graphs = [g.latency_s["p50"] for g, _ in pairs]
+    host = [max(0.0, h.latency_s["p50"]) if h else 0 for _, h in pairs]  # below zero: noise, drawn as none
     fig, ax = plt.subplots(figsize=(10, 5))
     ax.bar(range(len(pairs)), graphs, label="graphs alone (device-resident)")
     ax.bar(range(len(pairs)), host, bottom=graphs, label="host overhead")
-    ax.set_xticks(range(len(pairs)), [f"{_config(g)} b{g['batch']}" for g, _ in pairs], rotation=35, ha="right")
+    ax.set_xticks(range(len(pairs)), [f"{g.config} b{g.batch}" for g, _ in pairs], rotation=35, ha="right")
     ax.set_ylabel("seconds per batch, end to end (p50)")
     ax.set_title("Where end-to-end time goes: the graphs or the host")
     _legend(ax)
@@ -297,13 +291,14 @@ def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, pipeline = results["results"], _pipeline(results["results"])
+    rows = rows_of(results)
+    pipeline = _pipeline(rows)
     paths = [
         _latency_plot(plt, pipeline, out / f"{stem}-latency.png"),
         _throughput_plot(plt, pipeline, out / f"{stem}-throughput.png"),
         _roofline_plot(plt, pipeline, results.get("conv_gflops_per_s", {}), out / f"{stem}-roofline.png"),
     ]
-    if any(_part(r) == "graphs" and r["stage"] == "e2e" for r in rows):
+    if any(r.part == "graphs" and r.stage == "e2e" for r in rows):
         paths.append(_overhead_plot(plt, rows, out / f"{stem}-overhead.png"))
     return paths
 
@@ -311,11 +306,6 @@ def write_plots(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
 def _legend(ax: Any) -> None:
     if ax.get_legend_handles_labels()[0]:  # an empty legend only warns
         ax.legend(fontsize=8)
-
-
-def _split(config: str) -> dict[str, str]:
-    backend, precision, modconv = config.replace("(", "").replace(")", "").split()
-    return {"backend": backend, "precision": precision, "modconv": modconv}
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -341,20 +331,22 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
             f"{gpu.get('memory_mib', '?')} MiB, compute capability {gpu.get('compute_capability', '?')}",
             f"- CUDA builds: onnxruntime {ort['version']} ({ort['package']}, CUDA {ort.get('cuda') or '?'}), "
             f"torch {torch.get('version', 'absent')} (CUDA {torch.get('cuda') or '?'})",
-            f"- TF32: {tf32_line(results['settings'])}; every timed call ends with "
+            f"- TF32: {tf32_line(results)}; every timed call ends with "
             f"{results.get('synchronised_by') or 'host results (no device synchronise was available)'}",
         ]
     return lines
 
 
-def tf32_line(settings: dict[str, Any]) -> str:
-    """The TF32 mode as it ran: FP16 graphs run ONNX Runtime's use_tf32 on whatever was asked (uses_tf32)."""
-    asked = bool(settings.get("tf32"))
+def tf32_line(results: dict[str, Any]) -> str:
+    """The TF32 mode as asked, and where a pipeline ran otherwise (each row records its Pipeline.describe(): ONNX
+    Runtime's FP16 graphs, for one, run with use_tf32 on whatever was asked)."""
+    asked = bool(results["settings"].get("tf32"))
     fp32 = "on" if asked else "off for FP32 graphs (IEEE FP32)"
-    on_anyway = [p for p in settings.get("precisions", ()) if uses_tf32(p, asked) != asked]
-    if on_anyway and "onnxruntime" in settings.get("backends", ()):
-        return f"{fp32}; ONNX Runtime's FP16 graphs run with use_tf32 on (the FP32 nodes they keep may run TF32)"
-    return fp32
+    other = dict.fromkeys(f"{r.backend} {r.precision}" for r in rows_of(results) if r.tf32 != asked)
+    if not other:
+        return fp32
+    ran = "on (the FP32 nodes they keep may run TF32)" if not asked else "off"
+    return f"{fp32}; as they ran, TF32 was {ran} in {', '.join(other)}"
 
 
 def write_report(results: dict[str, Any], out: Path, stem: str, command: str, notes: list[str] | None = None) -> Path:
@@ -384,7 +376,7 @@ def write_report(results: dict[str, Any], out: Path, stem: str, command: str, no
         "",
         *latency_table(results),
         "",
-        *([NOISE_NOTE, ""] if any(within_noise(r) for r in results["results"]) else []),
+        *([NOISE_NOTE, ""] if any(within_noise(r) for r in rows_of(results)) else []),
         *(f"![{p.stem}]({p.name})" for p in plots),
         "",
         *profile_section(results),

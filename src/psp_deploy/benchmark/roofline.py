@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..machine import has_native_bf16
+from ..runtime.backends.registry import spec
 
 CHANNELS, SIZE, KERNEL = 512, 64, 3
 CONV_FLOPS = 2.0 * CHANNELS * CHANNELS * KERNEL * KERNEL * SIZE * SIZE
@@ -94,24 +95,34 @@ def _torch(precision: str, threads: int | None) -> Callable[[], object]:
     return run
 
 
+# How each backend with a CPU probe times the conv graph at a precision (its int8 graph for int8; the FP32 graph,
+# compiled at the precision, otherwise); the backends without one (inductor) have no limit line.
+PROBES: dict[str, Callable[[Path, str, int | None], Callable[[], object]]] = {
+    "onnxruntime": lambda graph, _precision, threads: _ort(graph, threads),
+    "openvino": _openvino,
+}
+CPU_PRECISIONS = ("fp32", "int8", "bf16")  # the precisions a CPU has arithmetic for (fp16 it only converts)
+
+
+def _probed(backend: str, precisions: set[str]) -> list[str]:
+    """The backend's CPU precisions this run measures (fp32 always; bf16 only on CPUs with it natively)."""
+    own = [p for p in CPU_PRECISIONS if p in spec(backend).precisions and (p == "fp32" or p in precisions)]
+    return [p for p in own if p != "bf16" or has_native_bf16()]
+
+
 def machine_limits(
     backends: set[str], precisions: set[str], threads: int | None = None, torch_too: bool = True
 ) -> dict[str, dict[str, float]]:
     """{precision: {backend: GFLOP/s}} for the precisions this run measures (BF16 only on CPUs with it natively)."""
     rates: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = conv_graph(Path(tmp) / "conv.onnx")
-        int8 = quantized_conv_graph(fp32, Path(tmp) / "conv.int8.onnx") if "int8" in precisions else None
-        if "onnxruntime" in backends:
-            rates.setdefault("fp32", {})["onnxruntime"] = best_rate(_ort(fp32, threads))
-            if int8:
-                rates.setdefault("int8", {})["onnxruntime"] = best_rate(_ort(int8, threads))
-        if "openvino" in backends:
-            rates.setdefault("fp32", {})["openvino"] = best_rate(_openvino(fp32, "fp32", threads))
-            if int8:
-                rates.setdefault("int8", {})["openvino"] = best_rate(_openvino(int8, "fp32", threads))
-            if "bf16" in precisions and has_native_bf16():
-                rates.setdefault("bf16", {})["openvino"] = best_rate(_openvino(fp32, "bf16", threads))
+        graphs = {"fp32": conv_graph(Path(tmp) / "conv.onnx")}
+        for backend in (name for name in PROBES if name in backends):
+            for precision in _probed(backend, precisions):
+                if precision == "int8" and "int8" not in graphs:
+                    graphs["int8"] = quantized_conv_graph(graphs["fp32"], Path(tmp) / "conv.int8.onnx")
+                graph = graphs["int8" if precision == "int8" else "fp32"]
+                rates.setdefault(precision, {})[backend] = best_rate(PROBES[backend](graph, precision, threads))
         if torch_too:
             rates.setdefault("fp32", {})["torch"] = best_rate(_torch("fp32", threads))
             if "bf16" in precisions and has_native_bf16():  # a limit of a precision no row ran bounds nothing

@@ -586,7 +586,9 @@ def synthesize(
         items = collect_inputs(codes, output, suffixes=(".npy",), kind="codes")
         outputs = lambda item: [item.output(output, ".png")]  # noqa: E731
         check_before_work(items, output, outputs)
-        options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir, tf32=tf32)
+        options = BackendOptions(
+            device=device.value, threads=threads, engines=engines, force_bf16=force_bf16, cache_dir=cache_dir, tf32=tf32
+        )
         pipeline = open_pipeline(bundle, backend.value, precision.value, options)
         summary = run_batch(
             items,

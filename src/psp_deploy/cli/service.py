@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -29,6 +29,9 @@ from .common import (
     progress,
     say,
 )
+
+if TYPE_CHECKING:
+    from ..benchmark.rows import Row
 
 MAX_PORT = 65535  # as serving.server, which the CLI imports only when serving
 EXIT_SERVER_STOPPED = 1
@@ -126,12 +129,14 @@ def serve(
         max_queue_size=max_queue_size,
         queue_timeout_s=queue_timeout,
         app_metrics_port=app_metrics_port,
-        limits=PhotoLimits(max_photo_bytes, max_photo_pixels),
+        limits=PhotoLimits(max_bytes=max_photo_bytes, max_pixels=max_photo_pixels),
     )
     app_port = options.ports()["--app-metrics-port"]
     ready = f"on http://{host}:{http_port} and grpc://{host}:{grpc_port} (metrics :{metrics_port}, :{app_port})"
     with handled():
-        backend_options = BackendOptions(device.value, threads, engines, force_bf16, cache_dir=cache_dir, tf32=tf32)
+        backend_options = BackendOptions(
+            device=device.value, threads=threads, engines=engines, force_bf16=force_bf16, cache_dir=cache_dir, tf32=tf32
+        )
         try:
             run_server(
                 lambda: open_pipeline(bundle, backend.value, precision.value, backend_options, face.value),
@@ -214,8 +219,19 @@ def bench(
             batches = [int(b) for b in comma_list(batch)]
         except ValueError:
             raise InputError(f"--batch takes comma-separated integers, got {batch!r}") from None
-        chosen = (comma_list(backend), comma_list(precision), batches, comma_list(stages))
-        settings = BenchSettings(*chosen, warmup, runs, threads, profile, device.value, tf32, torch_compile)
+        settings = BenchSettings(
+            backends=comma_list(backend),
+            precisions=comma_list(precision),
+            batches=batches,
+            stages=comma_list(stages),
+            warmup=warmup,
+            runs=runs,
+            threads=threads,
+            profile=profile,
+            device=device.value,
+            tf32=tf32,
+            torch_compile=torch_compile,
+        )
         results = run_benchmark(bundle, settings, baseline=baseline, limits=limits, progress=step)
         write_json(output, results)
         if report:
@@ -224,18 +240,21 @@ def bench(
 
 
 def say_results(results: dict, output: Path) -> None:
-    for row in results["results"]:
-        say(f"  {row['backend']:<14} {row['precision']:<5} b{row['batch']} {row['stage']:<10} {summary(row)}")
+    from ..benchmark.rows import rows_of
+
+    for row in rows_of(results):
+        say(f"  {row.backend:<14} {row.precision:<5} b{row.batch} {row.stage:<10} {summary(row)}")
     for warning in results["warnings"]:
         say(f"warning: {warning}", "yellow")
     say(f"results: {output}")
 
 
-def summary(row: dict) -> str:
+def summary(row: Row) -> str:
     """One result row in words: the pipeline's and the graphs' latency and rate, or the host's share."""
-    p50 = row["latency_s"]["p50"]
-    if row.get("part") == "host":
-        return f"host overhead p50 {p50:.3f}s ({row['share_of_pipeline']:.0%} of the pipeline)"
-    alone = "graphs alone " if row.get("part") == "graphs" else ""
-    compiled = f"  (compile {row['compile_s']:.1f}s, untimed)" if "compile_s" in row else ""
-    return f"{alone}p50 {p50:.3f}s  {row['images_per_s']:.2f} img/s{compiled}"
+    from ..benchmark.report import host_overhead
+
+    if row.part == "host":
+        return host_overhead(row)
+    alone = "graphs alone " if row.part == "graphs" else ""
+    compiled = f"  (compile {row.compile_s:.1f}s, untimed)" if row.compile_s is not None else ""
+    return f"{alone}p50 {row.latency_s['p50']:.3f}s  {row.images_per_s:.2f} img/s{compiled}"

@@ -60,7 +60,7 @@ def tune_graph(
     for conv, cuda_graph in CANDIDATES:
         label = _label(conv, cuda_graph)
         say(f"{graph}: timing {label}")
-        options = BackendOptions("cuda", tf32=tf32, cuda_graph=cuda_graph, cuda_conv={graph: conv})
+        options = BackendOptions(device="cuda", tf32=tf32, cuda_graph=cuda_graph, cuda_conv={graph: conv})
         try:
             timings[label] = time_candidate(path, record, graph, options, batch)
         except RUN_ERRORS as err:  # e.g. out of memory in cuDNN's search, a graph ONNX Runtime cannot capture

@@ -45,7 +45,7 @@ class ExportOptionError(ExportError):
         self.cli = cli
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportOptions:
     """How to export (see ``export_bundle``); checked when made, before any work."""
 

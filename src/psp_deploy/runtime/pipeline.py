@@ -29,7 +29,7 @@ MASK_PART = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")  # an index, or a range LO-HI
 MAX_SEED = 2**32 - 1  # the seeds of numpy's legacy generators, and of the official scripts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """What one row asks for: the options of `psp-deploy run` and of the served psp model.
 

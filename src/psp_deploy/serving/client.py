@@ -48,7 +48,7 @@ class ServerUnavailable(RemoteError):
     """No server took the request before the retry deadline (overloaded, restarting or unreachable)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """How long a request may keep trying (``deadline_s``, from its first attempt), and the back-off
     between rounds over the servers: "full jitter", a uniform draw up to base·2^round, capped, so

@@ -72,7 +72,7 @@ PARAMETERS = ("align", "resize", "latent_mask", "mix_alpha", "seed", "n_outputs"
 MAX_OUTPUTS = 16  # n_outputs of one request: its images are held at once, beside its batch's
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PhotoLimits:
     """The largest photo the psp model takes: its encoded bytes, and its pixels, read from the file's
     header before anything is decoded (a decompression bomb never gets memory)."""

@@ -27,7 +27,7 @@ class CudaConv:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackendOptions:
     """How every graph of a pipeline runs, passed once to ``Pipeline.from_bundle`` / ``Backend.from_bundle``:
     build it with keywords (``BackendOptions(device="cuda", threads=4)``). Each backend reads the fields that
@@ -68,7 +68,7 @@ class BatchProfile:
             )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BuildOptions:
     """What `psp-deploy build` asks of a backend's engine builder; each builder reads the fields it needs."""
 
