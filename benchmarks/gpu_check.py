@@ -19,7 +19,8 @@ installing it would pull the CPU onnxruntime package over onnxruntime-gpu). Step
      against GPU FP32 (images from the same codes, and end to end), and NaN/Inf in any output
   8. the benchmark matrix: ONNX Runtime CUDA (and inductor, when step 6 built its packages), FP32 and FP16 ×
      batch 1, 8, 32 (pipeline, graphs alone, host overhead; TF32 off for FP32 graphs) and the official path
-     in eager torch on the same GPU (FP32, FP16 autocast) → benchmarks/results/<gpu>.json, <gpu>.md (with
+     on the same GPU, eager and under torch.compile (FP32, FP16 autocast; compile time apart), every row held
+     against compiled torch → benchmarks/results/<gpu>.json, <gpu>.md (with
      step 7's figures) and plots
 
 Steps 5 to 7 do not stop the check when they fail: the matrix is still measured and the failures are
