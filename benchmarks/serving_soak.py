@@ -360,6 +360,7 @@ def write_report(result: dict, stem: Path) -> None:
     fig.savefig(stem.with_suffix(".png"), dpi=100)
     plt.close(fig)
 
+    memory, refusals = result["memory"], result["refusal_s"]
     head = ["minute", "sent", "ok", "error", "refused", "abandoned", "retried", "lost", "p50_s", "p99_s"]
     head += [k for k in rows[0] if k.startswith("rss_mb_")]
     lines = [
@@ -369,10 +370,12 @@ def write_report(result: dict, stem: Path) -> None:
         f"`{result['command']}` on {result['machine']['model']}",
         "",
         f"- lost: **{result['lost']}** of {result['sent']} requests; retried attempts {result['retried']}",
-        f"- server memory growth: {result['memory_growth']:+.1%} ({result['memory']})",
-        f"- overload refusals: {result['refusal_s']}",
-        f"- p99 of good requests, last minute over the first: {result['p99_last_over_first']}",
-        f"- events: {result['events']}",
+        f"- server memory growth: {result['memory_growth']:+.1%} (server {memory['server']}, life {memory['life']}, "
+        f"{memory['from_s']:.0f} s to {memory['to_s']:.0f} s of the run)",
+        f"- overload burst: {refusals['burst']} requests at once, {refusals['count']} refused"
+        + (f" (p50 {refusals['p50'] * 1e3:.0f} ms, max {refusals['max'] * 1e3:.0f} ms)" if refusals["count"] else ""),
+        f"- p99 of good requests, last minute over the first: {_cell(result['p99_last_over_first'])}",
+        "- events: " + ", ".join(f"{e['event']} at {e['at_s']:g} s (took {e['took_s']:g} s)" for e in result["events"]),
         "",
         "Failed requests by reason, clients against the server's psp_deploy_requests_total (last life of each):",
         "",
