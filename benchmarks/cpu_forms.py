@@ -19,6 +19,7 @@ from common import RESULTS, bundle, checkpoint, save_json, say
 from psp_deploy.benchmark.harness import BenchSettings, busy_rows, run_benchmark
 from psp_deploy.benchmark.report import write_report
 from psp_deploy.benchmark.roofline import machine_limits
+from psp_deploy.benchmark.rows import Row
 from psp_deploy.machine import has_native_bf16, machine_slug
 
 NOTES = [
@@ -98,7 +99,7 @@ def merge(results: dict, rows: list[dict], precisions: list[str]) -> None:
     """The first run's results with every run's rows: their precisions and their busy-machine warnings."""
     results["results"] = rows
     results["settings"]["precisions"] = precisions
-    results["warnings"] = busy_rows(rows)
+    results["warnings"] = busy_rows([Row.from_json(row) for row in rows])
 
 
 if __name__ == "__main__":

@@ -338,3 +338,15 @@ def test_the_roofline_draws_limits_of_the_precisions_measured_only(monkeypatch):
     monkeypatch.setattr(roofline, "best_rate", lambda fn, **_: 1.0)
     assert set(roofline.machine_limits({"onnxruntime"}, {"fp32"}, torch_too=True)) == {"fp32"}
     assert set(roofline.machine_limits({"onnxruntime"}, {"fp32", "bf16"}, torch_too=True)) == {"fp32", "bf16"}
+
+
+def test_a_row_round_trips_through_the_results_json_with_the_keys_readers_index():
+    """Rates are always there (null for a host row, whose time is a difference), optional fields only with a
+    value; a row of an older results file (no part, device or tf32) reads with their defaults."""
+    pipeline = Row.from_json(_row("onnxruntime", "fp32", "e2e", 10.0))
+    host = Row.from_json({**_host_row(0.01, 0.01, 0.05), "includes_alignment": True})
+    assert Row.from_json(pipeline.as_json()) == pipeline and Row.from_json(host.as_json()) == host
+    assert host.as_json()["images_per_s"] is None and host.as_json()["gflops_per_s"] is None
+    assert "compile_s" not in pipeline.as_json() and "share_of_pipeline" not in pipeline.as_json()
+    assert (pipeline.part, pipeline.device, pipeline.tf32) == ("pipeline", "cpu", False)
+    assert pipeline.config == "onnxruntime fp32 (scaled)"

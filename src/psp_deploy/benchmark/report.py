@@ -338,8 +338,9 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
 
 
 def tf32_line(results: dict[str, Any]) -> str:
-    """The TF32 mode as asked, and where a pipeline ran otherwise (each row records its Pipeline.describe(): ONNX
-    Runtime's FP16 graphs, for one, run with use_tf32 on whatever was asked)."""
+    """The TF32 mode as asked, and where a pipeline ran otherwise: each engine's row records its
+    Pipeline.describe() (ONNX Runtime's FP16 graphs, for one, run with use_tf32 on whatever was asked; a TensorRT
+    plan as it was built), the official path's rows the mode asked."""
     asked = bool(results["settings"].get("tf32"))
     fp32 = "on" if asked else "off for FP32 graphs (IEEE FP32)"
     other = dict.fromkeys(f"{r.backend} {r.precision}" for r in rows_of(results) if r.tf32 != asked)

@@ -38,8 +38,9 @@ class Row:
         return {"backend": self.backend, "precision": self.precision, "modconv": self.modconv}
 
     def as_json(self) -> dict[str, Any]:
-        """The row as the results JSON holds it (fields without a value left out)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The row as the results JSON holds it: the rates always (null where there is none), the other fields
+        only where they have a value."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k in _ALWAYS}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Row:
@@ -48,6 +49,7 @@ class Row:
 
 
 _FIELDS = {f.name for f in fields(Row)}
+_ALWAYS = {"images_per_s", "gflops_per_s"}
 
 
 def rows_of(results: Mapping[str, Any]) -> list[Row]:

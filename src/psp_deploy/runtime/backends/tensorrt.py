@@ -71,6 +71,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     source: Path  # the ONNX graph the plan was built from (set by ``load``), read for its metadata
+    built_tf32: bool = False  # whether the plan lets FP32 layers run TF32 (set by ``load`` from its record)
 
     @classmethod
     def load(cls, bundle: Bundle, resolved: Resolved, options: BackendOptions) -> TensorRTBackend:
@@ -79,7 +80,13 @@ class TensorRTBackend(Backend):
         check_engine_matches_machine(engine, trt.__version__, device_properties())
         backend = cls(bundle.verified_path(engine.file, engine.sha256), resolved.record, resolved.graph)
         backend.source = bundle.root / resolved.record.file
+        backend.built_tf32 = bool(engine.details.get("tf32"))
         return backend
+
+    @property
+    def tf32(self) -> bool:
+        """As the plan was built (build --tf32, recorded with it): TensorRT bakes the choice into the plan."""
+        return self.built_tf32
 
     def declaration(self) -> GraphDeclaration:
         """The plan's I/O (dynamic dimensions are -1 in TensorRT); metadata from its source ONNX graph."""
