@@ -22,12 +22,12 @@ from psp_deploy.engines import build_engines
 from psp_deploy.engines.inductor import epsilon_guards, exported, forms, graph_spec
 from psp_deploy.errors import BackendUnavailableError, CheckpointError, EngineError
 from psp_deploy.files import sha256_file
+from psp_deploy.inductor.backend import check_target
+from psp_deploy.inductor.resident import normalised
+from psp_deploy.inductor.resident import to_uint8 as device_uint8
 from psp_deploy.models import load_psp
 from psp_deploy.runtime import Pipeline, RunOptions
 from psp_deploy.runtime.backends import BackendOptions
-from psp_deploy.runtime.backends.inductor import check_target
-from psp_deploy.runtime.backends.inductor.resident import normalised
-from psp_deploy.runtime.backends.inductor.resident import to_uint8 as device_uint8
 from psp_deploy.runtime.backends.options import BuildOptions
 from psp_deploy.runtime.preprocess import face_pixels, preprocess_rgb, preprocess_sketch, to_uint8
 

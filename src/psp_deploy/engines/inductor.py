@@ -34,13 +34,13 @@ from ..export.graphs import GraphSpec, graph_specs
 from ..export.parity import ort_session
 from ..export.writer import parity_batches
 from ..files import sha256_file
+from ..inductor.backend import CAPTURED, DTYPES, IO_METADATA, check_target, package_key, set_tf32
+from ..inductor.resident import Captured
 from ..machine import cpu_info
 from ..measure.timing import measure
 from ..models import Psp, load_psp
 from ..models.forms import using_forms
 from ..onnx_metadata import read_metadata
-from ..runtime.backends.inductor import CAPTURED, DTYPES, IO_METADATA, check_target, package_key, set_tf32
-from ..runtime.backends.inductor.resident import Captured
 from ..runtime.backends.options import BatchProfile, BuildOptions
 
 AT = torch.ops.aten

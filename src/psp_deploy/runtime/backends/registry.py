@@ -2,7 +2,8 @@
 
 The CLI's choices, `auto`, build, calibration and the benchmarks all derive from ``REGISTRY``; what a
 backend does (load, build its engine, profile, chain its graphs) is its class's, found here by name.
-A new backend is one module (or folder) under runtime/backends and one line below.
+A new backend is one module (or folder) under runtime/backends (outside runtime/ if it needs torch, as
+inductor/ does: runtime/ stays torch-free) and one line below.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ REGISTRY: dict[str, BackendSpec] = {
         ),
         BackendSpec(
             "inductor",
-            "psp_deploy.runtime.backends.inductor",
+            "psp_deploy.inductor.backend",
             "InductorBackend",
             "torch",
             devices=("cpu", "cuda"),

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ....bundle import Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
-from ....config import PspConfig
-from ....errors import BackendUnavailableError, EngineError
-from ....machine import cpu_info
-from ...chunks import padded, plan
-from ..base import Backend
-from ..options import BackendOptions
-from ..registry import check_device
+from ..bundle import Bundle, EngineRecord, GraphDeclaration, ModelRecord, Resolved
+from ..config import PspConfig
+from ..errors import BackendUnavailableError, EngineError
+from ..machine import cpu_info
+from ..runtime.backends.base import Backend
+from ..runtime.backends.options import BackendOptions
+from ..runtime.backends.registry import check_device
+from ..runtime.chunks import padded, plan
 
 try:
     import torch
@@ -36,7 +36,7 @@ except ImportError as err:
     ) from err
 
 if TYPE_CHECKING:
-    from ...chain import Chain
+    from ..runtime.chain import Chain
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CAPTURED = ("encoder", "synthesis")  # the graphs the resident chain runs at fixed shapes: CUDA graphs pay there

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ....errors import EngineError
-from ....graph_io import IMAGE
-from ...chunks import Chunk, padded, plan
-from ..base import check_feeds
-from . import InductorBackend
+from ..errors import EngineError
+from ..graph_io import IMAGE
+from ..runtime.backends.base import check_feeds
+from ..runtime.chunks import Chunk, padded, plan
+from .backend import InductorBackend
 
 Run = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
 
