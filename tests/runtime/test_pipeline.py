@@ -1,15 +1,18 @@
 """The Pipeline against the torch reference, per task; mixing, batching, threads, bad bundles."""
 
+import ast
 import json
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from skimage import data
 
+import psp_deploy.runtime
 from psp_deploy.bundle import GRAPHS
 from psp_deploy.config import PspConfig
 from psp_deploy.errors import BundleError, InputError
@@ -248,6 +251,19 @@ def test_runtime_imports_and_runs_without_torch(bundles):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok ['torch']"  # only the poisoned entry: nothing imported it
+
+
+def test_no_module_of_the_runtime_imports_torch_even_lazily():
+    """The runtime stays torch-free in its source too: a backend that needs torch lives outside runtime/ (the
+    inductor backend, psp_deploy/inductor/), not behind a lazy import the test above would not reach."""
+    runtime = Path(psp_deploy.runtime.__file__).parent
+    found = []
+    for path in sorted(runtime.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.relative_to(runtime)}:{node.lineno}" for n in names if n.split(".")[0] == "torch"]
+    assert not found, found
 
 
 def numpy_path(pipeline):
